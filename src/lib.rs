@@ -1,0 +1,3 @@
+//! saltpeter: a distributed cron for SaltStack fleets. This crate root only maps modules.
+
+pub mod schedule;
