@@ -1,3 +1,4 @@
 //! saltpeter: a distributed cron for SaltStack fleets. This crate root only maps modules.
 
+pub mod config;
 pub mod schedule;

@@ -1,0 +1,458 @@
+//! The config directory: job files in the original Saltpeter's format, validated at load into
+//! a [`Config`], with findings carrying `file:line:col`.
+//!
+//! Loading is pure ([`Loader::load`] takes file contents); reading the directory lives in
+//! `dir.rs` and watching it in `watch.rs`. A file with errors keeps its last good version in
+//! force; a file that never loaded cleanly contributes nothing.
+//!
+//! Must not know: Salt, the wrapper protocol, the scheduler's clock.
+
+mod diagnostic;
+mod dir;
+mod validate;
+pub mod watch;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use jiff::tz::TimeZone;
+
+pub use diagnostic::{Code, Diagnostic, Severity};
+pub use dir::{DirError, read_dir};
+pub use validate::{FileDoc, JobDef, OVERLAP_MAGIC, SettingValue, validate_file};
+pub use yaml::Pos;
+
+use crate::schedule::Schedule;
+
+/// Salt's target types (`tgt_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetType {
+    Glob,
+    Pcre,
+    List,
+    Grain,
+    GrainPcre,
+    Pillar,
+    PillarPcre,
+    PillarExact,
+    Compound,
+    CompoundPillarExact,
+    Nodegroup,
+    Range,
+    Ipcidr,
+}
+
+impl TargetType {
+    pub const ALL: [TargetType; 13] = [
+        TargetType::Glob,
+        TargetType::Pcre,
+        TargetType::List,
+        TargetType::Grain,
+        TargetType::GrainPcre,
+        TargetType::Pillar,
+        TargetType::PillarPcre,
+        TargetType::PillarExact,
+        TargetType::Compound,
+        TargetType::CompoundPillarExact,
+        TargetType::Nodegroup,
+        TargetType::Range,
+        TargetType::Ipcidr,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetType::Glob => "glob",
+            TargetType::Pcre => "pcre",
+            TargetType::List => "list",
+            TargetType::Grain => "grain",
+            TargetType::GrainPcre => "grain_pcre",
+            TargetType::Pillar => "pillar",
+            TargetType::PillarPcre => "pillar_pcre",
+            TargetType::PillarExact => "pillar_exact",
+            TargetType::Compound => "compound",
+            TargetType::CompoundPillarExact => "compound_pillar_exact",
+            TargetType::Nodegroup => "nodegroup",
+            TargetType::Range => "range",
+            TargetType::Ipcidr => "ipcidr",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TargetType> {
+        TargetType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// A Salt target: an expression, or an explicit list of minion ids (`target_type: list`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Targets {
+    Expr(String),
+    List(Vec<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WrapperLogLevel {
+    Normal,
+    Debug,
+    Off,
+}
+
+impl WrapperLogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WrapperLogLevel::Normal => "normal",
+            WrapperLogLevel::Debug => "debug",
+            WrapperLogLevel::Off => "off",
+        }
+    }
+}
+
+/// A job ready to run: its file's definition with the global defaults applied.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub name: String,
+    /// The file name without its extension, as in the original.
+    pub group: String,
+    /// Where the job is defined (`file:line:col`), for messages.
+    pub source: String,
+    pub schedule: Schedule,
+    pub expression: String,
+    pub timezone: String,
+    pub targets: Targets,
+    pub target_type: TargetType,
+    pub command: String,
+    pub user: Option<String>,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// `None`: no limit (`timeout: 0`).
+    pub timeout_secs: Option<u64>,
+    /// 0: every target.
+    pub number_of_targets: u32,
+    /// 0: all targets at once.
+    pub batch_size: u32,
+    pub use_wrapper: bool,
+    pub wrapper_path: String,
+    pub wrapper_loglevel: WrapperLogLevel,
+    pub wrapper_logdir: String,
+    pub saltpeter_server_host: String,
+    pub allow_overlap: bool,
+    pub lockfile: Option<String>,
+}
+
+/// `saltpeter_config`, with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub logdir: String,
+    pub debug: bool,
+    pub api_ws: bool,
+    pub api_ws_port: u16,
+    pub api_ws_bind_addr: String,
+    pub machines_ws_port: u16,
+    pub machines_ws_bind_addr: String,
+    pub default_saltpeter_server_host: String,
+    pub default_wrapper_path: String,
+    pub default_wrapper_loglevel: WrapperLogLevel,
+    pub default_wrapper_logdir: String,
+    pub default_timezone: String,
+}
+
+impl Settings {
+    /// The defaults of the original (reference §1.4), plus `default_timezone: UTC`.
+    pub fn defaults(hostname: &str) -> Settings {
+        Settings {
+            logdir: "/var/log/saltpeter".into(),
+            debug: false,
+            api_ws: false,
+            api_ws_port: 8888,
+            api_ws_bind_addr: "0.0.0.0".into(),
+            machines_ws_port: 8889,
+            machines_ws_bind_addr: "0.0.0.0".into(),
+            default_saltpeter_server_host: hostname.into(),
+            default_wrapper_path: "/usr/local/bin/sp_wrapper.py".into(),
+            default_wrapper_loglevel: WrapperLogLevel::Normal,
+            default_wrapper_logdir: "/var/log/sp_wrapper".into(),
+            default_timezone: "UTC".into(),
+        }
+    }
+
+    fn apply(&mut self, key: &str, value: &SettingValue) {
+        use SettingValue as V;
+        match (key, value) {
+            ("logdir", V::Str(s)) => self.logdir = s.clone(),
+            ("debug", V::Bool(b)) => self.debug = *b,
+            ("api_ws", V::Bool(b)) => self.api_ws = *b,
+            ("api_ws_port", V::Port(p)) => self.api_ws_port = *p,
+            ("api_ws_bind_addr", V::Str(s)) => self.api_ws_bind_addr = s.clone(),
+            ("machines_ws_port", V::Port(p)) => self.machines_ws_port = *p,
+            ("machines_ws_bind_addr", V::Str(s)) => self.machines_ws_bind_addr = s.clone(),
+            ("default_saltpeter_server_host", V::Str(s)) => {
+                self.default_saltpeter_server_host = s.clone()
+            }
+            ("default_wrapper_path", V::Str(s)) => self.default_wrapper_path = s.clone(),
+            ("default_wrapper_loglevel", V::LogLevel(l)) => self.default_wrapper_loglevel = *l,
+            ("default_wrapper_logdir", V::Str(s)) => self.default_wrapper_logdir = s.clone(),
+            ("default_timezone", V::Str(s)) => self.default_timezone = s.clone(),
+            _ => unreachable!("validate types every setting: {key}"),
+        }
+    }
+
+    /// Settings read only at start-up that differ between `self` (running) and `new`, as
+    /// `(key, running value, new value)`.
+    pub fn restart_required(&self, new: &Settings) -> Vec<(&'static str, String, String)> {
+        let mut out = Vec::new();
+        let mut check = |key: &'static str, old: String, new: String| {
+            if old != new {
+                out.push((key, old, new));
+            }
+        };
+        check("api_ws", self.api_ws.to_string(), new.api_ws.to_string());
+        check("api_ws_port", self.api_ws_port.to_string(), new.api_ws_port.to_string());
+        check("api_ws_bind_addr", self.api_ws_bind_addr.clone(), new.api_ws_bind_addr.clone());
+        check("machines_ws_port", self.machines_ws_port.to_string(), new.machines_ws_port.to_string());
+        check(
+            "machines_ws_bind_addr",
+            self.machines_ws_bind_addr.clone(),
+            new.machines_ws_bind_addr.clone(),
+        );
+        out
+    }
+
+    /// `new` with the start-up-only settings of `self` kept.
+    pub fn keep_startup_values(&self, mut new: Settings) -> Settings {
+        new.api_ws = self.api_ws;
+        new.api_ws_port = self.api_ws_port;
+        new.api_ws_bind_addr = self.api_ws_bind_addr.clone();
+        new.machines_ws_port = self.machines_ws_port;
+        new.machines_ws_bind_addr = self.machines_ws_bind_addr.clone();
+        new
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub global: bool,
+    pub machines: Vec<String>,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub jobs: BTreeMap<String, Arc<Job>>,
+    pub settings: Settings,
+    pub maintenance: Maintenance,
+}
+
+/// One file of the directory as read: its name (`DIR/x.yaml`), its group and its text, or
+/// why it could not be read.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    pub path: String,
+    pub group: String,
+    pub text: Result<String, String>,
+}
+
+/// The outcome of one load.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
+/// Loads the directory again and again, remembering each file's last good version.
+#[derive(Debug)]
+pub struct Loader {
+    hostname: String,
+    last_good: BTreeMap<String, Arc<FileDoc>>,
+}
+
+impl Loader {
+    pub fn new(hostname: &str) -> Loader {
+        Loader {
+            hostname: hostname.to_string(),
+            last_good: BTreeMap::new(),
+        }
+    }
+
+    /// Validates every file (in the given order, which is name order) and assembles the
+    /// config. Files with errors fall back to their last good version; removed files go.
+    pub fn load(&mut self, files: &[SourceFile]) -> Loaded {
+        let mut diagnostics = Vec::new();
+        let mut effective: Vec<(&SourceFile, Arc<FileDoc>)> = Vec::new();
+        let previous = std::mem::take(&mut self.last_good);
+        for file in files {
+            let (doc, found) = match &file.text {
+                Ok(text) => validate_file(&file.path, text),
+                Err(why) => {
+                    let d = Diagnostic {
+                        file: file.path.clone(),
+                        pos: Pos { line: 1, col: 1 },
+                        severity: Severity::Error,
+                        code: Code::Unreadable,
+                        message: format!("cannot read file: {why}"),
+                    };
+                    (FileDoc::default(), vec![d])
+                }
+            };
+            let failed = found.iter().any(Diagnostic::is_error);
+            diagnostics.extend(found);
+            if !failed {
+                let doc = Arc::new(doc);
+                self.last_good.insert(file.path.clone(), doc.clone());
+                effective.push((file, doc));
+            } else if let Some(old) = previous.get(&file.path) {
+                diagnostics.push(Diagnostic {
+                    file: file.path.clone(),
+                    pos: Pos { line: 1, col: 1 },
+                    severity: Severity::Warning,
+                    code: Code::KeptLastGood,
+                    message: format!(
+                        "this file has errors; its last good version ({} job(s)) stays in force",
+                        old.jobs.len()
+                    ),
+                });
+                self.last_good.insert(file.path.clone(), old.clone());
+                effective.push((file, old.clone()));
+            }
+        }
+        let config = self.assemble(&effective, &previous, &mut diagnostics);
+        Loaded {
+            config,
+            diagnostics,
+        }
+    }
+
+    fn assemble(
+        &self,
+        files: &[(&SourceFile, Arc<FileDoc>)],
+        previous: &BTreeMap<String, Arc<FileDoc>>,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Config {
+        let mut settings = Settings::defaults(&self.hostname);
+        let mut set_at: BTreeMap<&str, (String, Pos)> = BTreeMap::new();
+        let mut maintenance = Maintenance::default();
+        for (file, doc) in files {
+            for (key, (value, pos)) in &doc.settings {
+                if let Some((other, at)) = set_at.get(key) {
+                    diagnostics.push(Diagnostic {
+                        file: file.path.clone(),
+                        pos: *pos,
+                        severity: Severity::Warning,
+                        code: Code::Overridden,
+                        message: format!(
+                            "`saltpeter_config.{key}` is also set in {other}:{}:{}; this later file wins",
+                            at.line, at.col
+                        ),
+                    });
+                }
+                set_at.insert(key, (file.path.clone(), *pos));
+                settings.apply(key, value);
+            }
+            if let Some(m) = &doc.maintenance {
+                if let Some((global, _)) = m.global {
+                    maintenance.global = global;
+                }
+                if let Some((machines, _)) = &m.machines {
+                    maintenance.machines = machines.clone();
+                }
+            }
+        }
+        // Validated already, so the zone exists.
+        let default_tz = TimeZone::get(&settings.default_timezone).unwrap_or(TimeZone::UTC);
+
+        // Where each job name is defined: a job defined in two files is kept where it was
+        // before (so adding a clashing file never replaces a running job), else in the
+        // first file by name.
+        let mut defined: BTreeMap<&str, Vec<(&SourceFile, &JobDef)>> = BTreeMap::new();
+        for (file, doc) in files {
+            for job in &doc.jobs {
+                defined.entry(job.name.as_str()).or_default().push((file, job));
+            }
+        }
+        let mut jobs = BTreeMap::new();
+        for (name, defs) in defined {
+            let keep = defs
+                .iter()
+                .position(|(file, _)| {
+                    previous.get(&file.path).is_some_and(|d| d.jobs.iter().any(|j| j.name == name))
+                })
+                .filter(|_| defs.len() > 1)
+                .unwrap_or(0);
+            let (kept_file, kept) = defs[keep];
+            for (i, (file, def)) in defs.iter().enumerate() {
+                if i != keep {
+                    diagnostics.push(Diagnostic {
+                        file: file.path.clone(),
+                        pos: def.pos,
+                        severity: Severity::Error,
+                        code: Code::DuplicateJob,
+                        message: format!(
+                            "job `{name}` is already defined in {}:{}:{}; this definition is ignored",
+                            kept_file.path, kept.pos.line, kept.pos.col
+                        ),
+                    });
+                }
+            }
+            jobs.insert(name.to_string(), Arc::new(resolve(kept_file, kept, &settings, &default_tz)));
+        }
+        diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        Config {
+            jobs,
+            settings,
+            maintenance,
+        }
+    }
+}
+
+fn resolve(file: &SourceFile, def: &JobDef, settings: &Settings, default_tz: &TimeZone) -> Job {
+    let (tz, tz_name) = match &def.timezone {
+        Some(name) => (TimeZone::get(name).unwrap_or(TimeZone::UTC), name.clone()),
+        None => (default_tz.clone(), settings.default_timezone.clone()),
+    };
+    Job {
+        name: def.name.clone(),
+        group: file.group.clone(),
+        source: format!("{}:{}:{}", file.path, def.pos.line, def.pos.col),
+        schedule: Schedule::new(def.cron.clone(), tz),
+        expression: def.expression.clone(),
+        timezone: tz_name,
+        targets: def.targets.clone(),
+        target_type: def.target_type,
+        command: def.command.clone(),
+        user: def.user.clone(),
+        cwd: def.cwd.clone(),
+        env: def.env.clone(),
+        timeout_secs: def.timeout,
+        number_of_targets: def.number_of_targets,
+        batch_size: def.batch_size,
+        use_wrapper: def.use_wrapper,
+        wrapper_path: def.wrapper_path.clone().unwrap_or_else(|| settings.default_wrapper_path.clone()),
+        wrapper_loglevel: def.wrapper_loglevel.unwrap_or(settings.default_wrapper_loglevel),
+        wrapper_logdir: def.wrapper_logdir.clone().unwrap_or_else(|| settings.default_wrapper_logdir.clone()),
+        saltpeter_server_host: def
+            .saltpeter_server_host
+            .clone()
+            .unwrap_or_else(|| settings.default_saltpeter_server_host.clone()),
+        allow_overlap: def.allow_overlap,
+        lockfile: def.lockfile.clone(),
+    }
+}
+
+impl fmt::Display for TargetType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;
