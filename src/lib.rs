@@ -2,3 +2,5 @@
 
 pub mod config;
 pub mod schedule;
+pub mod clock;
+pub mod scheduler;
