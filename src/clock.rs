@@ -44,7 +44,10 @@ const FAR_FUTURE_SECS: i64 = 4_102_444_800; // 2100-01-01
 
 impl WallTimer {
     pub fn new() -> std::io::Result<WallTimer> {
-        let fd = TimerFd::new(ClockId::CLOCK_REALTIME, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)?;
+        let fd = TimerFd::new(
+            ClockId::CLOCK_REALTIME,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
         // SAFETY: `Tfd` owns the descriptor; it stays open and the same until the `AsyncFd`
         // (which owns the `Tfd`) is dropped.
         #[allow(unsafe_code)]

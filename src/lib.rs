@@ -1,6 +1,28 @@
-//! saltpeter: a distributed cron for SaltStack fleets. This crate root only maps modules.
+//! saltpeter: a distributed cron for SaltStack fleets. This crate root only maps modules
+//! (see ARCHITECTURE.md for what each owns and must not know).
 
-pub mod config;
-pub mod schedule;
+#[cfg(feature = "daemon")]
 pub mod clock;
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod crontab;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod schedule;
+#[cfg(feature = "daemon")]
 pub mod scheduler;
+
+/// The version `saltpeter --version` prints.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(feature = "daemon")]
+/// This machine's host name, the default for `default_saltpeter_server_host` (as the
+/// original's `os.uname().nodename`).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}

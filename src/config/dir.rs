@@ -46,7 +46,10 @@ pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, DirError> {
         .into_iter()
         .map(|name| {
             let path = dir.join(&name);
-            let group = name.rsplit_once('.').map_or(name.as_str(), |(stem, _)| stem).to_string();
+            let group = name
+                .rsplit_once('.')
+                .map_or(name.as_str(), |(stem, _)| stem)
+                .to_string();
             SourceFile {
                 path: path.display().to_string(),
                 group,
@@ -62,5 +65,6 @@ fn read_text(path: &Path) -> Result<String, String> {
         return Err(format!("file is larger than {MAX_FILE_BYTES} bytes"));
     }
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()))
 }

@@ -207,9 +207,21 @@ impl Settings {
             }
         };
         check("api_ws", self.api_ws.to_string(), new.api_ws.to_string());
-        check("api_ws_port", self.api_ws_port.to_string(), new.api_ws_port.to_string());
-        check("api_ws_bind_addr", self.api_ws_bind_addr.clone(), new.api_ws_bind_addr.clone());
-        check("machines_ws_port", self.machines_ws_port.to_string(), new.machines_ws_port.to_string());
+        check(
+            "api_ws_port",
+            self.api_ws_port.to_string(),
+            new.api_ws_port.to_string(),
+        );
+        check(
+            "api_ws_bind_addr",
+            self.api_ws_bind_addr.clone(),
+            new.api_ws_bind_addr.clone(),
+        );
+        check(
+            "machines_ws_port",
+            self.machines_ws_port.to_string(),
+            new.machines_ws_port.to_string(),
+        );
         check(
             "machines_ws_bind_addr",
             self.machines_ws_bind_addr.clone(),
@@ -376,7 +388,10 @@ impl Loader {
         let mut defined: BTreeMap<&str, Vec<(&SourceFile, &JobDef)>> = BTreeMap::new();
         for (file, doc) in files {
             for job in &doc.jobs {
-                defined.entry(job.name.as_str()).or_default().push((file, job));
+                defined
+                    .entry(job.name.as_str())
+                    .or_default()
+                    .push((file, job));
             }
         }
         let mut jobs = BTreeMap::new();
@@ -384,7 +399,9 @@ impl Loader {
             let keep = defs
                 .iter()
                 .position(|(file, _)| {
-                    previous.get(&file.path).is_some_and(|d| d.jobs.iter().any(|j| j.name == name))
+                    previous
+                        .get(&file.path)
+                        .is_some_and(|d| d.jobs.iter().any(|j| j.name == name))
                 })
                 .filter(|_| defs.len() > 1)
                 .unwrap_or(0);
@@ -403,7 +420,10 @@ impl Loader {
                     });
                 }
             }
-            jobs.insert(name.to_string(), Arc::new(resolve(kept_file, kept, &settings, &default_tz)));
+            jobs.insert(
+                name.to_string(),
+                Arc::new(resolve(kept_file, kept, &settings, &default_tz)),
+            );
         }
         diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
         Config {
@@ -436,9 +456,17 @@ fn resolve(file: &SourceFile, def: &JobDef, settings: &Settings, default_tz: &Ti
         number_of_targets: def.number_of_targets,
         batch_size: def.batch_size,
         use_wrapper: def.use_wrapper,
-        wrapper_path: def.wrapper_path.clone().unwrap_or_else(|| settings.default_wrapper_path.clone()),
-        wrapper_loglevel: def.wrapper_loglevel.unwrap_or(settings.default_wrapper_loglevel),
-        wrapper_logdir: def.wrapper_logdir.clone().unwrap_or_else(|| settings.default_wrapper_logdir.clone()),
+        wrapper_path: def
+            .wrapper_path
+            .clone()
+            .unwrap_or_else(|| settings.default_wrapper_path.clone()),
+        wrapper_loglevel: def
+            .wrapper_loglevel
+            .unwrap_or(settings.default_wrapper_loglevel),
+        wrapper_logdir: def
+            .wrapper_logdir
+            .clone()
+            .unwrap_or_else(|| settings.default_wrapper_logdir.clone()),
         saltpeter_server_host: def
             .saltpeter_server_host
             .clone()

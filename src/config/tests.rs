@@ -40,8 +40,15 @@ fn defaults_match_the_original() {
 #[test]
 fn global_defaults_apply_to_every_file_and_zero_timeout_means_none() {
     let cfg = "saltpeter_config:\n  default_timezone: Europe/Berlin\n  default_wrapper_path: /opt/sp-wrapper\n";
-    let b = GOOD.replace("backup", "other").replace("echo hi", "true\n  timeout: 0\n  timezone: America/New_York");
-    let loaded = Loader::new("h").load(&[file("a.yaml", GOOD), file("b.yaml", &b), file("z.yaml", cfg)]);
+    let b = GOOD.replace("backup", "other").replace(
+        "echo hi",
+        "true\n  timeout: 0\n  timezone: America/New_York",
+    );
+    let loaded = Loader::new("h").load(&[
+        file("a.yaml", GOOD),
+        file("b.yaml", &b),
+        file("z.yaml", cfg),
+    ]);
     assert_eq!(loaded.diagnostics, []);
     let jobs = &loaded.config.jobs;
     assert_eq!(jobs["backup"].timezone, "Europe/Berlin");
@@ -57,14 +64,22 @@ fn a_broken_file_keeps_its_last_good_version() {
     let broken = GOOD.replace("'*/5'", "'*/500'");
     let loaded = loader.load(&[file("a.yaml", &broken)]);
     assert_eq!(loaded.errors(), 1);
-    assert!(loaded.diagnostics.iter().any(|d| d.code == Code::KeptLastGood));
+    assert!(
+        loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.code == Code::KeptLastGood)
+    );
     assert_eq!(loaded.config.jobs["backup"].expression, "0 */5 * * * * *");
     // Still broken on the next reload: still the same last good version.
     let loaded = loader.load(&[file("a.yaml", &broken)]);
     assert_eq!(loaded.config.jobs["backup"].expression, "0 */5 * * * * *");
     // Fixed: the new version is taken.
     let fixed = GOOD.replace("'*/5'", "'*/7'");
-    assert_eq!(loader.load(&[file("a.yaml", &fixed)]).config.jobs["backup"].expression, "0 */7 * * * * *");
+    assert_eq!(
+        loader.load(&[file("a.yaml", &fixed)]).config.jobs["backup"].expression,
+        "0 */7 * * * * *"
+    );
     // Removed: its jobs go.
     assert!(loader.load(&[]).config.jobs.is_empty());
 }
@@ -88,21 +103,43 @@ fn a_clashing_new_file_never_replaces_a_running_job() {
     let clash = GOOD.replace("echo hi", "echo clash");
     let loaded = loader.load(&[file("a.yaml", &clash), file("z.yaml", GOOD)]);
     assert_eq!(loaded.config.jobs["backup"].command, "echo hi");
-    let dup = loaded.diagnostics.iter().find(|d| d.code == Code::DuplicateJob).unwrap();
-    assert_eq!(dup.to_string(), "a.yaml:2:1: error: job `backup` is already defined in z.yaml:2:1; this definition is ignored");
+    let dup = loaded
+        .diagnostics
+        .iter()
+        .find(|d| d.code == Code::DuplicateJob)
+        .unwrap();
+    assert_eq!(
+        dup.to_string(),
+        "a.yaml:2:1: error: job `backup` is already defined in z.yaml:2:1; this definition is ignored"
+    );
 }
 
 #[test]
 fn start_up_only_settings_are_reported_and_kept() {
     let mut loader = Loader::new("h");
-    let old = loader.load(&[file("a.yaml", "saltpeter_config:\n  machines_ws_port: 8889\n")]).config.settings;
-    let new = loader
-        .load(&[file("a.yaml", "saltpeter_config:\n  machines_ws_port: 9999\n  logdir: /tmp/x\n")])
+    let old = loader
+        .load(&[file(
+            "a.yaml",
+            "saltpeter_config:\n  machines_ws_port: 8889\n",
+        )])
         .config
         .settings;
-    assert_eq!(old.restart_required(&new), [("machines_ws_port", "8889".to_string(), "9999".to_string())]);
+    let new = loader
+        .load(&[file(
+            "a.yaml",
+            "saltpeter_config:\n  machines_ws_port: 9999\n  logdir: /tmp/x\n",
+        )])
+        .config
+        .settings;
+    assert_eq!(
+        old.restart_required(&new),
+        [("machines_ws_port", "8889".to_string(), "9999".to_string())]
+    );
     let kept = old.keep_startup_values(new);
-    assert_eq!((kept.machines_ws_port, kept.logdir.as_str()), (8889, "/tmp/x"));
+    assert_eq!(
+        (kept.machines_ws_port, kept.logdir.as_str()),
+        (8889, "/tmp/x")
+    );
 }
 
 #[test]
@@ -110,5 +147,11 @@ fn maintenance_later_files_override() {
     let a = "saltpeter_maintenance:\n  global: false\n  machines: [m1]\n";
     let b = "saltpeter_maintenance:\n  global: true\n";
     let loaded = Loader::new("h").load(&[file("a.yaml", a), file("b.yaml", b)]);
-    assert_eq!(loaded.config.maintenance, Maintenance { global: true, machines: vec!["m1".into()] });
+    assert_eq!(
+        loaded.config.maintenance,
+        Maintenance {
+            global: true,
+            machines: vec!["m1".into()]
+        }
+    );
 }

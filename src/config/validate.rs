@@ -8,7 +8,7 @@ use jiff::tz::TimeZone;
 
 use super::diagnostic::{Code, Sink, suggest};
 use super::yaml::{self, Kind, Node, Pos};
-use super::{Targets, TargetType, WrapperLogLevel};
+use super::{TargetType, Targets, WrapperLogLevel};
 use crate::schedule::{Cron, DomDow, Field};
 
 /// The value that makes the original allow overlapping runs.
@@ -156,7 +156,11 @@ fn validate(text: &str, sink: &mut Sink) -> FileDoc {
         );
     }
     let Some(root) = parsed.root.filter(|r| !r.is_null()) else {
-        sink.warning(Pos { line: 1, col: 1 }, Code::EmptyFile, "file is empty; it defines no jobs");
+        sink.warning(
+            Pos { line: 1, col: 1 },
+            Code::EmptyFile,
+            "file is empty; it defines no jobs",
+        );
         return doc;
     };
     let Some(entries) = root.as_map() else {
@@ -267,11 +271,15 @@ fn time_zone(node: &Node, what: &str, sink: &mut Sink) -> Option<String> {
     }
     let known: Vec<String> = jiff::tz::db().available().map(|n| n.to_string()).collect();
     let refs: Vec<&str> = known.iter().map(String::as_str).collect();
-    let hint = suggest(&name, &refs).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+    let hint = suggest(&name, &refs)
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
     sink.error(
         node.pos,
         Code::BadTimeZone,
-        format!("unknown time zone `{name}` (an IANA name such as `Europe/Berlin` is expected){hint}"),
+        format!(
+            "unknown time zone `{name}` (an IANA name such as `Europe/Berlin` is expected){hint}"
+        ),
     );
     None
 }
@@ -295,7 +303,9 @@ fn log_level(node: &Node, what: &str, sink: &mut Sink) -> Option<WrapperLogLevel
 
 fn unknown_key(key: &Node, known: &[&str], section: &str, sink: &mut Sink) {
     let text = key.key_text();
-    let hint = suggest(&text, known).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+    let hint = suggest(&text, known)
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
     sink.warning(
         key.pos,
         Code::UnknownKey,
@@ -311,7 +321,10 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             sink.error(
                 node.pos,
                 Code::NotAMapping,
-                format!("`saltpeter_config` must be a mapping, found {}", node.describe()),
+                format!(
+                    "`saltpeter_config` must be a mapping, found {}",
+                    node.describe()
+                ),
             );
         }
         return;
@@ -331,7 +344,11 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             SettingKind::Bool => boolean(value, name, sink).map(SettingValue::Bool),
             SettingKind::Port => match unsigned(value, name, 65_535, sink) {
                 Some(0) => {
-                    sink.error(value.pos, Code::BadValue, format!("`{name}` must be a port 1-65535, found 0"));
+                    sink.error(
+                        value.pos,
+                        Code::BadValue,
+                        format!("`{name}` must be a port 1-65535, found 0"),
+                    );
                     None
                 }
                 p => p.map(|p| SettingValue::Port(p as u16)),
@@ -359,7 +376,10 @@ fn maintenance(node: &Node, sink: &mut Sink) -> Option<MaintenanceDef> {
             sink.error(
                 node.pos,
                 Code::NotAMapping,
-                format!("`saltpeter_maintenance` must be a mapping, found {}", node.describe()),
+                format!(
+                    "`saltpeter_maintenance` must be a mapping, found {}",
+                    node.describe()
+                ),
             );
         }
         return None;
@@ -374,7 +394,12 @@ fn maintenance(node: &Node, sink: &mut Sink) -> Option<MaintenanceDef> {
                 def.machines = string_list(value, "machines", sink).map(|m| (m, value.pos));
             }
             "global" | "machines" => {}
-            _ => unknown_key(key, &["global", "machines"], "`saltpeter_maintenance`", sink),
+            _ => unknown_key(
+                key,
+                &["global", "machines"],
+                "`saltpeter_maintenance`",
+                sink,
+            ),
         }
     }
     Some(def)
@@ -393,7 +418,10 @@ fn string_list(node: &Node, what: &str, sink: &mut Sink) -> Option<Vec<String>> 
             sink.error(
                 node.pos,
                 Code::WrongType,
-                format!("`{what}` must be a list of strings, found {}", node.describe()),
+                format!(
+                    "`{what}` must be a list of strings, found {}",
+                    node.describe()
+                ),
             );
             None
         }
@@ -406,18 +434,30 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         sink.error(
             pos,
             Code::BadValue,
-            format!("job name `{}` may not be empty or contain `/` or control characters", name.escape_debug()),
+            format!(
+                "job name `{}` may not be empty or contain `/` or control characters",
+                name.escape_debug()
+            ),
         );
     }
     let Some(entries) = node.as_map() else {
         sink.error(
             node.pos,
             Code::NotAMapping,
-            format!("job `{name}` must be a mapping of keys, found {}", node.describe()),
+            format!(
+                "job `{name}` must be a mapping of keys, found {}",
+                node.describe()
+            ),
         );
         return None;
     };
-    let get = |k: &str| entries.iter().find(|(key, _)| key.key_text() == k).map(|(_, v)| v).filter(|v| !v.is_null());
+    let get = |k: &str| {
+        entries
+            .iter()
+            .find(|(key, _)| key.key_text() == k)
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    };
 
     for (key, _) in entries {
         let text = key.key_text();
@@ -427,6 +467,7 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
     }
 
     // Schedule fields.
+    let mut missing: Vec<&str> = Vec::new();
     let mut fields: Vec<(String, Option<Pos>, bool)> = Vec::with_capacity(7);
     for field in Field::ALL {
         let default = match field {
@@ -441,7 +482,10 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
                     sink.error(
                         v.pos,
                         Code::WrongType,
-                        format!("`{field}` must be a cron field such as `*/5`, found {}", v.describe()),
+                        format!(
+                            "`{field}` must be a cron field such as `*/5`, found {}",
+                            v.describe()
+                        ),
                     );
                     fields.push(("*".into(), None, false));
                 }
@@ -449,11 +493,28 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
             None => match default {
                 Some(d) => fields.push((d.into(), None, false)),
                 None => {
-                    sink.error(pos, Code::MissingKey, format!("job `{name}` is missing the required key `{field}`"));
+                    missing.push(field.key());
                     fields.push(("*".into(), None, false));
                 }
             },
         }
+    }
+    for key in ["targets", "command"] {
+        if get(key).is_none() {
+            missing.push(key);
+        }
+    }
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|k| format!("`{k}`")).collect();
+        let s = if missing.len() == 1 { "" } else { "s" };
+        sink.error(
+            pos,
+            Code::MissingKey,
+            format!(
+                "job `{name}` is missing the required key{s} {}",
+                list.join(", ")
+            ),
+        );
     }
     let dom_dow = match get("dom_dow") {
         None => DomDow::And,
@@ -461,7 +522,11 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
             Some("and") => DomDow::And,
             Some("or") => DomDow::Or,
             Some(other) => {
-                sink.error(v.pos, Code::BadValue, format!("`dom_dow` must be `and` or `or`, found `{other}`"));
+                sink.error(
+                    v.pos,
+                    Code::BadValue,
+                    format!("`dom_dow` must be `and` or `or`, found `{other}`"),
+                );
                 DomDow::And
             }
             None => DomDow::And,
@@ -470,20 +535,39 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
     let texts: [&str; 7] = std::array::from_fn(|i| fields[i].0.as_str());
     let cron = match Cron::parse(texts, dom_dow) {
         Ok(cron) => Some(cron),
+        // Missing fields are reported once above, not as bad fields.
+        Err(_) if !missing.is_empty() => None,
         Err(errors) => {
             for e in errors {
                 let (_, at, quoted) = &fields[e.field as usize];
                 let at = at.unwrap_or(pos);
                 let col = at.col + u32::from(*quoted) + e.offset as u32;
-                sink.error(Pos { line: at.line, col }, Code::BadCron, format!("bad `{}` field: {}", e.field, e.message));
+                sink.error(
+                    Pos { line: at.line, col },
+                    Code::BadCron,
+                    format!("bad `{}` field: {}", e.field, e.message),
+                );
             }
             None
         }
     };
     if let Some(cron) = &cron {
-        let epoch = crate::schedule::Civil { year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0 };
+        let epoch = crate::schedule::Civil {
+            year: 1970,
+            month: 1,
+            day: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+        };
         if cron.next_civil(epoch).is_none() {
-            sink.warning(pos, Code::NeverFires, format!("the schedule of job `{name}` matches no date from 1970 to 2099; it never fires"));
+            sink.warning(
+                pos,
+                Code::NeverFires,
+                format!(
+                    "the schedule of job `{name}` matches no date from 1970 to 2099; it never fires"
+                ),
+            );
         }
     }
 
@@ -495,11 +579,16 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
                 Some(t) => t,
                 None => {
                     let names: Vec<&str> = TargetType::ALL.iter().map(|t| t.as_str()).collect();
-                    let hint = suggest(&text, &names).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                    let hint = suggest(&text, &names)
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
                     sink.error(
                         v.pos,
                         Code::BadValue,
-                        format!("unknown target_type `{text}` (one of {}){hint}", names.join(", ")),
+                        format!(
+                            "unknown target_type `{text}` (one of {}){hint}",
+                            names.join(", ")
+                        ),
                     );
                     TargetType::Glob
                 }
@@ -507,38 +596,36 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         }
     };
     let targets = match get("targets") {
-        None => {
-            sink.error(pos, Code::MissingKey, format!("job `{name}` is missing the required key `targets`"));
-            Targets::Expr(String::new())
-        }
+        None => Targets::Expr(String::new()),
         Some(v) => match &v.kind {
             Kind::Seq(_) if target_type == TargetType::List => {
                 Targets::List(string_list(v, "targets", sink).unwrap_or_default())
             }
             Kind::Seq(_) => {
-                sink.error(v.pos, Code::WrongType, "`targets` may be a list only with `target_type: list`");
+                sink.error(
+                    v.pos,
+                    Code::WrongType,
+                    "`targets` may be a list only with `target_type: list`",
+                );
                 Targets::Expr(String::new())
             }
             _ => {
-                let text = string(v, "targets", sink).unwrap_or_default();
-                if text.trim().is_empty() {
+                let text = string(v, "targets", sink);
+                if text.as_ref().is_some_and(|t| t.trim().is_empty()) {
                     sink.error(v.pos, Code::BadValue, "`targets` is empty");
                 }
-                Targets::Expr(text)
+                Targets::Expr(text.unwrap_or_default())
             }
         },
     };
     let command = match get("command") {
-        None => {
-            sink.error(pos, Code::MissingKey, format!("job `{name}` is missing the required key `command`"));
-            String::new()
-        }
+        None => String::new(),
         Some(v) => {
-            let text = string(v, "command", sink).unwrap_or_default();
-            if text.trim().is_empty() {
+            let text = string(v, "command", sink);
+            if text.as_ref().is_some_and(|t| t.trim().is_empty()) {
                 sink.error(v.pos, Code::BadValue, "`command` is empty");
             }
-            text
+            text.unwrap_or_default()
         }
     };
 
@@ -549,7 +636,8 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
     let wrapper_logdir = opt_string("wrapper_logdir", sink);
     let saltpeter_server_host = opt_string("saltpeter_server_host", sink);
     let lockfile = opt_string("lockfile", sink);
-    let wrapper_loglevel = get("wrapper_loglevel").and_then(|v| log_level(v, "wrapper_loglevel", sink));
+    let wrapper_loglevel =
+        get("wrapper_loglevel").and_then(|v| log_level(v, "wrapper_loglevel", sink));
     let timezone = get("timezone").and_then(|v| time_zone(v, "timezone", sink));
 
     let mut env = BTreeMap::new();
@@ -559,11 +647,24 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
                 for (k, val) in vars {
                     let key = k.key_text();
                     if key.is_empty() || key.contains('=') || key.contains('\0') {
-                        sink.error(k.pos, Code::BadValue, format!("`{}` is not a valid environment variable name", key.escape_debug()));
+                        sink.error(
+                            k.pos,
+                            Code::BadValue,
+                            format!(
+                                "`{}` is not a valid environment variable name",
+                                key.escape_debug()
+                            ),
+                        );
                         continue;
                     }
                     if key.starts_with("SP_") {
-                        sink.warning(k.pos, Code::Overridden, format!("env `{key}` overrides a variable saltpeter passes to the wrapper"));
+                        sink.warning(
+                            k.pos,
+                            Code::Overridden,
+                            format!(
+                                "env `{key}` overrides a variable saltpeter passes to the wrapper"
+                            ),
+                        );
                     }
                     match val.as_scalar() {
                         Some(s) if !s.is_null() => {
@@ -572,27 +673,50 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
                         _ => sink.error(
                             val.pos,
                             Code::WrongType,
-                            format!("env `{key}` must be a string or number, found {}", val.describe()),
+                            format!(
+                                "env `{key}` must be a string or number, found {}",
+                                val.describe()
+                            ),
                         ),
                     }
                 }
             }
-            None => sink.error(v.pos, Code::WrongType, format!("`env` must be a mapping of names to values, found {}", v.describe())),
+            None => sink.error(
+                v.pos,
+                Code::WrongType,
+                format!(
+                    "`env` must be a mapping of names to values, found {}",
+                    v.describe()
+                ),
+            ),
         }
     }
 
-    let mut timeout = get("timeout").and_then(|v| unsigned(v, "timeout", u64::from(u32::MAX), sink));
+    let mut timeout =
+        get("timeout").and_then(|v| unsigned(v, "timeout", u64::from(u32::MAX), sink));
     if let Some(v) = get("hard_timeout") {
         let hard = unsigned(v, "hard_timeout", u64::from(u32::MAX), sink);
         if get("timeout").is_some() {
-            sink.warning(v.pos, Code::LegacyKey, "`hard_timeout` is ignored because `timeout` is set");
+            sink.warning(
+                v.pos,
+                Code::LegacyKey,
+                "`hard_timeout` is ignored because `timeout` is set",
+            );
         } else {
-            sink.warning(v.pos, Code::LegacyKey, "`hard_timeout` is a legacy name; write `timeout`");
+            sink.warning(
+                v.pos,
+                Code::LegacyKey,
+                "`hard_timeout` is a legacy name; write `timeout`",
+            );
             timeout = hard;
         }
     }
     if let Some(v) = get("soft_timeout") {
-        sink.warning(v.pos, Code::LegacyKey, "`soft_timeout` has no effect and is ignored");
+        sink.warning(
+            v.pos,
+            Code::LegacyKey,
+            "`soft_timeout` has no effect and is ignored",
+        );
     }
     if let Some(v) = get("utc") {
         sink.warning(
@@ -602,12 +726,22 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         );
     }
     if let Some(v) = get("group") {
-        sink.warning(v.pos, Code::LegacyKey, "`group` is the file's name; this value is ignored");
+        sink.warning(
+            v.pos,
+            Code::LegacyKey,
+            "`group` is the file's name; this value is ignored",
+        );
     }
-    let count = |k: &str, sink: &mut Sink| get(k).and_then(|v| unsigned(v, k, u64::from(u32::MAX), sink)).unwrap_or(0) as u32;
+    let count = |k: &str, sink: &mut Sink| {
+        get(k)
+            .and_then(|v| unsigned(v, k, u64::from(u32::MAX), sink))
+            .unwrap_or(0) as u32
+    };
     let number_of_targets = count("number_of_targets", sink);
     let batch_size = count("batch_size", sink);
-    let use_wrapper = get("use_wrapper").and_then(|v| boolean(v, "use_wrapper", sink)).unwrap_or(true);
+    let use_wrapper = get("use_wrapper")
+        .and_then(|v| boolean(v, "use_wrapper", sink))
+        .unwrap_or(true);
     let allow_overlap = match get("allow_overlap") {
         None => false,
         Some(v) if v.as_scalar().is_some_and(|s| s.text == OVERLAP_MAGIC) => true,

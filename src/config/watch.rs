@@ -22,7 +22,9 @@ pub fn watch(dir: &Path, quiet: Duration, reload: mpsc::Sender<()>) -> notify::R
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
             Ok(event) => event.paths.iter().any(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(is_job_file)
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_job_file)
             }),
             // An error (queue overflow...) may hide a change: reload to be safe.
             Err(_) => true,

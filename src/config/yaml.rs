@@ -98,7 +98,9 @@ impl Node {
 
 impl Scalar {
     pub fn is_null(&self) -> bool {
-        self.plain && !self.tagged_str && matches!(self.text.as_str(), "" | "~" | "null" | "Null" | "NULL")
+        self.plain
+            && !self.tagged_str
+            && matches!(self.text.as_str(), "" | "~" | "null" | "Null" | "NULL")
     }
 
     /// YAML 1.2 booleans.
@@ -131,7 +133,12 @@ impl Scalar {
             return None;
         }
         let t = self.text.strip_prefix('+').unwrap_or(&self.text);
-        if t.is_empty() || !t.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) {
+        if t.is_empty()
+            || !t
+                .trim_start_matches('-')
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         t.parse().ok()
@@ -348,7 +355,13 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.key_text(), v.key_text()))
             .collect();
-        assert_eq!(keys, [("cwd".into(), "/srv".into()), ("user".into(), "root".into())]);
+        assert_eq!(
+            keys,
+            [
+                ("cwd".into(), "/srv".into()),
+                ("user".into(), "root".into())
+            ]
+        );
     }
 
     #[test]
@@ -367,7 +380,11 @@ mod tests {
 
     #[test]
     fn scalars_are_typed_only_when_plain() {
-        let s = |t: &str, plain| Scalar { text: t.into(), plain, tagged_str: false };
+        let s = |t: &str, plain| Scalar {
+            text: t.into(),
+            plain,
+            tagged_str: false,
+        };
         assert_eq!(s("true", true).as_bool(), Some(true));
         assert_eq!(s("true", false).as_bool(), None);
         assert_eq!(s("yes", true).as_legacy_bool(), Some(true));

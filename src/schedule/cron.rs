@@ -341,7 +341,7 @@ impl Cron {
 }
 
 pub fn is_leap(year: u32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 pub fn days_in_month(year: u32, month: u32) -> u32 {
@@ -407,13 +407,17 @@ fn parse_field(field: Field, text: &str) -> Result<Parsed, FieldError> {
             }
             parsed.star = true;
             for v in lo..=hi {
-                parsed.values.set(v - if field == Field::Year { YEAR_MIN } else { 0 });
+                parsed
+                    .values
+                    .set(v - if field == Field::Year { YEAR_MIN } else { 0 });
             }
         } else if item == "l" {
             if field != Field::Dom {
                 return Err(item_err(
                     0,
-                    format!("a bare `L` (last day of the month) is only allowed in `dom`, not in `{field}`"),
+                    format!(
+                        "a bare `L` (last day of the month) is only allowed in `dom`, not in `{field}`"
+                    ),
                 ));
             }
             parsed.last = true;
@@ -421,10 +425,13 @@ fn parse_field(field: Field, text: &str) -> Result<Parsed, FieldError> {
             if field != Field::Dom {
                 return Err(item_err(
                     0,
-                    format!("`Z` (days before the month's end) is only allowed in `dom`, not in `{field}`"),
+                    format!(
+                        "`Z` (days before the month's end) is only allowed in `dom`, not in `{field}`"
+                    ),
                 ));
             }
-            let (a, b) = parse_small_range(rest, 0, 7).map_err(|m| item_err(1, format!("bad `Z` item `{item}`: {m}")))?;
+            let (a, b) = parse_small_range(rest, 0, 7)
+                .map_err(|m| item_err(1, format!("bad `Z` item `{item}`: {m}")))?;
             for n in a..=b {
                 parsed.before_end.set(n);
             }
@@ -432,10 +439,13 @@ fn parse_field(field: Field, text: &str) -> Result<Parsed, FieldError> {
             if field != Field::Dow {
                 return Err(item_err(
                     0,
-                    format!("`L<weekday>` (last weekday of the month) is only allowed in `dow`, not in `{field}`"),
+                    format!(
+                        "`L<weekday>` (last weekday of the month) is only allowed in `dow`, not in `{field}`"
+                    ),
                 ));
             }
-            let (a, b) = parse_small_range(rest, 0, 7).map_err(|m| item_err(1, format!("bad `L` item `{item}`: {m}")))?;
+            let (a, b) = parse_small_range(rest, 0, 7)
+                .map_err(|m| item_err(1, format!("bad `L` item `{item}`: {m}")))?;
             for n in a..=b {
                 parsed.last_weekday.set(n % 7);
             }
@@ -476,7 +486,10 @@ fn parse_item(field: Field, item: &str, parsed: &mut Parsed) -> Result<(), (usiz
     let (range, step) = match item.split_once('/') {
         Some((r, s)) => {
             let step: u32 = s.parse().map_err(|_| {
-                (r.len() + 1, format!("step must be a positive number, found `{s}`"))
+                (
+                    r.len() + 1,
+                    format!("step must be a positive number, found `{s}`"),
+                )
             })?;
             if step == 0 {
                 return Err((r.len() + 1, "step must be greater than 0".to_string()));
@@ -495,7 +508,10 @@ fn parse_item(field: Field, item: &str, parsed: &mut Parsed) -> Result<(), (usiz
                 Field::Dow => " or a day name (sun-sat)",
                 _ => "",
             };
-            (at, format!("expected a number {lo}-{hi}{what} in `{field}`, found `{s}`"))
+            (
+                at,
+                format!("expected a number {lo}-{hi}{what} in `{field}`, found `{s}`"),
+            )
         })?;
         if v < lo || v > hi {
             return Err((at, format!("{v} is out of range for `{field}` ({lo}-{hi})")));
@@ -519,16 +535,18 @@ fn parse_item(field: Field, item: &str, parsed: &mut Parsed) -> Result<(), (usiz
     } else {
         let start = value(range, 0)?;
         // `a/n` runs from `a` to the field's end; a plain `a` is one value.
-        let end = if step.is_some() { if field == Field::Dow { 6 } else { hi } } else { start };
+        let end = if step.is_some() {
+            if field == Field::Dow { 6 } else { hi }
+        } else {
+            start
+        };
         (start, end)
     };
-    if let Some(step) = step {
-        if step > hi - lo {
-            return Err((
-                range.len() + 1,
-                format!("step {step} is too large for `{field}` ({lo}-{hi})"),
-            ));
-        }
+    if let Some(step) = step.filter(|s| *s > hi - lo) {
+        return Err((
+            range.len() + 1,
+            format!("step {step} is too large for `{field}` ({lo}-{hi})"),
+        ));
     }
     let base = if field == Field::Year { YEAR_MIN } else { 0 };
     let mut v = start;
@@ -552,12 +570,21 @@ mod tests {
     }
 
     fn civil(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Civil {
-        Civil { year: y, month: mo, day: d, hour: h, minute: mi, second: s }
+        Civil {
+            year: y,
+            month: mo,
+            day: d,
+            hour: h,
+            minute: mi,
+            second: s,
+        }
     }
 
     fn err(expr: &str) -> FieldError {
         let f: Vec<&str> = expr.split(' ').collect();
-        Cron::parse(f.try_into().unwrap(), DomDow::And).unwrap_err().remove(0)
+        Cron::parse(f.try_into().unwrap(), DomDow::And)
+            .unwrap_err()
+            .remove(0)
     }
 
     #[test]
@@ -571,7 +598,10 @@ mod tests {
     fn dom_and_dow_are_anded_like_the_original() {
         // Reference §1.6: from 2025-01-01 the next Monday the 1st is 2025-09-01.
         let c = cron("0 0 0 1 * 1 *");
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 0, 1)), Some(civil(2025, 9, 1, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 0, 1)),
+            Some(civil(2025, 9, 1, 0, 0, 0))
+        );
     }
 
     #[test]
@@ -579,55 +609,112 @@ mod tests {
         let f = ["0", "0", "0", "1", "*", "1", "*"];
         let c = Cron::parse(f, DomDow::Or).unwrap();
         // 2025-01-01 is a Wednesday; the next Monday is the 6th, before Feb 1.
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 0, 1)), Some(civil(2025, 1, 6, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 0, 1)),
+            Some(civil(2025, 1, 6, 0, 0, 0))
+        );
         // With one side `*`, `or` still restricts by the other side alone.
         let c = Cron::parse(["0", "0", "0", "*", "*", "1", "*"], DomDow::Or).unwrap();
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 0, 1)), Some(civil(2025, 1, 6, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 0, 1)),
+            Some(civil(2025, 1, 6, 0, 0, 0))
+        );
     }
 
     #[test]
     fn last_day_and_days_before_end() {
         let c = cron("0 0 0 L * * *");
-        assert_eq!(c.next_civil(civil(2024, 2, 1, 0, 0, 0)), Some(civil(2024, 2, 29, 0, 0, 0)));
-        assert_eq!(c.next_civil(civil(2023, 2, 1, 0, 0, 0)), Some(civil(2023, 2, 28, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2024, 2, 1, 0, 0, 0)),
+            Some(civil(2024, 2, 29, 0, 0, 0))
+        );
+        assert_eq!(
+            c.next_civil(civil(2023, 2, 1, 0, 0, 0)),
+            Some(civil(2023, 2, 28, 0, 0, 0))
+        );
         let c = cron("0 0 0 Z2 * * *");
-        assert_eq!(c.next_civil(civil(2023, 4, 1, 0, 0, 0)), Some(civil(2023, 4, 28, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2023, 4, 1, 0, 0, 0)),
+            Some(civil(2023, 4, 28, 0, 0, 0))
+        );
         let c = cron("0 0 0 Z0-1 * * *");
-        assert_eq!(c.next_civil(civil(2023, 4, 1, 0, 0, 0)), Some(civil(2023, 4, 29, 0, 0, 0)));
-        assert_eq!(c.next_civil(civil(2023, 4, 29, 0, 0, 1)), Some(civil(2023, 4, 30, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2023, 4, 1, 0, 0, 0)),
+            Some(civil(2023, 4, 29, 0, 0, 0))
+        );
+        assert_eq!(
+            c.next_civil(civil(2023, 4, 29, 0, 0, 1)),
+            Some(civil(2023, 4, 30, 0, 0, 0))
+        );
     }
 
     #[test]
     fn last_weekday_of_month() {
         // Last Friday of March 2025 is the 28th; last Sunday (L7 = L0) is the 30th.
         let c = cron("0 0 0 * * L5 *");
-        assert_eq!(c.next_civil(civil(2025, 3, 1, 0, 0, 0)), Some(civil(2025, 3, 28, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 3, 1, 0, 0, 0)),
+            Some(civil(2025, 3, 28, 0, 0, 0))
+        );
         let c = cron("0 0 0 * * L7 *");
-        assert_eq!(c.next_civil(civil(2025, 3, 1, 0, 0, 0)), Some(civil(2025, 3, 30, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 3, 1, 0, 0, 0)),
+            Some(civil(2025, 3, 30, 0, 0, 0))
+        );
         let c = cron("0 0 0 * * L1-2 *");
         // March 2025 ends on Monday the 31st, so its last Tuesday is the 25th.
-        assert_eq!(c.next_civil(civil(2025, 3, 1, 0, 0, 0)), Some(civil(2025, 3, 25, 0, 0, 0)));
-        assert_eq!(c.next_civil(civil(2025, 3, 25, 0, 0, 1)), Some(civil(2025, 3, 31, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 3, 1, 0, 0, 0)),
+            Some(civil(2025, 3, 25, 0, 0, 0))
+        );
+        assert_eq!(
+            c.next_civil(civil(2025, 3, 25, 0, 0, 1)),
+            Some(civil(2025, 3, 31, 0, 0, 0))
+        );
     }
 
     #[test]
     fn names_steps_and_weekend_ranges() {
         let c = cron("*/15 0 12 * jan-Mar sat-sun *");
-        assert_eq!(c.next_civil(civil(2025, 3, 31, 0, 0, 0)), Some(civil(2026, 1, 3, 12, 0, 0)));
-        assert_eq!(c.next_civil(civil(2026, 1, 3, 12, 0, 1)), Some(civil(2026, 1, 3, 12, 0, 15)));
+        assert_eq!(
+            c.next_civil(civil(2025, 3, 31, 0, 0, 0)),
+            Some(civil(2026, 1, 3, 12, 0, 0))
+        );
+        assert_eq!(
+            c.next_civil(civil(2026, 1, 3, 12, 0, 1)),
+            Some(civil(2026, 1, 3, 12, 0, 15))
+        );
         let c = cron("5/20 * * * * * *");
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 0, 46)), Some(civil(2025, 1, 1, 0, 1, 5)));
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 0, 46)),
+            Some(civil(2025, 1, 1, 0, 1, 5))
+        );
         let c = cron("0 0 0 * * 7 *");
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 0, 0)), Some(civil(2025, 1, 5, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 0, 0)),
+            Some(civil(2025, 1, 5, 0, 0, 0))
+        );
         let c = cron("0 10-20/5 * * * * *");
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 16, 0)), Some(civil(2025, 1, 1, 0, 20, 0)));
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 20, 1)), Some(civil(2025, 1, 1, 1, 10, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 16, 0)),
+            Some(civil(2025, 1, 1, 0, 20, 0))
+        );
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 20, 1)),
+            Some(civil(2025, 1, 1, 1, 10, 0))
+        );
     }
 
     #[test]
     fn feb_30_and_past_2099_never_match() {
-        assert_eq!(cron("0 0 0 30 2 * *").next_civil(civil(1970, 1, 1, 0, 0, 0)), None);
-        assert_eq!(cron("0 0 0 * * * 2020").next_civil(civil(2021, 1, 1, 0, 0, 0)), None);
+        assert_eq!(
+            cron("0 0 0 30 2 * *").next_civil(civil(1970, 1, 1, 0, 0, 0)),
+            None
+        );
+        assert_eq!(
+            cron("0 0 0 * * * 2020").next_civil(civil(2021, 1, 1, 0, 0, 0)),
+            None
+        );
         assert_eq!(
             cron("59 59 23 31 12 * 2099").next_civil(civil(2099, 1, 1, 0, 0, 0)),
             Some(civil(2099, 12, 31, 23, 59, 59))
@@ -639,7 +726,10 @@ mod tests {
         let c = cron("0 0 0 29 2 * *");
         assert_eq!(c.next_civil(civil(2097, 3, 1, 0, 0, 0)), None);
         assert_eq!(c.next_civil(civil(2096, 3, 1, 0, 0, 0)), None);
-        assert_eq!(c.next_civil(civil(2025, 1, 1, 0, 0, 0)), Some(civil(2028, 2, 29, 0, 0, 0)));
+        assert_eq!(
+            c.next_civil(civil(2025, 1, 1, 0, 0, 0)),
+            Some(civil(2028, 2, 29, 0, 0, 0))
+        );
     }
 
     #[test]
@@ -650,22 +740,37 @@ mod tests {
         let e = err("0 0 0 * * * 1969");
         assert_eq!(e.message, "1969 is out of range for `year` (1970-2099)");
         let e = err("0 1,2,x * * * * *");
-        assert_eq!((e.offset, e.message.as_str()), (4, "expected a number 0-59 in `min`, found `x`"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (4, "expected a number 0-59 in `min`, found `x`")
+        );
         let e = err("0 55-5 * * * * *");
         assert_eq!(e.message, "range `55-5` in `min` is descending");
         let e = err("*/0 * * * * * *");
-        assert_eq!((e.offset, e.message.as_str()), (2, "step must be greater than 0"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (2, "step must be greater than 0")
+        );
         let e = err("*/60 * * * * * *");
         assert_eq!(e.message, "step 60 is too large for `sec` (0-59)");
         let e = err("? * * * * * *");
-        assert_eq!(e.message, "`?` is only allowed in `dom` and `dow`, not in `sec`");
+        assert_eq!(
+            e.message,
+            "`?` is only allowed in `dom` and `dow`, not in `sec`"
+        );
         let e = err("0 0 0 * * L *");
         assert!(e.message.contains("only allowed in `dom`"), "{}", e.message);
         let e = err("0 0 0 Z9 * * *");
         assert_eq!(e.message, "bad `Z` item `z9`: 9 is out of range 0-7");
         let e = err("0 0 0 * foo * *");
-        assert_eq!(e.message, "expected a number 1-12 or a month name (jan-dec) in `mon`, found `foo`");
+        assert_eq!(
+            e.message,
+            "expected a number 1-12 or a month name (jan-dec) in `mon`, found `foo`"
+        );
         let e = err("0 0 0 1,,2 * * *");
-        assert_eq!((e.offset, e.message.as_str()), (2, "empty list item in `dom`"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (2, "empty list item in `dom`")
+        );
     }
 }

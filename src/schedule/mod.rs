@@ -46,7 +46,11 @@ impl Schedule {
     /// `None` when the expression has no match up to the end of 2099.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         let floor = Timestamp::from_second(after.as_second()).ok()?;
-        let start = self.tz.to_datetime(floor).checked_add(SignedDuration::from_secs(1)).ok()?;
+        let start = self
+            .tz
+            .to_datetime(floor)
+            .checked_add(SignedDuration::from_secs(1))
+            .ok()?;
         let mut from = to_civil(start);
         loop {
             let civil = self.cron.next_civil(from)?;
@@ -56,7 +60,11 @@ impl Schedule {
             if at > floor {
                 return Some(at);
             }
-            from = to_civil(from_civil(civil).checked_add(SignedDuration::from_secs(1)).ok()?);
+            from = to_civil(
+                from_civil(civil)
+                    .checked_add(SignedDuration::from_secs(1))
+                    .ok()?,
+            );
         }
     }
 
@@ -104,7 +112,9 @@ fn from_civil(c: Civil) -> DateTime {
 /// Formats an instant as RFC 3339 with the zone's UTC offset at that instant
 /// (`2025-03-30T03:00:00+02:00`), the form `saltpeter next` prints.
 pub fn format_in_zone(at: Timestamp, tz: &TimeZone) -> String {
-    at.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    at.to_zoned_datetime(tz.clone())
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
 
 #[cfg(test)]

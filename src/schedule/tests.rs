@@ -30,7 +30,11 @@ fn berlin_spring_forward_gap_slot_fires_once_at_the_transition() {
     let s = schedule("0 30 2 * * * *", "Europe/Berlin");
     assert_eq!(
         nexts(&s, "2025-03-29T12:00:00Z", 3),
-        ["2025-03-30T03:00:00+02:00", "2025-03-31T02:30:00+02:00", "2025-04-01T02:30:00+02:00"]
+        [
+            "2025-03-30T03:00:00+02:00",
+            "2025-03-31T02:30:00+02:00",
+            "2025-04-01T02:30:00+02:00"
+        ]
     );
     // Four slots inside the gap collapse into one fire at 03:00.
     let s = schedule("0 */15 * * * * *", "Europe/Berlin");
@@ -63,7 +67,10 @@ fn berlin_fall_back_repeated_slot_fires_once_on_first_pass() {
         ]
     );
     // Asked from inside the second pass, the repeated slots are not fired again.
-    assert_eq!(nexts(&s, "2025-10-26T02:10:00+01:00", 1), ["2025-10-26T03:00:00+01:00"]);
+    assert_eq!(
+        nexts(&s, "2025-10-26T02:10:00+01:00", 1),
+        ["2025-10-26T03:00:00+01:00"]
+    );
 }
 
 #[test]
@@ -71,7 +78,11 @@ fn new_york_transitions() {
     let s = schedule("0 30 2 * * * *", "America/New_York");
     assert_eq!(
         nexts(&s, "2025-03-08T12:00:00Z", 3),
-        ["2025-03-09T03:00:00-04:00", "2025-03-10T02:30:00-04:00", "2025-03-11T02:30:00-04:00"]
+        [
+            "2025-03-09T03:00:00-04:00",
+            "2025-03-10T02:30:00-04:00",
+            "2025-03-11T02:30:00-04:00"
+        ]
     );
     let s = schedule("0 30 1 * * * *", "America/New_York");
     assert_eq!(
@@ -83,8 +94,14 @@ fn new_york_transitions() {
 #[test]
 fn utc_is_plain_and_subsecond_starts_truncate() {
     let s = schedule("0 * * * * * *", "UTC");
-    assert_eq!(nexts(&s, "2025-01-01T00:00:00.999Z", 1), ["2025-01-01T00:01:00+00:00"]);
-    assert_eq!(nexts(&s, "2025-01-01T00:00:59.5Z", 1), ["2025-01-01T00:01:00+00:00"]);
+    assert_eq!(
+        nexts(&s, "2025-01-01T00:00:00.999Z", 1),
+        ["2025-01-01T00:01:00+00:00"]
+    );
+    assert_eq!(
+        nexts(&s, "2025-01-01T00:00:59.5Z", 1),
+        ["2025-01-01T00:01:00+00:00"]
+    );
     let s = schedule("0 0 0 1 1 * 2030", "UTC");
     assert_eq!(s.next_after(ts("2030-01-01T00:00:00Z")), None);
 }
@@ -98,10 +115,16 @@ fn field_strategy(lo: u32, hi: u32) -> impl Strategy<Value = String> {
         (lo..=hi).prop_map(|v| v.to_string()),
         (lo..=hi, lo..=hi).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
         (1..=(hi - lo).max(1)).prop_map(|n| format!("*/{n}")),
-        (lo..=hi, lo..=hi, 1..=(hi - lo).max(1))
-            .prop_map(|(a, b, n)| format!("{}-{}/{n}", a.min(b), a.max(b))),
-        prop::collection::vec(lo..=hi, 1..4)
-            .prop_map(|v| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+        (lo..=hi, lo..=hi, 1..=(hi - lo).max(1)).prop_map(|(a, b, n)| format!(
+            "{}-{}/{n}",
+            a.min(b),
+            a.max(b)
+        )),
+        prop::collection::vec(lo..=hi, 1..4).prop_map(|v| v
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")),
     ]
 }
 
@@ -110,9 +133,16 @@ fn expr_strategy() -> impl Strategy<Value = (Vec<String>, DomDow)> {
         field_strategy(0, 59),
         field_strategy(0, 59),
         field_strategy(0, 23),
-        prop_oneof![field_strategy(1, 31), Just("L".into()), (0u32..=7).prop_map(|n| format!("Z{n}"))],
+        prop_oneof![
+            field_strategy(1, 31),
+            Just("L".into()),
+            (0u32..=7).prop_map(|n| format!("Z{n}"))
+        ],
         field_strategy(1, 12),
-        prop_oneof![field_strategy(0, 7), (0u32..=6).prop_map(|n| format!("L{n}"))],
+        prop_oneof![
+            field_strategy(0, 7),
+            (0u32..=6).prop_map(|n| format!("L{n}"))
+        ],
         prop_oneof![Just("*".to_string()), field_strategy(2020, 2040)],
         prop_oneof![Just(DomDow::And), Just(DomDow::Or)],
     )
@@ -131,7 +161,10 @@ fn assert_no_match_between(cron: &Cron, a: Timestamp, b: Timestamp) {
     let scan = |from: i64, to: i64| {
         for s in from..to {
             let t = Timestamp::from_second(s).unwrap();
-            assert!(!cron.matches(civil_of(t, &TimeZone::UTC)), "missed match at {t}");
+            assert!(
+                !cron.matches(civil_of(t, &TimeZone::UTC)),
+                "missed match at {t}"
+            );
         }
     };
     if da == db {
@@ -141,7 +174,10 @@ fn assert_no_match_between(cron: &Cron, a: Timestamp, b: Timestamp) {
     scan(a.as_second() + 1, (da + 1) * 86_400);
     for d in da + 1..db {
         let c = civil_of(Timestamp::from_second(d * 86_400).unwrap(), &TimeZone::UTC);
-        assert!(!cron.matches_day(c.year, c.month, c.day), "missed matching day {c:?}");
+        assert!(
+            !cron.matches_day(c.year, c.month, c.day),
+            "missed matching day {c:?}"
+        );
     }
     scan(db * 86_400, b.as_second());
 }

@@ -122,19 +122,16 @@ impl Planner {
 
     /// Takes every job due at `now`, each once.
     pub fn due(&mut self, now: Timestamp) -> Vec<Fire> {
-        if let Some(last) = self.last_now {
-            if now.as_second() < last.as_second() - BACKWARD_REPLAN_SECS {
-                self.replan(now);
-            }
-        }
-        self.last_now = Some(now);
+        self.observe(now);
         let mut fires = Vec::new();
         while let Some(Reverse((at, _, _))) = self.heap.peek() {
             if *at > now {
                 break;
             }
             let Reverse((at, name, generation)) = self.heap.pop().expect("peeked");
-            let Some(entry) = self.entries.get_mut(&name) else { continue };
+            let Some(entry) = self.entries.get_mut(&name) else {
+                continue;
+            };
             if entry.generation != generation {
                 continue;
             }
@@ -165,6 +162,11 @@ impl Planner {
 
     /// The clock was set: re-plan if it went back far, else keep the plan (see module doc).
     pub fn clock_changed(&mut self, now: Timestamp) {
+        self.observe(now);
+    }
+
+    /// Notes the time, re-planning after a large backward jump however it was noticed.
+    fn observe(&mut self, now: Timestamp) {
         if self
             .last_now
             .is_some_and(|last| now.as_second() < last.as_second() - BACKWARD_REPLAN_SECS)

@@ -1,0 +1,229 @@
+//! The `saltpeter` command: the daemon (`run`) and the operator's tools (`check`, `next`,
+//! `import-crontab`). Parses arguments, calls the library, maps outcomes to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use saltpeter::config::{self, Loader, TargetType};
+use saltpeter::crontab::{self, ImportOptions};
+use saltpeter::schedule::format_in_zone;
+
+const DEFAULT_DIR: &str = "/etc/saltpeter";
+
+/// Distributed cron for SaltStack fleets.
+#[derive(Parser)]
+#[command(name = "saltpeter", version = saltpeter::VERSION, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: load the config directory, keep it reloaded, fire jobs when due.
+    Run {
+        /// The config directory (every *.yaml and *.yml in it).
+        #[arg(short = 'c', long = "configdir", value_name = "DIR", default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Log filter, e.g. `debug` or `saltpeter=debug` (also read from SALTPETER_LOG).
+        #[arg(long, value_name = "FILTER")]
+        log: Option<String>,
+    },
+    /// Validate the config directory: print every finding as `file:line:col: severity: message`
+    /// and a summary; exit 0 only when there is no error.
+    Check {
+        #[arg(short = 'c', long = "configdir", value_name = "DIR", default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Print a job's next fire times (RFC 3339, in the job's time zone), exactly as the daemon
+    /// will fire them.
+    Next {
+        #[arg(short = 'c', long = "configdir", value_name = "DIR", default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The job's name.
+        job: String,
+        /// How many fire times to print.
+        #[arg(short = 'n', value_name = "N", default_value_t = 10)]
+        count: usize,
+        /// Start after this instant (RFC 3339, e.g. 2025-03-30T00:00:00Z) instead of now.
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+    },
+    /// Convert a crontab into saltpeter job YAML on standard output.
+    ImportCrontab {
+        /// The crontab file (`-` for standard input).
+        file: PathBuf,
+        /// The Salt target of every imported job (default: a placeholder to replace).
+        #[arg(long, value_name = "T")]
+        targets: Option<String>,
+        /// The Salt target type.
+        #[arg(long, value_name = "TYPE", default_value = "glob", value_parser = parse_target_type)]
+        target_type: TargetType,
+        /// System crontab format: a user column follows the five time fields.
+        #[arg(long)]
+        system: bool,
+    },
+}
+
+fn parse_target_type(s: &str) -> Result<TargetType, String> {
+    TargetType::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = TargetType::ALL.iter().map(|t| t.as_str()).collect();
+        format!("unknown target type `{s}` (one of {})", all.join(", "))
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("saltpeter: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { dir, log } => {
+            init_logging(log.as_deref());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(saltpeter::daemon::run(dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { dir } => check(&dir),
+        Command::Next {
+            dir,
+            job,
+            count,
+            from,
+        } => next(&dir, &job, count, from.as_deref()),
+        Command::ImportCrontab {
+            file,
+            targets,
+            target_type,
+            system,
+        } => import(&file, targets, target_type, system),
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_env("SALTPETER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+}
+
+fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let files = config::read_dir(dir)?;
+    let loaded = Loader::new(&saltpeter::hostname()).load(&files);
+    for d in &loaded.diagnostics {
+        println!("{d}");
+    }
+    println!(
+        "{} error(s), {} warning(s) in {} file(s); {} job(s) valid",
+        loaded.errors(),
+        loaded.warnings(),
+        files.len(),
+        loaded.config.jobs.len()
+    );
+    Ok(if loaded.errors() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn next(
+    dir: &std::path::Path,
+    name: &str,
+    count: usize,
+    from: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let files = config::read_dir(dir)?;
+    let loaded = Loader::new(&saltpeter::hostname()).load(&files);
+    let Some(job) = loaded.config.jobs.get(name) else {
+        let mut msg = format!("no valid job named `{name}` in {}", dir.display());
+        let close = loaded
+            .config
+            .jobs
+            .keys()
+            .find(|k| strsim::damerau_levenshtein(k, name) <= 2);
+        if let Some(close) = close {
+            msg += &format!("; did you mean `{close}`?");
+        }
+        if loaded.errors() > 0 {
+            msg += &format!(
+                " ({} error(s) in the directory: run `saltpeter check -c {}`)",
+                loaded.errors(),
+                dir.display()
+            );
+        }
+        eprintln!("saltpeter: {msg}");
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut at = match from {
+        Some(text) => text.parse::<jiff::Timestamp>().with_context(|| {
+            format!("--from `{text}` is not an RFC 3339 time such as 2025-03-30T00:00:00Z")
+        })?,
+        None => saltpeter::clock::now(),
+    };
+    for _ in 0..count {
+        let Some(next) = job.schedule.next_after(at) else {
+            eprintln!("saltpeter: `{name}` has no fire time after {at} (schedules end in 2099)");
+            break;
+        };
+        println!("{}", format_in_zone(next, job.schedule.time_zone()));
+        at = next;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(
+    file: &std::path::Path,
+    targets: Option<String>,
+    target_type: TargetType,
+    system: bool,
+) -> anyhow::Result<ExitCode> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let opts = ImportOptions {
+        targets,
+        target_type,
+        system,
+        source_name: file.display().to_string(),
+    };
+    let out = crontab::import(&text, &opts);
+    print!("{}", out.yaml);
+    for w in &out.warnings {
+        eprintln!("saltpeter: warning: {w}");
+    }
+    for r in &out.rejected {
+        eprintln!("saltpeter: error: not imported: {r}");
+    }
+    eprintln!(
+        "saltpeter: {} job(s) imported, {} line(s) rejected",
+        out.jobs,
+        out.rejected.len()
+    );
+    Ok(if out.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

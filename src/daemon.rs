@@ -1,0 +1,140 @@
+//! `saltpeter run`: loads the config directory, keeps it fresh (file-system notifications and
+//! SIGHUP), and fires due jobs by the wall clock. Wiring only: the decisions live in `config`
+//! and `scheduler`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::clock::{self, Wake, WallTimer};
+use crate::config::{self, Config, Loader, Severity};
+use crate::scheduler::{Fire, InstanceIds, Planner};
+
+/// How long the directory must be quiet after a change before it is reloaded, so an editor's
+/// save (write, rename, chmod...) is one reload.
+const RELOAD_QUIET: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Dir(#[from] config::DirError),
+    #[error("cannot create the wall-clock timer: {0}")]
+    Timer(#[source] std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
+    let mut loader = Loader::new(&crate::hostname());
+    let mut config = load(&dir, &mut loader, None)?;
+    let mut planner = Planner::new();
+    let mut instances = InstanceIds::default();
+    let changes = planner.set_jobs(&config.jobs, clock::now());
+    info!(jobs = changes.added.len(), dir = %dir.display(), "Saltpeter {} started", crate::VERSION);
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(4);
+    // Without notifications, SIGHUP still reloads.
+    let _watch = match config::watch::watch(&dir, RELOAD_QUIET, reload_tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config directory; reload with SIGHUP");
+            None
+        }
+    };
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut timer = WallTimer::new().map_err(DaemonError::Timer)?;
+
+    loop {
+        let deadline = planner.next_deadline();
+        tokio::select! {
+            wake = timer.sleep_until(deadline) => {
+                let now = clock::now();
+                match wake {
+                    Ok(Wake::ClockChanged) => {
+                        warn!(now = %now, "the wall clock was set; re-planning");
+                        planner.clock_changed(now);
+                    }
+                    Ok(Wake::Deadline) => {}
+                    Err(e) => error!(error = %e, "wall-clock timer failed"),
+                }
+                for fire in planner.due(now) {
+                    fire_job(&fire, &mut instances, now);
+                }
+            }
+            Some(()) = reload_rx.recv() => {
+                info!("config directory changed; reloading");
+                reload(&dir, &mut loader, &mut config, &mut planner);
+            }
+            _ = hup.recv() => {
+                info!("SIGHUP; reloading");
+                reload(&dir, &mut loader, &mut config, &mut planner);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("Saltpeter stopping");
+    Ok(())
+}
+
+fn fire_job(fire: &Fire, instances: &mut InstanceIds, now: jiff::Timestamp) {
+    let instance = instances.next(&fire.job.name, now);
+    if fire.missed > 0 {
+        warn!(job = %fire.job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, fire.job.name);
+    }
+    let late_ms = now.duration_since(fire.slot).as_millis();
+    info!(job = %fire.job.name, slot = %fire.slot, late_ms, "Firing {}_{}!", fire.job.name, instance);
+}
+
+/// Loads the directory and logs every finding. `running` is the settings in force, whose
+/// start-up-only values are kept.
+fn load(
+    dir: &Path,
+    loader: &mut Loader,
+    running: Option<&config::Settings>,
+) -> Result<Config, DaemonError> {
+    let files = config::read_dir(dir)?;
+    let loaded = loader.load(&files);
+    for d in &loaded.diagnostics {
+        match d.severity {
+            Severity::Error => error!("{d}"),
+            Severity::Warning => warn!("{d}"),
+        }
+    }
+    let mut config = loaded.config;
+    if let Some(running) = running {
+        for (key, old, new) in running.restart_required(&config.settings) {
+            warn!(
+                "saltpeter_config.{key} changed from {old} to {new}; this takes effect after a restart (still using {old})"
+            );
+        }
+        config.settings = running.keep_startup_values(config.settings);
+    }
+    Ok(config)
+}
+
+fn reload(dir: &Path, loader: &mut Loader, config: &mut Config, planner: &mut Planner) {
+    match load(dir, loader, Some(&config.settings)) {
+        Ok(new) => {
+            let changes = planner.set_jobs(&new.jobs, clock::now());
+            info!(
+                added = changes.added.len(),
+                rescheduled = changes.rescheduled.len(),
+                updated = changes.updated.len(),
+                removed = changes.removed.len(),
+                jobs = new.jobs.len(),
+                "config reloaded"
+            );
+            debug!(?changes, "reload details");
+            *config = new;
+        }
+        // The directory itself is gone or unreadable: keep everything running as it is.
+        Err(e) => error!(error = %e, "reload failed; the running config stays in force"),
+    }
+}
