@@ -454,14 +454,13 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
     let get = |k: &str| {
         entries
             .iter()
-            .find(|(key, _)| key.key_text() == k)
+            .find(|(key, _)| key.key_str() == Some(k))
             .map(|(_, v)| v)
             .filter(|v| !v.is_null())
     };
 
     for (key, _) in entries {
-        let text = key.key_text();
-        if !JOB_KEYS.contains(&text.as_str()) {
+        if !key.key_str().is_some_and(|k| JOB_KEYS.contains(&k)) {
             unknown_key(key, JOB_KEYS, &format!("job `{name}`"), sink);
         }
     }

@@ -70,6 +70,11 @@ impl Node {
         }
     }
 
+    /// A scalar key's text, borrowed.
+    pub fn key_str(&self) -> Option<&str> {
+        self.as_scalar().map(|s| s.text.as_str())
+    }
+
     /// A key's text (keys are compared by their scalar text).
     pub fn key_text(&self) -> String {
         match &self.kind {
@@ -275,6 +280,8 @@ impl Builder {
     fn merge(&mut self, entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, YamlError> {
         let mut out: Vec<(Node, Node)> = Vec::with_capacity(entries.len());
         let mut merged: Vec<(Node, Node)> = Vec::new();
+        // Key text -> position of its first occurrence.
+        let mut seen: std::collections::HashMap<String, Pos> = std::collections::HashMap::new();
         for (key, value) in entries {
             let is_merge = matches!(&key.kind, Kind::Scalar(s) if s.plain && s.text == "<<");
             if is_merge {
@@ -301,19 +308,20 @@ impl Builder {
                 continue;
             }
             let text = key.key_text();
-            if let Some((first, _)) = out.iter().find(|(k, _)| k.key_text() == text) {
+            if let Some(first) = seen.get(&text) {
                 self.duplicates.push(DuplicateKey {
                     key: text,
                     pos: key.pos,
-                    first: first.pos,
+                    first: *first,
                 });
                 continue;
             }
+            seen.insert(text, key.pos);
             out.push((key, value));
         }
         for (key, value) in merged {
-            let text = key.key_text();
-            if !out.iter().any(|(k, _)| k.key_text() == text) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = seen.entry(key.key_text()) {
+                slot.insert(key.pos);
                 out.push((key, value));
             }
         }
