@@ -11,7 +11,7 @@ mod diagnostic;
 mod dir;
 mod validate;
 pub mod watch;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,262 @@
+//! Gathering one job's returns, the way Salt's own client does, as a sans-IO state machine:
+//! wait `timeout` for returns; then probe the silent minions with `saltutil.find_job`; a minion
+//! that reports the job running is waited for again, one that answers neither is down.
+//! Driven by inputs and `now` (a monotonic offset), so its tests need no clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::wire::JobRet;
+
+/// Where one expected minion stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MinionState {
+    Waiting,
+    /// Probed with `saltutil.find_job`; no answer yet.
+    Probed,
+    Returned(Box<JobRet>),
+    NoReturn(NoReturn),
+}
+
+/// Why a minion will not return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoReturn {
+    /// Named by a `list` target but has no accepted key.
+    NoKey,
+    /// Answered neither the job nor the probe.
+    NotResponding,
+    /// The probe said the job is not running there, and no return came.
+    JobNotRunning,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatherAction {
+    /// Publish `saltutil.find_job <jid>` to these minions and feed their answers to
+    /// [`Gather::handle_probe_reply`].
+    Probe(Vec<String>),
+}
+
+#[derive(Debug)]
+pub struct Gather {
+    jid: String,
+    timeout: Duration,
+    gather_timeout: Duration,
+    minions: BTreeMap<String, MinionState>,
+    /// Minions whose probe said "not running": ended at the deadline unless a return comes.
+    not_running: Vec<String>,
+    deadline: Option<Duration>,
+    actions: VecDeque<GatherAction>,
+}
+
+impl Gather {
+    /// `timeout`: how long to wait for returns before probing; `gather_timeout`: how long a
+    /// probe may take (Salt's `--timeout` and `gather_job_timeout`).
+    pub fn new(
+        jid: &str,
+        minions: &[String],
+        missing: &[String],
+        now: Duration,
+        timeout: Duration,
+        gather_timeout: Duration,
+    ) -> Gather {
+        let mut states: BTreeMap<String, MinionState> = minions
+            .iter()
+            .map(|m| (m.clone(), MinionState::Waiting))
+            .collect();
+        for m in missing {
+            states.insert(m.clone(), MinionState::NoReturn(NoReturn::NoKey));
+        }
+        let mut gather = Gather {
+            jid: jid.to_string(),
+            timeout,
+            gather_timeout,
+            minions: states,
+            not_running: Vec::new(),
+            deadline: None,
+            actions: VecDeque::new(),
+        };
+        if !gather.is_done() {
+            gather.deadline = Some(now + timeout);
+        }
+        gather
+    }
+
+    pub fn jid(&self) -> &str {
+        &self.jid
+    }
+
+    /// A return for this job. Returns whether it was new (a late return after a minion was
+    /// given up on still counts).
+    pub fn handle_return(&mut self, ret: JobRet) -> bool {
+        if ret.jid != self.jid {
+            return false;
+        }
+        match self.minions.get_mut(&ret.id) {
+            Some(MinionState::Returned(_)) => false,
+            Some(state) => {
+                *state = MinionState::Returned(Box::new(ret));
+                true
+            }
+            // A minion the master did not expect (e.g. a key accepted since): keep it.
+            None => {
+                self.minions
+                    .insert(ret.id.clone(), MinionState::Returned(Box::new(ret)));
+                true
+            }
+        }
+    }
+
+    /// A minion's answer to the probe: whether the job is still running there.
+    pub fn handle_probe_reply(&mut self, minion: &str, running: bool) {
+        let Some(state) = self.minions.get_mut(minion) else {
+            return;
+        };
+        if *state != MinionState::Probed {
+            return;
+        }
+        *state = MinionState::Waiting;
+        if !running {
+            self.not_running.push(minion.to_string());
+        }
+    }
+
+    /// Advances to `now`. A call before the deadline does nothing.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.deadline.is_none_or(|d| now < d) {
+            return;
+        }
+        let mut probe = Vec::new();
+        for (minion, state) in &mut self.minions {
+            match state {
+                MinionState::Probed => *state = MinionState::NoReturn(NoReturn::NotResponding),
+                MinionState::Waiting if self.not_running.contains(minion) => {
+                    *state = MinionState::NoReturn(NoReturn::JobNotRunning)
+                }
+                MinionState::Waiting => {
+                    *state = MinionState::Probed;
+                    probe.push(minion.clone());
+                }
+                _ => {}
+            }
+        }
+        self.not_running.clear();
+        self.deadline = None;
+        if !probe.is_empty() {
+            self.actions.push_back(GatherAction::Probe(probe));
+            self.deadline = Some(now + self.gather_timeout);
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<GatherAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Gather::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.is_done() { None } else { self.deadline }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.minions
+            .values()
+            .all(|s| matches!(s, MinionState::Returned(_) | MinionState::NoReturn(_)))
+    }
+
+    pub fn minions(&self) -> &BTreeMap<String, MinionState> {
+        &self.minions
+    }
+
+    /// The wait before probing, for messages.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn ret(jid: &str, id: &str) -> JobRet {
+        JobRet {
+            id: id.into(),
+            jid: jid.into(),
+            fun: "test.ping".into(),
+            fun_args: vec![],
+            ret: Value::Boolean(true),
+            retcode: Some(0),
+            success: Some(true),
+            stamp: None,
+            out: None,
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn all_return_before_the_timeout() {
+        let mut g = Gather::new("1", &names(&["a", "b"]), &[], Duration::ZERO, 5 * S, 10 * S);
+        assert_eq!(g.poll_timeout(), Some(5 * S));
+        assert!(g.handle_return(ret("1", "a")));
+        assert!(!g.handle_return(ret("1", "a")), "duplicates are ignored");
+        assert!(!g.handle_return(ret("2", "b")), "other jobs are ignored");
+        assert!(g.handle_return(ret("1", "b")));
+        assert!(g.is_done());
+        assert_eq!(g.poll_timeout(), None);
+    }
+
+    #[test]
+    fn silent_minions_are_probed_running_ones_waited_for_dead_ones_given_up() {
+        let mut g = Gather::new(
+            "1",
+            &names(&["a", "b", "c", "d"]),
+            &names(&["ghost"]),
+            Duration::ZERO,
+            5 * S,
+            10 * S,
+        );
+        assert_eq!(g.minions()["ghost"], MinionState::NoReturn(NoReturn::NoKey));
+        g.handle_return(ret("1", "a"));
+        g.handle_timeout(4 * S);
+        assert_eq!(
+            g.poll_action(),
+            None,
+            "a spurious early timeout does nothing"
+        );
+        g.handle_timeout(5 * S);
+        assert_eq!(
+            g.poll_action(),
+            Some(GatherAction::Probe(names(&["b", "c", "d"])))
+        );
+        assert_eq!(g.poll_timeout(), Some(15 * S));
+        g.handle_probe_reply("b", true); // still running
+        g.handle_probe_reply("c", false); // not running and no return (yet)
+        g.handle_timeout(15 * S);
+        assert_eq!(
+            g.minions()["d"],
+            MinionState::NoReturn(NoReturn::NotResponding)
+        );
+        assert_eq!(
+            g.minions()["c"],
+            MinionState::NoReturn(NoReturn::JobNotRunning)
+        );
+        assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["b"]))));
+        assert!(!g.is_done());
+        g.handle_return(ret("1", "b"));
+        assert!(g.is_done());
+        // A late return still counts.
+        assert!(g.handle_return(ret("1", "d")));
+    }
+
+    #[test]
+    fn nothing_expected_is_done_at_once() {
+        let g = Gather::new("1", &[], &names(&["ghost"]), Duration::ZERO, 5 * S, 10 * S);
+        assert!(g.is_done());
+        assert_eq!(g.poll_timeout(), None);
+    }
+}
