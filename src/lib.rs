@@ -15,6 +15,8 @@ pub mod salt;
 pub mod schedule;
 #[cfg(feature = "daemon")]
 pub mod scheduler;
+#[cfg(feature = "daemon")]
+pub mod yaml;
 
 /// The version `saltpeter --version` prints.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

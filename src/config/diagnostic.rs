@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::yaml::Pos;
+use crate::yaml::Pos;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {

@@ -11,7 +11,6 @@ mod diagnostic;
 mod dir;
 mod validate;
 pub mod watch;
-pub(crate) mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,10 +18,10 @@ use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 
+pub use crate::yaml::Pos;
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use dir::{DirError, read_dir};
 pub use validate::{FileDoc, JobDef, OVERLAP_MAGIC, SettingValue, validate_file};
-pub use yaml::Pos;
 
 use crate::schedule::Schedule;
 

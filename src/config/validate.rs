@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use jiff::tz::TimeZone;
 
 use super::diagnostic::{Code, Sink, suggest};
-use super::yaml::{self, Kind, Node, Pos};
 use super::{TargetType, Targets, WrapperLogLevel};
 use crate::schedule::{Cron, DomDow, Field};
+use crate::yaml::{self, Kind, Node, Pos};
 
 /// The value that makes the original allow overlapping runs.
 pub const OVERLAP_MAGIC: &str = "i know what i am doing!";

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::yaml::{self, Kind, Node};
+use crate::yaml::{self, Kind, Node};
 
 pub const DEFAULT_MASTER_CONFIG: &str = "/etc/salt/master";
 

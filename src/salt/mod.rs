@@ -8,6 +8,7 @@
 //! from 3008.5 too. No current Salt publishes its event bus over ZeroMQ; it is a msgpack stream
 //! on `<sock_dir>/master_event_pub.ipc` (or loopback TCP with `ipc_mode: tcp`).
 
+pub mod args;
 pub mod bus;
 pub mod client;
 pub mod gather;

@@ -3,4 +3,7 @@
 mod cli; // the `saltpeter` command's subcommands, as a user runs them
 mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdown
 mod golden; // every config finding, pinned by golden files under tests/golden/config
+mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
+mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt
+mod salt_lab; // the native Salt client against a real master and minions
 mod support; // helpers: temp config dirs, running the binary, reading its output

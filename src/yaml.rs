@@ -1,6 +1,7 @@
 //! A YAML document as a tree of nodes that remember their line and column, built from
 //! `saphyr-parser` events (the only file that knows that crate). Anchors, aliases and `<<`
-//! merge keys are resolved here; typing of scalars is left to the validator.
+//! merge keys are resolved here; typing of scalars is left to the reader (the job config
+//! validator, the Salt master config reader).
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 

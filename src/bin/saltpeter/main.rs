@@ -1,5 +1,8 @@
 //! The `saltpeter` command: the daemon (`run`) and the operator's tools (`check`, `next`,
-//! `import-crontab`). Parses arguments, calls the library, maps outcomes to exit codes.
+//! `import-crontab`, `tap`, `salt`). Parses arguments, calls the library, maps outcomes to exit codes.
+
+mod salt_cmd;
+mod tap;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +54,50 @@ enum Command {
         #[arg(long, value_name = "RFC3339")]
         from: Option<String>,
     },
+    /// Print the Salt master's event bus live (debugging).
+    Tap {
+        /// The Salt master's config file (its includes are read too).
+        #[arg(long, value_name = "FILE")]
+        salt_config: Option<PathBuf>,
+        /// Only events whose tag matches this glob (`*`, `?`); repeatable.
+        #[arg(long = "tag", value_name = "GLOB")]
+        tags: Vec<String>,
+        /// Only events of this job.
+        #[arg(long)]
+        jid: Option<String>,
+        /// One JSON object per line (`tag`, `data`) instead of text for people.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many matching events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Publish a Salt function natively and print each minion's return as it arrives.
+    Salt {
+        #[arg(long, value_name = "FILE")]
+        salt_config: Option<PathBuf>,
+        /// Salt target type (glob, list, grain, compound...).
+        #[arg(
+            long = "tgt-type",
+            short = 'C',
+            value_name = "T",
+            default_value = "glob"
+        )]
+        tgt_type: String,
+        /// Seconds to wait for returns before asking silent minions whether the job runs.
+        #[arg(long, short = 't', value_name = "S", default_value_t = 5)]
+        timeout: u64,
+        /// One JSON object per return, then a summary object.
+        #[arg(long)]
+        json: bool,
+        /// The target expression (a comma-separated list with `--tgt-type list`).
+        target: String,
+        /// The function, e.g. `test.ping` or `cmd.run`.
+        fun: String,
+        /// Positional arguments, and `key=value` keyword arguments (values read as YAML).
+        /// Put `--` before arguments that start with `-`.
+        args: Vec<String>,
+    },
     /// Convert a crontab into saltpeter job YAML on standard output.
     ImportCrontab {
         /// The crontab file (`-` for standard input).
@@ -89,14 +136,40 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { dir, log } => {
             init_logging(log.as_deref());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(saltpeter::daemon::run(dir))?;
+            block_on(async { Ok(saltpeter::daemon::run(dir).await?) })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir } => check(&dir),
+        Command::Tap {
+            salt_config,
+            tags,
+            jid,
+            json,
+            count,
+        } => block_on(tap::run(tap::TapArgs {
+            salt_config,
+            tags,
+            jid,
+            json,
+            count,
+        })),
+        Command::Salt {
+            salt_config,
+            tgt_type,
+            timeout,
+            json,
+            target,
+            fun,
+            args,
+        } => block_on(salt_cmd::run(salt_cmd::SaltArgs {
+            salt_config,
+            tgt_type,
+            timeout,
+            json,
+            target,
+            fun,
+            args,
+        })),
         Command::Next {
             dir,
             job,
@@ -110,6 +183,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             system,
         } => import(&file, targets, target_type, system),
     }
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(future)
 }
 
 fn init_logging(filter: Option<&str>) {
