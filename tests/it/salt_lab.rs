@@ -336,3 +336,23 @@ fn saltpeter_salt_matches_what_salts_own_cli_reports() {
         assert_eq!(theirs[r["minion"].as_str().unwrap()], r["return"]);
     }
 }
+
+#[test]
+fn a_master_with_ipc_mode_tcp_is_read_over_loopback_tcp() {
+    let (lab, _guard) = lab();
+    let dir = format!("/tmp/saltpeter-tcp-lab-{}", lab.env["SALT_VERSION"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/lab/lab.sh");
+    let start = std::process::Command::new(script)
+        .args(["start", "--ipc-mode", "tcp", "--minions", "1", "--dir", &dir, "--salt", &lab.env["SALT_VERSION"]])
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let master = format!("{dir}/etc/master");
+    let settings = SaltSettings::load(Some(master.as_ref())).unwrap();
+    assert!(matches!(settings.event_source(), saltpeter::salt::EventSource::Tcp(_)));
+    let out = bin().args(["salt", "--salt-config", &master, "minion-1", "test.ping"]).output().unwrap();
+    let stop = std::process::Command::new(script).args(["stop", "--dir", &dir]).status().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("minion-1:\n    true"));
+    assert!(stop.success());
+}
