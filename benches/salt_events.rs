@@ -12,7 +12,11 @@ fn main() {
 const EVENTS: usize = 10_000;
 
 fn ret_frame(version: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/proto/salt/{version}/event_job_ret.bin", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/proto/salt/{version}/event_job_ret.bin",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn stream(version: &str) -> Vec<u8> {

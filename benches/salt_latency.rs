@@ -15,12 +15,22 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("SALTPETER_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let runs: usize = std::env::var("SALTPETER_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let env_text = match std::env::var("SALTPETER_LAB_ENV") {
         Ok(path) => std::fs::read_to_string(path).unwrap(),
         Err(_) => {
-            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/lab/lab.sh")).arg("start").output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/lab/lab.sh"))
+                .arg("start")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8(out.stdout).unwrap()
         }
     };
@@ -31,21 +41,38 @@ fn main() {
         .collect();
     let master = env["MASTER_CONFIG"].clone();
     let minions = env["MINIONS"].split_whitespace().count();
-    println!("Salt {} lab, {minions} minions, {runs} runs each", env["SALT_VERSION"]);
+    println!(
+        "Salt {} lab, {minions} minions, {runs} runs each",
+        env["SALT_VERSION"]
+    );
 
     // Native, in-process: publish to the last return, one long-lived client and subscription.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let native: Vec<Duration> = rt.block_on(async {
         let settings = SaltSettings::load(Some(master.as_ref())).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(bus::subscribe(settings.event_source(), tx));
-        job::wait_connected(&mut rx, Duration::from_secs(10)).await.unwrap();
+        job::wait_connected(&mut rx, Duration::from_secs(10))
+            .await
+            .unwrap();
         let mut client = SaltClient::new(settings);
         let mut times = Vec::new();
         for i in 0..=runs {
             let p = Publish::new(Tgt::Expr("*".into()), "glob", "test.ping");
             let start = Instant::now();
-            let g = job::run(&mut client, &mut rx, p, Duration::from_secs(10), Duration::from_secs(10), |_| {}).await.unwrap();
+            let g = job::run(
+                &mut client,
+                &mut rx,
+                p,
+                Duration::from_secs(10),
+                Duration::from_secs(10),
+                |_| {},
+            )
+            .await
+            .unwrap();
             assert_eq!(g.minions().len(), minions);
             if i > 0 {
                 times.push(start.elapsed()); // the first run warms up connections
@@ -69,10 +96,19 @@ print(" ".join(str(int(x * 1e6)) for x in ts))
 "#,
         conf = master
     );
-    let out = Command::new(format!("{}/python", env["SALT_BIN"])).args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let python: Vec<Duration> =
-        String::from_utf8_lossy(&out.stdout).split_whitespace().map(|s| Duration::from_micros(s.parse().unwrap())).collect();
+    let out = Command::new(format!("{}/python", env["SALT_BIN"]))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python: Vec<Duration> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|s| Duration::from_micros(s.parse().unwrap()))
+        .collect();
     report("Salt LocalClient.cmd -> all returns (in-process)", &python);
 
     // Whole commands, start to exit.
@@ -81,7 +117,11 @@ print(" ".join(str(int(x * 1e6)) for x in ts))
             .map(|_| {
                 let start = Instant::now();
                 let out = make().output().unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 start.elapsed()
             })
             .collect()
@@ -97,7 +137,12 @@ print(" ".join(str(int(x * 1e6)) for x in ts))
     report("`saltpeter salt '*' test.ping`, start to exit", &ours);
     let theirs = time_cmd(Box::new({
         let bin = env["SALT_BIN"].clone();
-        let conf = std::path::Path::new(&master).parent().unwrap().to_str().unwrap().to_string();
+        let conf = std::path::Path::new(&master)
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         move || {
             let mut c = Command::new(format!("{bin}/salt"));
             c.args(["-c", &conf, "*", "test.ping"]);
@@ -112,7 +157,12 @@ fn report(what: &str, times: &[Duration]) {
     sorted.sort();
     let median = sorted[sorted.len() / 2];
     let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
-    println!("{what:<52} median {:>8.1} ms   p90 {:>8.1} ms   (n={})", ms(median), ms(p90), sorted.len());
+    println!(
+        "{what:<52} median {:>8.1} ms   p90 {:>8.1} ms   (n={})",
+        ms(median),
+        ms(p90),
+        sorted.len()
+    );
 }
 
 fn ms(d: Duration) -> f64 {

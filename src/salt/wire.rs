@@ -101,17 +101,17 @@ pub fn decode_publish(bytes: &[u8]) -> Result<(Publish, String), WireError> {
         _ => Vec::new(),
     };
     let mut kwargs = BTreeMap::new();
-    if let Some(Value::Map(m)) = args.last() {
-        if m.iter()
-            .any(|(k, v)| value_text(k) == "__kwarg__" && *v == Value::Boolean(true))
-        {
-            for (k, v) in m {
-                if value_text(k) != "__kwarg__" {
-                    kwargs.insert(value_text(k), v.clone());
-                }
+    let is_kwarg =
+        |(k, v): &(Value, Value)| value_text(k) == "__kwarg__" && *v == Value::Boolean(true);
+    if let Some(Value::Map(m)) = args.last()
+        && m.iter().any(is_kwarg)
+    {
+        for (k, v) in m {
+            if value_text(k) != "__kwarg__" {
+                kwargs.insert(value_text(k), v.clone());
             }
-            args.pop();
         }
+        args.pop();
     }
     let tgt = match get(load, "tgt") {
         Some(Value::Array(a)) => Tgt::List(a.iter().map(value_text).collect()),

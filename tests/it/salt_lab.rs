@@ -11,7 +11,7 @@ use rmpv::Value;
 use saltpeter::salt::bus::{self, BusMessage};
 use saltpeter::salt::gather::MinionState;
 use saltpeter::salt::job::{self, Progress};
-use saltpeter::salt::{Publish, SaltClient, SaltSettings, Tgt, wire};
+use saltpeter::salt::{Publish, SaltClient, SaltSettings, Tgt, jobcache, wire};
 use tokio::sync::mpsc;
 
 use crate::lab::{Lab, lab};
@@ -119,9 +119,21 @@ async fn connected_bus(settings: &SaltSettings) -> mpsc::Receiver<BusMessage> {
     rx
 }
 
-#[tokio::test]
-async fn a_tricky_command_and_env_arrive_byte_for_byte_via_run_all() {
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_tricky_command_and_env_arrive_byte_for_byte_via_run_all() {
     let (lab, _guard) = lab();
+    block_on(tricky_command(lab));
+}
+
+async fn tricky_command(lab: &Lab) {
     let settings = SaltSettings::load(Some(lab.master_config().as_ref())).unwrap();
     let mut rx = connected_bus(&settings).await;
     let mut client = SaltClient::new(settings);
@@ -155,34 +167,47 @@ async fn a_tricky_command_and_env_arrive_byte_for_byte_via_run_all() {
     assert_eq!(stdout, format!("{body}\n{tricky_env}"));
 }
 
-#[tokio::test]
-async fn returns_missed_while_the_bus_was_down_come_from_the_job_cache() {
+#[test]
+fn returns_missed_while_the_bus_was_down_come_from_the_job_cache() {
     let (lab, _guard) = lab();
+    block_on(recovered_from_cache(lab));
+}
+
+async fn recovered_from_cache(lab: &Lab) {
     let settings = SaltSettings::load(Some(lab.master_config().as_ref())).unwrap();
     // A bus we control: it drops every event of the job, then "reconnects".
     let mut real = connected_bus(&settings).await;
     let (tx, mut rx) = mpsc::channel(4096);
+    let (cachedir, hash_type) = (settings.cachedir.clone(), settings.hash_type.clone());
     let mut client = SaltClient::new(settings);
     let jid = client.next_jid();
     let watched = jid.clone();
     let relay = tokio::spawn(async move {
         while let Some(m) = real.recv().await {
-            if let BusMessage::Event(e) = &m {
-                if e.job_ret().is_some_and(|r| r.jid == watched) {
-                    // Lost: give the master time to write the cache, then say we reconnected.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let down = BusMessage::Disconnected {
-                        reason: "test cut".into(),
-                        retry_in: Duration::ZERO,
-                    };
-                    tx.send(down).await.unwrap();
-                    tx.send(BusMessage::Connected(saltpeter::salt::EventSource::Tcp(
-                        "test".into(),
-                    )))
-                    .await
-                    .unwrap();
-                    continue;
+            if let BusMessage::Event(e) = &m
+                && e.job_ret().is_some_and(|r| r.jid == watched)
+            {
+                // Lost. The master fires the event before it writes its job cache: wait for
+                // the cache entry, then say the bus reconnected.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while jobcache::returns(&cachedir, &hash_type, &watched)
+                    .unwrap()
+                    .is_empty()
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the master never wrote its job cache"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                let down = BusMessage::Disconnected {
+                    reason: "test cut".into(),
+                    retry_in: Duration::ZERO,
+                };
+                tx.send(down).await.unwrap();
+                let up = BusMessage::Connected(saltpeter::salt::EventSource::Tcp("test".into()));
+                tx.send(up).await.unwrap();
+                continue;
             }
             if tx.send(m).await.is_err() {
                 return;
@@ -343,16 +368,43 @@ fn a_master_with_ipc_mode_tcp_is_read_over_loopback_tcp() {
     let dir = format!("/tmp/saltpeter-tcp-lab-{}", lab.env["SALT_VERSION"]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/lab/lab.sh");
     let start = std::process::Command::new(script)
-        .args(["start", "--ipc-mode", "tcp", "--minions", "1", "--dir", &dir, "--salt", &lab.env["SALT_VERSION"]])
+        .args([
+            "start",
+            "--ipc-mode",
+            "tcp",
+            "--minions",
+            "1",
+            "--dir",
+            &dir,
+            "--salt",
+            &lab.env["SALT_VERSION"],
+        ])
         .output()
         .unwrap();
-    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     let master = format!("{dir}/etc/master");
     let settings = SaltSettings::load(Some(master.as_ref())).unwrap();
-    assert!(matches!(settings.event_source(), saltpeter::salt::EventSource::Tcp(_)));
-    let out = bin().args(["salt", "--salt-config", &master, "minion-1", "test.ping"]).output().unwrap();
-    let stop = std::process::Command::new(script).args(["stop", "--dir", &dir]).status().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(matches!(
+        settings.event_source(),
+        saltpeter::salt::EventSource::Tcp(_)
+    ));
+    let out = bin()
+        .args(["salt", "--salt-config", &master, "minion-1", "test.ping"])
+        .output()
+        .unwrap();
+    let stop = std::process::Command::new(script)
+        .args(["stop", "--dir", &dir])
+        .status()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("minion-1:\n    true"));
     assert!(stop.success());
 }
