@@ -12,16 +12,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_lab() {
-  local version="$1" dir="/tmp/saltpeter-test-lab-$1"
-  labs+=("$dir")
-  contrib/lab/lab.sh start --salt "$version" --dir "$dir" > /dev/null
-  echo "$dir/lab.env"
-}
-
 first=1
 for version in "${versions[@]}"; do
-  env_file=$(start_lab "$version")
+  dir="/tmp/saltpeter-test-lab-$version"
+  labs+=("$dir")
+  contrib/lab/lab.sh start --salt "$version" --dir "$dir" > /dev/null
+  env_file="$dir/lab.env"
   if ((first)); then
     echo "== all tests (Salt $version)"
     SALTPETER_LAB_ENV="$env_file" cargo test --locked
@@ -30,5 +26,5 @@ for version in "${versions[@]}"; do
     echo "== Salt tests again, against Salt $version"
     SALTPETER_LAB_ENV="$env_file" cargo test --locked --test it -- salt_lab
   fi
-  contrib/lab/lab.sh stop --dir "${labs[-1]}"
+  contrib/lab/lab.sh stop --dir "$dir"
 done

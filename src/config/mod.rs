@@ -154,6 +154,20 @@ pub struct Settings {
     pub default_wrapper_loglevel: WrapperLogLevel,
     pub default_wrapper_logdir: String,
     pub default_timezone: String,
+    /// The Salt master's config file (default `/etc/salt/master`), and overrides of what it
+    /// says, for setups where the daemon cannot read it or must differ.
+    pub salt: SaltOverrides,
+}
+
+/// `saltpeter_config.salt_*`: where the Salt master is, when its config file does not say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SaltOverrides {
+    pub master_config: Option<String>,
+    pub interface: Option<String>,
+    pub ret_port: Option<u16>,
+    pub sock_dir: Option<String>,
+    pub cachedir: Option<String>,
+    pub user: Option<String>,
 }
 
 impl Settings {
@@ -172,6 +186,7 @@ impl Settings {
             default_wrapper_loglevel: WrapperLogLevel::Normal,
             default_wrapper_logdir: "/var/log/sp_wrapper".into(),
             default_timezone: "UTC".into(),
+            salt: SaltOverrides::default(),
         }
     }
 
@@ -192,6 +207,12 @@ impl Settings {
             ("default_wrapper_loglevel", V::LogLevel(l)) => self.default_wrapper_loglevel = *l,
             ("default_wrapper_logdir", V::Str(s)) => self.default_wrapper_logdir = s.clone(),
             ("default_timezone", V::Str(s)) => self.default_timezone = s.clone(),
+            ("salt_master_config", V::Str(s)) => self.salt.master_config = Some(s.clone()),
+            ("salt_interface", V::Str(s)) => self.salt.interface = Some(s.clone()),
+            ("salt_ret_port", V::Port(p)) => self.salt.ret_port = Some(*p),
+            ("salt_sock_dir", V::Str(s)) => self.salt.sock_dir = Some(s.clone()),
+            ("salt_cachedir", V::Str(s)) => self.salt.cachedir = Some(s.clone()),
+            ("salt_user", V::Str(s)) => self.salt.user = Some(s.clone()),
             _ => unreachable!("validate types every setting: {key}"),
         }
     }

@@ -88,6 +88,9 @@ pub async fn run(
             Some(at) => match tokio::time::timeout_at(at, bus.recv()).await {
                 Ok(m) => m,
                 Err(_) => {
+                    // Before probing or giving up on anyone, take what the job cache has: a
+                    // return whose event was lost is there.
+                    recover(client, &mut gather, &mut progress);
                     gather.handle_timeout(now());
                     while let Some(GatherAction::Probe(minions)) = gather.poll_action() {
                         progress(Progress::Probing(&minions));
@@ -139,7 +142,8 @@ pub async fn run(
     Ok(gather)
 }
 
-/// Returns written to the job cache while the bus was disconnected.
+/// Returns in the job cache that the bus did not deliver (it was disconnected, or the event
+/// was lost).
 fn recover(client: &SaltClient, gather: &mut Gather, progress: &mut impl FnMut(Progress<'_>)) {
     let s = client.settings();
     let Ok(cached) = jobcache::returns(&s.cachedir, &s.hash_type, gather.jid()) else {

@@ -135,6 +135,34 @@ impl SaltSettings {
         Ok(settings)
     }
 
+    /// `saltpeter_config.salt_*` overrides applied over the master's own config.
+    pub fn with_overrides(mut self, o: &crate::config::SaltOverrides) -> SaltSettings {
+        if let Some(v) = &o.interface {
+            self.interface = v.clone();
+        }
+        if let Some(v) = o.ret_port {
+            self.ret_port = v;
+        }
+        if let Some(v) = &o.sock_dir {
+            self.sock_dir = v.into();
+        }
+        if let Some(v) = &o.cachedir {
+            self.cachedir = v.into();
+        }
+        if let Some(v) = &o.user {
+            self.user = v.clone();
+        }
+        self
+    }
+
+    /// The master's settings as the daemon's config says to find them.
+    pub fn from_config(
+        o: &crate::config::SaltOverrides,
+    ) -> Result<SaltSettings, MasterConfigError> {
+        let path = o.master_config.as_deref().map(Path::new);
+        Ok(SaltSettings::load(path)?.with_overrides(o))
+    }
+
     /// The request server's address: `interface` (a wildcard means this host) and `ret_port`.
     pub fn request_endpoint(&self) -> String {
         let host = match self.interface.as_str() {
@@ -279,5 +307,23 @@ mod tests {
             "{e}"
         );
         assert!(SaltSettings::load(Some(&dir.path().join("none"))).is_err());
+    }
+
+    #[test]
+    fn saltpeter_config_overrides_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = dir.path().join("master");
+        std::fs::write(&master, "ret_port: 14506\ncachedir: /c\n").unwrap();
+        let o = crate::config::SaltOverrides {
+            master_config: Some(master.display().to_string()),
+            ret_port: Some(4999),
+            user: Some("salt".into()),
+            ..Default::default()
+        };
+        let s = SaltSettings::from_config(&o).unwrap();
+        assert_eq!(
+            (s.ret_port, s.key_file()),
+            (4999, PathBuf::from("/c/.salt_key"))
+        );
     }
 }

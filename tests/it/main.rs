@@ -6,4 +6,5 @@ mod golden; // every config finding, pinned by golden files under tests/golden/c
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
 mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt
 mod salt_lab; // the native Salt client against a real master and minions
+mod salt_offline; // the Salt client and commands with no master: bounded errors, clean exits
 mod support; // helpers: temp config dirs, running the binary, reading its output

@@ -321,6 +321,20 @@ fn tap_with_a_jid_shows_returns_already_in_the_job_cache() {
         .as_str()
         .unwrap()
         .to_string();
+    // The master fires return events before it writes its job cache: wait for the cache.
+    let settings = SaltSettings::load(Some(lab.master_config().as_ref())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while jobcache::returns(&settings.cachedir, &settings.hash_type, &jid)
+        .unwrap()
+        .len()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the master never wrote its job cache"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = bin()
         .args([
             "tap",
