@@ -9,6 +9,7 @@ pub mod config;
 pub mod crontab;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod salt;
 #[cfg(feature = "daemon")]
@@ -21,7 +22,6 @@ pub mod yaml;
 /// The version `saltpeter --version` prints.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[cfg(feature = "daemon")]
 /// This machine's host name, the default for `default_saltpeter_server_host` (as the
 /// original's `os.uname().nodename`).
 pub fn hostname() -> String {

@@ -5,6 +5,7 @@ mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdow
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
 mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt
+mod proto_wrapper; // the wrapper protocol against its fixtures in proto/wrapper
 mod salt_lab; // the native Salt client against a real master and minions
 mod salt_offline; // the Salt client and commands with no master: bounded errors, clean exits
 mod support; // helpers: temp config dirs, running the binary, reading its output
