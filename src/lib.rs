@@ -2,6 +2,8 @@
 //! (see ARCHITECTURE.md for what each owns and must not know).
 
 #[cfg(feature = "daemon")]
+pub mod agents;
+#[cfg(feature = "daemon")]
 pub mod clock;
 #[cfg(feature = "daemon")]
 pub mod config;
@@ -16,6 +18,7 @@ pub mod salt;
 pub mod schedule;
 #[cfg(feature = "daemon")]
 pub mod scheduler;
+pub mod wrapper;
 #[cfg(feature = "daemon")]
 pub mod yaml;
 

@@ -1,2 +1,27 @@
-//! placeholder
-fn main() {}
+//! `sp-wrapper`: run by Salt on each minion with the job in its `SP_*` environment. Validates
+//! the settings (an error exits non-zero with a one-line message, before detaching, so Salt's
+//! return carries it), detaches so Salt returns at once, then runs the job.
+
+use saltpeter::wrapper::{self, settings::Settings};
+
+fn main() {
+    println!("Saltpeter Wrapper version {}", saltpeter::VERSION);
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let settings = match Settings::from_vars(
+        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &saltpeter::hostname(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if std::env::var_os("SP_NO_DETACH").is_none()
+        && let Err(e) = wrapper::detach::detach()
+    {
+        eprintln!("Error: cannot detach: {e}");
+        std::process::exit(2);
+    }
+    std::process::exit(wrapper::run(settings));
+}
