@@ -88,3 +88,30 @@ fn the_schedule_and_planner_stay_pure() {
         }
     }
 }
+
+#[test]
+fn the_wrapper_and_protocol_use_no_daemon_crates() {
+    // They ship to every minion: no async runtime, no daemon-only dependency.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/wrapper"), &mut files);
+    rust_files(&root.join("src/protocol"), &mut files);
+    files.push(root.join("src/bin/sp-wrapper.rs"));
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for banned in [
+            "tokio",
+            "jiff",
+            "clap",
+            "tracing",
+            "rmpv",
+            "zeromq",
+            "notify",
+            "crate::config",
+            "crate::salt",
+            "crate::agents",
+        ] {
+            assert!(!text.contains(banned), "{} uses {banned}", path.display());
+        }
+    }
+}

@@ -167,7 +167,10 @@ async fn connection(
     rate: u64,
 ) -> Result<(), String> {
     stream.set_nodelay(true).ok();
+    // Small buffers: a daemon holds thousands of mostly idle connections (they grow on demand).
     let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .max_message_size(Some(protocol::MAX_MESSAGE_BYTES))
         .max_frame_size(Some(protocol::MAX_MESSAGE_BYTES));
     let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config))
