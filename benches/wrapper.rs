@@ -311,10 +311,10 @@ async fn client(
             }
             m = source.next() => {
                 let Some(Ok(Message::Text(t))) = m else { return };
-                if let Ok(DaemonMsg::Ack { seq: Some(s), .. }) = DaemonMsg::decode(&t) {
-                    if let Some(at) = sent_at.remove(&s) {
-                        let _ = lat.send(at.elapsed());
-                    }
+                if let Ok(DaemonMsg::Ack { seq: Some(s), .. }) = DaemonMsg::decode(&t)
+                    && let Some(at) = sent_at.remove(&s)
+                {
+                    let _ = lat.send(at.elapsed());
                 }
             }
         }
