@@ -401,14 +401,12 @@ fn utf8_boundary(bytes: &[u8], at_end: bool) -> usize {
         if b & 0xc0 == 0x80 {
             continue;
         }
-        let need = if b >= 0xf0 {
-            4
-        } else if b >= 0xe0 {
-            3
-        } else if b >= 0xc0 {
-            2
-        } else {
-            1
+        // Bytes that cannot start a character (0x80.., 0xc0, 0xc1, 0xf5..) wait for nothing.
+        let need = match b {
+            0xc2..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf4 => 4,
+            _ => 1,
         };
         if need > back {
             cut = bytes.len() - back;
