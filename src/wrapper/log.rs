@@ -20,17 +20,7 @@ impl Log {
         let file = (settings.log_level != LogLevel::Off)
             .then(|| {
                 std::fs::create_dir_all(&settings.log_dir).ok()?;
-                let name: String = settings
-                    .job_name
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
+                let name = super::settings::file_name(&settings.job_name);
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

@@ -128,16 +128,7 @@ impl Settings {
                 return Err(invalid("SP_ALLOW_OVERLAP", other, "expected true or false"));
             }
         };
-        let safe_name: String = job_name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe_name = file_name(&job_name);
         let spool_max_bytes = match get("SP_SPOOL_MAX_BYTES") {
             None => 256 * 1024 * 1024,
             Some(v) => v
@@ -183,6 +174,20 @@ impl Settings {
             command,
         })
     }
+}
+
+/// A job name made safe for a file name (lock file, log file).
+pub fn file_name(job_name: &str) -> String {
+    job_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
