@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -31,6 +31,38 @@ pub struct HubOptions {
     /// Output bytes per second accepted from one connection; beyond it the hub stops reading
     /// (the wrapper spools).
     pub max_output_rate: u64,
+    /// Serve `wss://` with this certificate ([`server_tls`]).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("unusable certificate or key: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// A TLS server configuration from PEM files: the certificate chain and its private key.
+pub fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read_err = |path: &std::path::Path, e: rustls_pki_types::pem::Error| TlsError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| read_err(cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(cert, e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| read_err(key, e))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(std::sync::Arc::new(config))
 }
 
 impl Default for HubOptions {
@@ -38,6 +70,7 @@ impl Default for HubOptions {
         HubOptions {
             allow_legacy_wrappers: true,
             max_output_rate: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -151,8 +184,19 @@ async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, opti
         let id = next_id;
         let inbound = inbound.clone();
         let rate = options.max_output_rate;
+        let tls = options.tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(id, stream, inbound.clone(), rate).await {
+            stream.set_nodelay(true).ok();
+            let result = match tls {
+                None => connection(id, stream, inbound.clone(), rate).await,
+                Some(config) => {
+                    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                        Ok(tls_stream) => connection(id, tls_stream, inbound.clone(), rate).await,
+                        Err(e) => Err(format!("TLS handshake failed: {e}")),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "machines hub: connection ended");
             }
             let _ = inbound.send(Inbound::Closed(id)).await;
@@ -160,13 +204,15 @@ async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, opti
     }
 }
 
-async fn connection(
+async fn connection<S>(
     id: ConnId,
-    stream: TcpStream,
+    stream: S,
     inbound: mpsc::Sender<Inbound>,
     rate: u64,
-) -> Result<(), String> {
-    stream.set_nodelay(true).ok();
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // Small buffers: a daemon holds thousands of mostly idle connections (they grow on demand).
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)

@@ -149,6 +149,9 @@ pub struct Settings {
     pub api_ws_bind_addr: String,
     pub machines_ws_port: u16,
     pub machines_ws_bind_addr: String,
+    /// PEM certificate chain and key: the machines hub serves `wss://` when both are set.
+    pub machines_ws_tls_cert: Option<String>,
+    pub machines_ws_tls_key: Option<String>,
     pub default_saltpeter_server_host: String,
     pub default_wrapper_path: String,
     pub default_wrapper_loglevel: WrapperLogLevel,
@@ -181,6 +184,8 @@ impl Settings {
             api_ws_bind_addr: "0.0.0.0".into(),
             machines_ws_port: 8889,
             machines_ws_bind_addr: "0.0.0.0".into(),
+            machines_ws_tls_cert: None,
+            machines_ws_tls_key: None,
             default_saltpeter_server_host: hostname.into(),
             default_wrapper_path: "/usr/local/bin/sp_wrapper.py".into(),
             default_wrapper_loglevel: WrapperLogLevel::Normal,
@@ -200,6 +205,8 @@ impl Settings {
             ("api_ws_bind_addr", V::Str(s)) => self.api_ws_bind_addr = s.clone(),
             ("machines_ws_port", V::Port(p)) => self.machines_ws_port = *p,
             ("machines_ws_bind_addr", V::Str(s)) => self.machines_ws_bind_addr = s.clone(),
+            ("machines_ws_tls_cert", V::Str(s)) => self.machines_ws_tls_cert = Some(s.clone()),
+            ("machines_ws_tls_key", V::Str(s)) => self.machines_ws_tls_key = Some(s.clone()),
             ("default_saltpeter_server_host", V::Str(s)) => {
                 self.default_saltpeter_server_host = s.clone()
             }
@@ -247,7 +254,33 @@ impl Settings {
             self.machines_ws_bind_addr.clone(),
             new.machines_ws_bind_addr.clone(),
         );
+        let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        check(
+            "machines_ws_tls_cert",
+            or_none(&self.machines_ws_tls_cert),
+            or_none(&new.machines_ws_tls_cert),
+        );
+        check(
+            "machines_ws_tls_key",
+            or_none(&self.machines_ws_tls_key),
+            or_none(&new.machines_ws_tls_key),
+        );
         out
+    }
+
+    /// `SP_WEBSOCKET_URL` for a wrapper: `ws://` or, with a certificate, `wss://` to `host`.
+    pub fn machines_ws_url(&self, host: &str) -> String {
+        let scheme = if self.machines_ws_tls_cert.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        format!("{scheme}://{host}:{}", self.machines_ws_port)
     }
 
     /// `new` with the start-up-only settings of `self` kept.
@@ -257,6 +290,8 @@ impl Settings {
         new.api_ws_bind_addr = self.api_ws_bind_addr.clone();
         new.machines_ws_port = self.machines_ws_port;
         new.machines_ws_bind_addr = self.machines_ws_bind_addr.clone();
+        new.machines_ws_tls_cert = self.machines_ws_tls_cert.clone();
+        new.machines_ws_tls_key = self.machines_ws_tls_key.clone();
         new
     }
 }

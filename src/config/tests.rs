@@ -155,3 +155,12 @@ fn maintenance_later_files_override() {
         }
     );
 }
+
+#[test]
+fn the_wrapper_url_follows_tls_and_the_port() {
+    let mut s = Settings::defaults("h");
+    assert_eq!(s.machines_ws_url("master1"), "ws://master1:8889");
+    s.machines_ws_tls_cert = Some("/etc/saltpeter/cert.pem".into());
+    s.machines_ws_port = 9443;
+    assert_eq!(s.machines_ws_url("::1"), "wss://[::1]:9443");
+}

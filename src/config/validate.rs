@@ -70,6 +70,8 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("api_ws_bind_addr", SettingKind::Str),
     ("machines_ws_port", SettingKind::Port),
     ("machines_ws_bind_addr", SettingKind::Str),
+    ("machines_ws_tls_cert", SettingKind::Str),
+    ("machines_ws_tls_key", SettingKind::Str),
     ("default_saltpeter_server_host", SettingKind::Str),
     ("default_wrapper_path", SettingKind::Str),
     ("default_wrapper_loglevel", SettingKind::LogLevel),

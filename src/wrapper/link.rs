@@ -12,6 +12,7 @@ use tungstenite::{Message, WebSocket};
 
 use super::log::Log;
 use super::settings::Settings;
+use super::tls::{self, Conn};
 use super::{Event, Shared};
 use crate::protocol::{self, AckType, DaemonMsg, Ext, Header, WrapperMsg};
 
@@ -105,30 +106,47 @@ pub fn run(settings: &Settings, shared: Arc<Shared>, log: &Log) {
     }
 }
 
-fn connect(settings: &Settings) -> Result<WebSocket<TcpStream>, String> {
-    let rest = settings.websocket_url.trim_start_matches("ws://");
+fn connect(settings: &Settings) -> Result<WebSocket<Conn>, String> {
+    let secure = settings.websocket_url.starts_with("wss://");
+    let rest = settings
+        .websocket_url
+        .trim_start_matches("wss://")
+        .trim_start_matches("ws://");
     let authority = rest.split('/').next().unwrap_or(rest);
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_matches(['[', ']']);
     let addrs = std::net::ToSocketAddrs::to_socket_addrs(authority).map_err(|e| e.to_string())?;
     let mut last = String::from("no address");
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(stream) => {
-                stream.set_nodelay(true).ok();
-                stream
-                    .set_read_timeout(Some(CONNECT_TIMEOUT))
-                    .map_err(|e| e.to_string())?;
-                stream
-                    .set_write_timeout(Some(Duration::from_secs(30)))
-                    .map_err(|e| e.to_string())?;
-                let (ws, _) = tungstenite::client(settings.websocket_url.as_str(), stream)
-                    .map_err(|e| e.to_string())?;
-                ws.get_ref()
-                    .set_read_timeout(Some(Duration::from_millis(20)))
-                    .map_err(|e| e.to_string())?;
-                return Ok(ws);
+        let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => s,
+            Err(e) => {
+                last = e.to_string();
+                continue;
             }
-            Err(e) => last = e.to_string(),
-        }
+        };
+        stream.set_nodelay(true).ok();
+        stream
+            .set_read_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let conn = if secure {
+            let config = tls::client_config(settings.tls_ca_file.as_deref())?;
+            Conn::tls(config, host, stream)?
+        } else {
+            Conn::Plain(stream)
+        };
+        let (ws, _) = tungstenite::client(settings.websocket_url.as_str(), conn)
+            .map_err(|e| e.to_string())?;
+        ws.get_ref()
+            .tcp()
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .map_err(|e| e.to_string())?;
+        return Ok(ws);
     }
     Err(last)
 }
@@ -154,7 +172,7 @@ fn ext(settings: &Settings) -> Ext {
     }
 }
 
-fn send(ws: &mut WebSocket<TcpStream>, msg: &WrapperMsg) -> Result<(), String> {
+fn send(ws: &mut WebSocket<Conn>, msg: &WrapperMsg) -> Result<(), String> {
     ws.send(Message::text(msg.encode()))
         .map_err(|e| e.to_string())
 }
@@ -162,7 +180,7 @@ fn send(ws: &mut WebSocket<TcpStream>, msg: &WrapperMsg) -> Result<(), String> {
 fn session(
     settings: &Settings,
     shared: &Shared,
-    ws: &mut WebSocket<TcpStream>,
+    ws: &mut WebSocket<Conn>,
     cursor: &mut Cursor,
     log: &Log,
 ) -> SessionEnd {

@@ -12,6 +12,7 @@ pub mod link;
 pub mod log;
 pub mod settings;
 pub mod spool;
+pub mod tls;
 
 use std::io::Read;
 use std::os::fd::AsFd;

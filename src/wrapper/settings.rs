@@ -8,6 +8,8 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub websocket_url: String,
+    /// CA certificates (PEM) to trust for a `wss://` daemon; the system's when absent.
+    pub tls_ca_file: Option<PathBuf>,
     pub job_name: String,
     pub job_instance: String,
     pub command: String,
@@ -73,13 +75,6 @@ impl Settings {
                 "SP_WEBSOCKET_URL",
                 &websocket_url,
                 "expected ws://host:port",
-            ));
-        }
-        if websocket_url.starts_with("wss://") {
-            return Err(invalid(
-                "SP_WEBSOCKET_URL",
-                &websocket_url,
-                "this sp-wrapper build has no TLS support",
             ));
         }
         let job_name = need("SP_JOB_NAME")?;
@@ -155,6 +150,7 @@ impl Settings {
         }
         Ok(Settings {
             websocket_url,
+            tls_ca_file: get("SP_TLS_CA_FILE").map(PathBuf::from),
             machine: get("SP_MACHINE_ID").unwrap_or(hostname).to_string(),
             run_token: get("SP_RUN_TOKEN").map(str::to_string),
             cwd,

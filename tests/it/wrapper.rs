@@ -635,3 +635,40 @@ async fn without_legacy_wrappers_a_missing_or_wrong_token_is_refused() {
         matches!(DaemonMsg::decode(&reply).unwrap(), DaemonMsg::Error { code, .. } if code == "JOB_NOT_FOUND")
     );
 }
+
+#[tokio::test]
+async fn wss_with_the_daemons_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, key.cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.signing_key.serialize_pem()).unwrap();
+    let tls = agents::server_tls(&cert_pem, &key_pem).unwrap();
+    let mut h = Harness::new(HubOptions {
+        tls: Some(tls),
+        ..HubOptions::default()
+    })
+    .await;
+    h.register("tls", &["m1"], Some("t0k")).await;
+    let url = format!("wss://localhost:{}", h.port);
+    let ca = cert_pem.display().to_string();
+    h.wrapper(
+        "tls",
+        "m1",
+        "echo over tls",
+        h.port,
+        &[
+            ("SP_WEBSOCKET_URL", &url),
+            ("SP_TLS_CA_FILE", &ca),
+            ("SP_RUN_TOKEN", "t0k"),
+        ],
+    );
+    let o = h.outcome("tls", "m1", Duration::from_secs(20)).await;
+    assert_eq!((o.retcode, o.output.as_str()), (Some(0), "over tls\n"));
+    // A plain client is not served by a TLS hub.
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}", h.port))
+            .await
+            .is_err()
+    );
+}
