@@ -19,6 +19,15 @@ fn main() {
             .unwrap_or(30),
     );
     let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ports = format!(
+        "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n"
+    );
+    std::fs::write(dir.path().join("00-ports.yaml"), ports).unwrap();
     for f in 0..100 {
         let mut text = String::new();
         for j in 0..JOBS / 100 {

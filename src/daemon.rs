@@ -25,6 +25,14 @@ pub enum DaemonError {
     Timer(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot listen for wrappers on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("machines_ws_tls_cert/machines_ws_tls_key: {0}")]
+    Tls(#[from] crate::agents::TlsError),
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -49,6 +57,7 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut timer = WallTimer::new().map_err(DaemonError::Timer)?;
+    let (_hub, mut hub_events) = start_hub(&config.settings).await?;
 
     loop {
         let deadline = planner.next_deadline();
@@ -75,12 +84,53 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
                 info!("SIGHUP; reloading");
                 reload(&dir, &mut loader, &mut config, &mut planner);
             }
+            Some(event) = hub_events.recv() => {
+                // No run engine yet: wrappers of unknown runs are refused by the hub itself.
+                debug!(instance = %event.instance, machine = %event.machine, kind = ?event.kind, "machines hub event");
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     info!("Saltpeter stopping");
     Ok(())
+}
+
+/// Binds the machines hub (wrappers connect here) on the configured address, with TLS when a
+/// certificate is configured.
+async fn start_hub(
+    settings: &config::Settings,
+) -> Result<
+    (
+        crate::agents::Hub,
+        tokio::sync::mpsc::Receiver<crate::agents::HubEvent>,
+    ),
+    DaemonError,
+> {
+    let addr = format!(
+        "{}:{}",
+        settings.machines_ws_bind_addr, settings.machines_ws_port
+    );
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let tls = match (
+        &settings.machines_ws_tls_cert,
+        &settings.machines_ws_tls_key,
+    ) {
+        (Some(cert), Some(key)) => Some(crate::agents::server_tls(cert.as_ref(), key.as_ref())?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    info!("machines hub listening on {scheme}://{addr}");
+    let options = crate::agents::HubOptions {
+        tls,
+        ..crate::agents::HubOptions::default()
+    };
+    Ok(crate::agents::spawn(listener, options))
 }
 
 fn fire_job(fire: &Fire, instances: &mut InstanceIds, now: jiff::Timestamp) {

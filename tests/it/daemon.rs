@@ -41,10 +41,15 @@ fn fires_reloads_and_keeps_the_last_good_version() {
         "c.yaml",
         "saltpeter_config:\n  machines_ws_port: 9999\n",
     );
-    daemon.expect_line(
-        "machines_ws_port changed from 8889 to 9999; this takes effect after a restart",
-        WITHIN,
+    let changed = format!(
+        "machines_ws_port changed from {} to 9999; this takes effect after a restart",
+        daemon.hub_port
     );
+    daemon.expect_line(&changed, WITHIN);
+
+    // The machines hub answers on its port (an unknown run is refused, as it should be).
+    let hub = std::net::TcpStream::connect(("127.0.0.1", daemon.hub_port));
+    assert!(hub.is_ok(), "the machines hub is not listening");
 
     daemon.signal(Signal::SIGHUP);
     daemon.expect_line("SIGHUP; reloading", WITHIN);

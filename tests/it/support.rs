@@ -38,12 +38,23 @@ pub fn job(name: &str, sec: &str) -> String {
 /// A running daemon whose stdout lines arrive on a channel.
 pub struct Daemon {
     pub child: Child,
+    /// The machines hub's port (a free one, set in `00-test.yaml`).
+    pub hub_port: u16,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
 }
 
 impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
+        let hub_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let ports = format!(
+            "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {hub_port}\n"
+        );
+        write(dir, "00-test.yaml", &ports);
         let mut child = bin()
             .args(["run", "-c"])
             .arg(dir)
@@ -63,6 +74,7 @@ impl Daemon {
         });
         Daemon {
             child,
+            hub_port,
             lines: rx,
             seen: Vec::new(),
         }
