@@ -11,6 +11,8 @@ pub mod config;
 pub mod crontab;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod engine;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod salt;

@@ -1,0 +1,300 @@
+//! Run lifecycle tests with virtual time: every `now` is given, nothing sleeps.
+
+use super::*;
+
+const S: Duration = Duration::from_secs(1);
+
+fn spec(timeout: Option<u64>) -> RunSpec {
+    RunSpec {
+        job: "backup".into(),
+        instance: "backup_1".into(),
+        timeout: timeout.map(Duration::from_secs),
+        heartbeat_timeout: 15 * S,
+        timeout_grace: 30 * S,
+        success_threshold: None,
+    }
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// All actions so far.
+fn drain(run: &mut Run) -> Vec<Action> {
+    std::iter::from_fn(|| run.poll_action()).collect()
+}
+
+fn ended(actions: &[Action]) -> Vec<(String, i64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::TargetEnded {
+                machine, result, ..
+            } => Some((machine.clone(), result.code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logs(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Log(l) = a {
+                Some(l.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn happy_path_two_phases_and_the_originals_log_lines() {
+    let mut run = Run::new(spec(Some(3600)));
+    run.handle_published("2026", &names(&["a", "b"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 0, "Wrapper started successfully", S);
+    run.handle_salt_return("b", 0, "Wrapper started successfully", 2 * S);
+    run.handle_wrapper(
+        "a",
+        WrapperEvent::Started {
+            pid: 7,
+            version: "v".into(),
+        },
+        2 * S,
+    );
+    run.handle_wrapper("a", WrapperEvent::Output("hello\n".into()), 3 * S);
+    run.handle_wrapper("a", WrapperEvent::Completed { retcode: 0 }, 4 * S);
+    run.handle_wrapper("b", WrapperEvent::Completed { retcode: 0 }, 5 * S);
+    assert!(run.is_done());
+    let actions = drain(&mut run);
+    assert_eq!(
+        logs(&actions),
+        [
+            "Waiting for Salt to confirm wrapper execution for job 2026...",
+            "Salt confirmed wrapper started on a",
+            "Salt confirmed wrapper started on b",
+            "Monitoring WebSocket results for 2 confirmed target(s)...",
+            "Result for backup_1:a: exit code 0 (success)",
+            "Result for backup_1:b: exit code 0 (success)",
+            "WebSocket: All targets completed for backup, exiting monitor loop",
+            "Completed: 2/2 targets successful",
+        ]
+    );
+    assert!(actions.contains(&Action::ConfirmComplete {
+        machine: "a".into()
+    }));
+    let out = actions.iter().find_map(|a| match a {
+        Action::TargetEnded {
+            machine,
+            output,
+            result,
+        } if machine == "a" => Some((output.clone(), result.confirmed_at)),
+        _ => None,
+    });
+    assert_eq!(out, Some(("hello\n".to_string(), Some(S))));
+    assert_eq!(
+        actions.last(),
+        Some(&Action::RunEnded(RunOutcome {
+            success: true,
+            succeeded: 2,
+            total: 2
+        }))
+    );
+}
+
+#[test]
+fn a_salt_failure_ends_the_target_at_once_with_salts_text() {
+    let mut run = Run::new(spec(None));
+    run.handle_published("j", &names(&["a", "b"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 127, "/bin/sh: 1: /opt/sp-wrapper: not found", S);
+    let actions = drain(&mut run);
+    assert_eq!(ended(&actions), [("a".to_string(), 127)]);
+    assert!(
+        logs(&actions).contains(
+            &"Wrapper execution failed on a (retcode=127): /bin/sh: 1: /opt/sp-wrapper: not found"
+                .to_string()
+        )
+    );
+    assert!(!run.is_done());
+    run.handle_salt_return("b", 126, "Permission denied", 2 * S);
+    let actions = drain(&mut run);
+    assert_eq!(
+        actions.last(),
+        Some(&Action::RunEnded(RunOutcome {
+            success: false,
+            succeeded: 0,
+            total: 2
+        }))
+    );
+}
+
+#[test]
+fn phase_one_never_times_out() {
+    let mut run = Run::new(spec(Some(3)));
+    run.handle_published("j", &names(&["slow"]), &[], Duration::ZERO);
+    assert_eq!(run.poll_timeout(), None);
+    run.handle_timeout(Duration::from_secs(86_400));
+    assert!(!run.is_done());
+    assert_eq!(run.unconfirmed(), ["slow"]);
+    // Confirmed a day later: the timeout counts from there.
+    run.handle_salt_return("slow", 0, "", Duration::from_secs(86_400));
+    assert_eq!(run.poll_timeout(), Some(Duration::from_secs(86_400 + 15)));
+}
+
+#[test]
+fn no_heartbeat_for_15_seconds_gives_253() {
+    let mut run = Run::new(spec(None));
+    run.handle_published("j", &names(&["a"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 0, "", Duration::ZERO);
+    run.handle_wrapper("a", WrapperEvent::Heartbeat, 5 * S);
+    run.handle_wrapper("a", WrapperEvent::Heartbeat, 10 * S);
+    assert_eq!(run.poll_timeout(), Some(25 * S));
+    run.handle_timeout(24 * S);
+    assert!(!run.is_done(), "a spurious early timeout does nothing");
+    run.handle_timeout(25 * S);
+    let actions = drain(&mut run);
+    assert_eq!(ended(&actions), [("a".to_string(), 253)]);
+    let output = actions.iter().find_map(|a| {
+        if let Action::TargetEnded { output, .. } = a {
+            Some(output.clone())
+        } else {
+            None
+        }
+    });
+    assert_eq!(
+        output.unwrap(),
+        "[SALTPETER ERROR: Job lost connection - no heartbeat for 15 seconds]\n"
+    );
+}
+
+#[test]
+fn the_daemon_enforces_the_timeout_from_confirmation_plus_grace() {
+    let mut run = Run::new(spec(Some(3)));
+    run.handle_published("j", &names(&["a"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 0, "", 10 * S);
+    // Heartbeats keep coming, but the wrapper never ends the job.
+    for t in (15..=45).step_by(5) {
+        run.handle_wrapper("a", WrapperEvent::Heartbeat, t * S);
+    }
+    assert_eq!(run.poll_timeout(), Some(43 * S));
+    run.handle_timeout(43 * S);
+    let actions = drain(&mut run);
+    assert!(actions.contains(&Action::SendKill {
+        machine: "a".into()
+    }));
+    assert_eq!(ended(&actions), [("a".to_string(), 124)]);
+}
+
+#[test]
+fn the_wrappers_start_confirms_even_when_salt_is_late() {
+    let mut run = Run::new(spec(None));
+    // Returns and wrappers may come before the publish reply.
+    run.handle_wrapper(
+        "a",
+        WrapperEvent::Started {
+            pid: 1,
+            version: "v".into(),
+        },
+        S,
+    );
+    run.handle_published("j", &names(&["a"]), &[], 2 * S);
+    run.handle_salt_return("a", 0, "", 3 * S);
+    run.handle_wrapper("a", WrapperEvent::Completed { retcode: 3 }, 4 * S);
+    let actions = drain(&mut run);
+    assert!(
+        !logs(&actions)
+            .iter()
+            .any(|l| l.starts_with("Salt confirmed")),
+        "the late return is ignored"
+    );
+    assert_eq!(ended(&actions), [("a".to_string(), 3)]);
+    let confirmed = actions.iter().find_map(|a| {
+        if let Action::TargetEnded { result, .. } = a {
+            result.confirmed_at
+        } else {
+            None
+        }
+    });
+    assert_eq!(confirmed, Some(S));
+}
+
+#[test]
+fn missing_and_down_targets_get_255_without_holding_the_others() {
+    let mut run = Run::new(spec(None));
+    run.handle_published(
+        "j",
+        &names(&["a", "down"]),
+        &names(&["nokey"]),
+        Duration::ZERO,
+    );
+    run.handle_salt_return("a", 0, "", S);
+    run.handle_wrapper("a", WrapperEvent::Completed { retcode: 0 }, 2 * S);
+    run.handle_target_down("down", 12 * S);
+    let actions = drain(&mut run);
+    assert_eq!(
+        ended(&actions),
+        [
+            ("nokey".to_string(), 255),
+            ("a".to_string(), 0),
+            ("down".to_string(), 255)
+        ]
+    );
+    assert!(run.is_done());
+}
+
+#[test]
+fn kills_reach_confirmed_targets_now_and_others_when_they_confirm() {
+    let mut run = Run::new(spec(None));
+    run.handle_published("j", &names(&["a", "b"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 0, "", S);
+    run.handle_kill(None, 2 * S);
+    let actions = drain(&mut run);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::SendKill { .. }))
+            .count(),
+        1
+    );
+    run.handle_salt_return("b", 0, "", 3 * S);
+    assert!(drain(&mut run).contains(&Action::SendKill {
+        machine: "b".into()
+    }));
+    run.handle_wrapper("a", WrapperEvent::Completed { retcode: 143 }, 4 * S);
+    run.handle_wrapper("b", WrapperEvent::Completed { retcode: 143 }, 5 * S);
+    let actions = drain(&mut run);
+    assert_eq!(
+        ended(&actions),
+        [("a".to_string(), 143), ("b".to_string(), 143)]
+    );
+}
+
+#[test]
+fn success_threshold_and_empty_runs() {
+    let mut s = spec(None);
+    s.success_threshold = Some(0.5);
+    let mut run = Run::new(s);
+    run.handle_published("j", &names(&["a", "b"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 127, "x", S);
+    run.handle_salt_return("b", 0, "", S);
+    run.handle_wrapper("b", WrapperEvent::Completed { retcode: 0 }, 2 * S);
+    assert_eq!(
+        drain(&mut run).last(),
+        Some(&Action::RunEnded(RunOutcome {
+            success: true,
+            succeeded: 1,
+            total: 2
+        }))
+    );
+    let mut run = Run::new(spec(None));
+    run.handle_published("j", &[], &[], Duration::ZERO);
+    assert_eq!(
+        drain(&mut run).last(),
+        Some(&Action::RunEnded(RunOutcome {
+            success: false,
+            succeeded: 0,
+            total: 0
+        }))
+    );
+}
