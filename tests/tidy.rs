@@ -68,12 +68,13 @@ fn no_leftovers() {
 }
 
 #[test]
-fn the_schedule_and_planner_stay_pure() {
+fn the_schedule_planner_and_engine_stay_pure() {
     // They are driven by the `now` they are given: no clock, no I/O, no async runtime.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&root.join("src/schedule"), &mut files);
     rust_files(&root.join("src/scheduler"), &mut files);
+    rust_files(&root.join("src/engine"), &mut files);
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         for banned in [
@@ -83,6 +84,9 @@ fn the_schedule_and_planner_stay_pure() {
             "tokio",
             "std::fs",
             "std::net",
+            "crate::salt",
+            "crate::agents",
+            "crate::protocol",
         ] {
             assert!(!text.contains(banned), "{} uses {banned}", path.display());
         }
