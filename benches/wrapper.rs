@@ -99,7 +99,7 @@ async fn wrapper_throughput() {
         hub.send(HubCommand::Register {
             instance: instance.into(),
             job_name: "bench".into(),
-            machines: vec!["m".into()],
+            machines: Some(vec!["m".into()]),
             token: None,
         })
         .await;
@@ -181,7 +181,7 @@ fn hub_server(conns: usize) {
         hub.send(HubCommand::Register {
             instance: "scale".into(),
             job_name: "bench".into(),
-            machines: (0..conns).map(|i| format!("m{i}")).collect(),
+            machines: Some((0..conns).map(|i| format!("m{i}")).collect()),
             token: None,
         })
         .await;

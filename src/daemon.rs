@@ -11,6 +11,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::{self, Wake, WallTimer};
 use crate::config::{self, Config, Loader, Severity};
+use crate::coordinator::Coordinator;
+use crate::salt::SaltSettings;
 use crate::scheduler::{Fire, InstanceIds, Planner};
 
 /// How long the directory must be quiet after a change before it is reloaded, so an editor's
@@ -57,7 +59,28 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut timer = WallTimer::new().map_err(DaemonError::Timer)?;
-    let (_hub, mut hub_events) = start_hub(&config.settings).await?;
+    let (hub, mut hub_events) = start_hub(&config.settings).await?;
+    // Salt: the master's settings, its event bus (subscribed before anything is published), and
+    // a worker that publishes so a slow master never stalls this loop.
+    let salt_settings = match SaltSettings::from_config(&config.settings.salt) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error!(error = %e, "cannot read the Salt master's settings; runs will fail until this is fixed and the daemon restarted");
+            None
+        }
+    };
+    let (bus_tx, mut bus_rx) = mpsc::channel(16 * 1024);
+    if let Some(s) = &salt_settings {
+        tokio::spawn(crate::salt::bus::subscribe(s.event_source(), bus_tx));
+    }
+    let (salt_req_tx, salt_req_rx) = mpsc::channel(1024);
+    let (salt_reply_tx, mut salt_reply_rx) = mpsc::channel(1024);
+    tokio::spawn(crate::coordinator::salt_worker(
+        salt_settings.clone(),
+        salt_req_rx,
+        salt_reply_tx,
+    ));
+    let mut coordinator = Coordinator::new(hub, salt_req_tx, salt_settings);
 
     loop {
         let deadline = planner.next_deadline();
@@ -73,7 +96,7 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
                     Err(e) => error!(error = %e, "wall-clock timer failed"),
                 }
                 for fire in planner.due(now) {
-                    fire_job(&fire, &mut instances, now);
+                    fire_job(&fire, &mut instances, now, &config, &mut coordinator).await;
                 }
             }
             Some(()) = reload_rx.recv() => {
@@ -84,10 +107,10 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
                 info!("SIGHUP; reloading");
                 reload(&dir, &mut loader, &mut config, &mut planner);
             }
-            Some(event) = hub_events.recv() => {
-                // No run engine yet: wrappers of unknown runs are refused by the hub itself.
-                debug!(instance = %event.instance, machine = %event.machine, kind = ?event.kind, "machines hub event");
-            }
+            Some(event) = hub_events.recv() => coordinator.handle_hub(event).await,
+            Some(message) = bus_rx.recv() => coordinator.handle_bus(message).await,
+            Some(reply) = salt_reply_rx.recv() => coordinator.handle_salt_reply(reply).await,
+            _ = sleep_until_opt(coordinator.next_deadline()) => coordinator.handle_timeout().await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -133,13 +156,40 @@ async fn start_hub(
     Ok(crate::agents::spawn(listener, options))
 }
 
-fn fire_job(fire: &Fire, instances: &mut InstanceIds, now: jiff::Timestamp) {
-    let instance = instances.next(&fire.job.name, now);
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn fire_job(
+    fire: &Fire,
+    instances: &mut InstanceIds,
+    now: jiff::Timestamp,
+    config: &Config,
+    coordinator: &mut Coordinator,
+) {
+    let job = &fire.job;
+    if config.maintenance.global {
+        info!(job = %job.name, "Maintenance mode active: {} not started", job.name);
+        return;
+    }
+    if !job.allow_overlap && coordinator.is_running(&job.name) {
+        warn!(job = %job.name, "{} is still running; this slot is skipped (overlap)", job.name);
+        return;
+    }
+    if !job.use_wrapper {
+        error!(job = %job.name, "{}: use_wrapper: false (legacy mode) is not supported yet; run skipped", job.name);
+        return;
+    }
+    let instance = format!("{}_{}", job.name, instances.next(&job.name, now));
     if fire.missed > 0 {
-        warn!(job = %fire.job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, fire.job.name);
+        warn!(job = %job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, job.name);
     }
     let late_ms = now.duration_since(fire.slot).as_millis();
-    info!(job = %fire.job.name, slot = %fire.slot, late_ms, "Firing {}_{}!", fire.job.name, instance);
+    info!(job = %job.name, slot = %fire.slot, late_ms, "Firing {instance}!");
+    coordinator.fire(job, instance, &config.settings).await;
 }
 
 /// Loads the directory and logs every finding. `running` is the settings in force, whose

@@ -8,6 +8,8 @@ pub mod clock;
 #[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
+pub mod coordinator;
+#[cfg(feature = "daemon")]
 pub mod crontab;
 #[cfg(feature = "daemon")]
 pub mod daemon;

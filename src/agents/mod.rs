@@ -118,7 +118,8 @@ pub enum HubCommand {
     Register {
         instance: String,
         job_name: String,
-        machines: Vec<String>,
+        /// The targets; `None`: any machine (the run registers before Salt says which).
+        machines: Option<Vec<String>>,
         token: Option<String>,
     },
     /// Ask the target's wrapper to kill the job; repeated until the target completes.
@@ -298,6 +299,22 @@ struct Run {
     job_name: String,
     token: Option<String>,
     targets: HashMap<String, Target>,
+    /// Any machine may join (targets are created on first sight).
+    open: bool,
+}
+
+impl Target {
+    fn new() -> Target {
+        Target {
+            next_seq: 0,
+            conn: None,
+            started: false,
+            completed: None,
+            confirmed: false,
+            kill: false,
+            last_kill: None,
+        }
+    }
 }
 
 struct Conn {
@@ -382,20 +399,11 @@ impl Registry {
                 machines,
                 token,
             } => {
+                let open = machines.is_none();
                 let targets = machines
+                    .unwrap_or_default()
                     .into_iter()
-                    .map(|m| {
-                        let t = Target {
-                            next_seq: 0,
-                            conn: None,
-                            started: false,
-                            completed: None,
-                            confirmed: false,
-                            kill: false,
-                            last_kill: None,
-                        };
-                        (m, t)
-                    })
+                    .map(|m| (m, Target::new()))
                     .collect();
                 self.runs.insert(
                     instance,
@@ -403,6 +411,7 @@ impl Registry {
                         job_name,
                         token,
                         targets,
+                        open,
                     },
                 );
             }
@@ -559,6 +568,9 @@ impl Registry {
                 );
                 return;
             }
+        }
+        if run.open && !run.targets.contains_key(&machine) {
+            run.targets.insert(machine.clone(), Target::new());
         }
         let Some(t) = run.targets.get_mut(&machine) else {
             let why = format!("{machine} is not a target of {instance}");

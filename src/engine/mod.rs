@@ -208,8 +208,13 @@ impl Run {
     /// Salt's return for the wrapper's launch on `machine`.
     pub fn handle_salt_return(&mut self, machine: &str, retcode: i64, text: &str, now: Mono) {
         let t = self.target(machine);
+        if matches!(t.state, State::Confirmed { .. }) && retcode == 0 {
+            // The wrapper's `start` came first; Salt agrees.
+            self.log(format!("Salt confirmed wrapper started on {machine}"));
+            return;
+        }
         if t.state != State::Expected {
-            return; // the wrapper's `start` came first, or the target already ended
+            return; // the target already ended
         }
         if retcode == 0 {
             t.state = State::Confirmed {

@@ -121,6 +121,20 @@ impl Gather {
         }
     }
 
+    /// The probe could not be published (the master is away): those minions wait again; a
+    /// master that cannot be reached never makes a minion "not responding".
+    pub fn handle_probe_failed(&mut self, minions: &[String]) {
+        for m in minions {
+            if let Some(state) = self
+                .minions
+                .get_mut(m)
+                .filter(|s| **s == MinionState::Probed)
+            {
+                *state = MinionState::Waiting;
+            }
+        }
+    }
+
     /// Advances to `now`. A call before the deadline does nothing.
     pub fn handle_timeout(&mut self, now: Duration) {
         if self.deadline.is_none_or(|d| now < d) {
@@ -251,6 +265,21 @@ mod tests {
         assert!(g.is_done());
         // A late return still counts.
         assert!(g.handle_return(ret("1", "d")));
+    }
+
+    #[test]
+    fn a_probe_that_could_not_be_sent_proves_nothing() {
+        let mut g = Gather::new("1", &names(&["a"]), &[], Duration::ZERO, 5 * S, 10 * S);
+        g.handle_timeout(5 * S);
+        assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
+        g.handle_probe_failed(&names(&["a"]));
+        g.handle_timeout(15 * S);
+        assert_eq!(
+            g.minions()["a"],
+            MinionState::Probed,
+            "probed again, not given up"
+        );
+        assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
     }
 
     #[test]

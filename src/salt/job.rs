@@ -98,9 +98,12 @@ pub async fn run(
                             Publish::new(Tgt::List(minions.clone()), "list", "saltutil.find_job");
                         probe.args = vec![Value::from(published.jid.as_str())];
                         probe.user = publish.user.clone();
-                        // A failed probe is treated as no answer: the next deadline decides.
-                        if let Ok(p) = client.publish(&probe).await {
-                            probes.insert(p.jid, minions);
+                        // A probe that cannot be published proves nothing about the minions.
+                        match client.publish(&probe).await {
+                            Ok(p) => {
+                                probes.insert(p.jid, minions);
+                            }
+                            Err(_) => gather.handle_probe_failed(&minions),
                         }
                     }
                     continue;

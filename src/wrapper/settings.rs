@@ -124,6 +124,12 @@ impl Settings {
             }
         };
         let safe_name = file_name(&job_name);
+        let machine = get("SP_MACHINE_ID").unwrap_or(hostname).to_string();
+        let lockfile = get("SP_LOCKFILE").map(PathBuf::from).unwrap_or_else(|| {
+            // Per job and minion (several minions may share a host, as in a lab).
+            PathBuf::from(DEFAULT_LOCK_DIR)
+                .join(format!("{safe_name}@{}.lock", file_name(&machine)))
+        });
         let spool_max_bytes = match get("SP_SPOOL_MAX_BYTES") {
             None => 256 * 1024 * 1024,
             Some(v) => v
@@ -151,7 +157,7 @@ impl Settings {
         Ok(Settings {
             websocket_url,
             tls_ca_file: get("SP_TLS_CA_FILE").map(PathBuf::from),
-            machine: get("SP_MACHINE_ID").unwrap_or(hostname).to_string(),
+            machine,
             run_token: get("SP_RUN_TOKEN").map(str::to_string),
             cwd,
             user,
@@ -160,9 +166,7 @@ impl Settings {
             log_level,
             log_dir: PathBuf::from(get("SP_WRAPPER_LOGDIR").unwrap_or("/var/log/sp_wrapper")),
             allow_overlap,
-            lockfile: get("SP_LOCKFILE").map(PathBuf::from).unwrap_or_else(|| {
-                PathBuf::from(DEFAULT_LOCK_DIR).join(format!("{safe_name}.lock"))
-            }),
+            lockfile,
             spool_dir: PathBuf::from(get("SP_SPOOL_DIR").unwrap_or(DEFAULT_LOCK_DIR)),
             spool_max_bytes,
             job_name,
@@ -207,7 +211,10 @@ mod tests {
         assert_eq!(s.machine, "host1");
         assert_eq!(s.timeout, None);
         assert!(!s.allow_overlap);
-        assert_eq!(s.lockfile, PathBuf::from("/run/saltpeter/backup.lock"));
+        assert_eq!(
+            s.lockfile,
+            PathBuf::from("/run/saltpeter/backup@host1.lock")
+        );
         assert_eq!(s.log_level, LogLevel::Normal);
     }
 

@@ -2,6 +2,7 @@
 
 mod cli; // the `saltpeter` command's subcommands, as a user runs them
 mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdown
+mod engine_lab; // the daemon end to end on a real Salt lab: Phase 1, Phase 2, exit codes
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
 mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt

@@ -47,7 +47,7 @@ impl Harness {
             .send(HubCommand::Register {
                 instance: instance.into(),
                 job_name: "job".into(),
-                machines: machines.iter().map(|m| m.to_string()).collect(),
+                machines: Some(machines.iter().map(|m| m.to_string()).collect()),
                 token: token.map(String::from),
             })
             .await;

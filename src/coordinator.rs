@@ -1,0 +1,510 @@
+//! The one owner of every run in flight: turns a fire into a publish through Salt, feeds each
+//! [`Run`] what Salt's event bus and the machines hub report (routing by jid and instance), and
+//! carries out the runs' actions. Publishing happens in a separate task so a slow master never
+//! stalls the loop. Wiring only: the decisions are the engine's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmpv::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::agents::{Hub, HubCommand, HubEvent, HubEventKind};
+use crate::config::{Job, Settings, TargetType, Targets};
+use crate::engine::{Action, Mono, Run, RunSpec, WrapperEvent};
+use crate::salt::bus::BusMessage;
+use crate::salt::gather::{Gather, GatherAction, MinionState};
+use crate::salt::wire::{self, JidGen};
+use crate::salt::{
+    JobRet, Publish, PublishError, Published, SaltClient, SaltSettings, Tgt, jobcache,
+};
+
+/// How long Salt returns are awaited before silent minions are probed, and how long a probe
+/// may take (Salt's own defaults are 5 and 10 s).
+const GATHER_INTERVAL: Duration = Duration::from_secs(10);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a launch is retried while the master cannot be reached.
+const LAUNCH_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// A publish for the Salt worker, and what it answers.
+#[derive(Debug)]
+pub struct SaltRequest {
+    instance: String,
+    publish: Publish,
+    probe_of: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+pub struct SaltReply {
+    instance: String,
+    probe_of: Option<Vec<String>>,
+    result: Result<Published, String>,
+}
+
+/// Publishes one request at a time; retries a launch while the master is unreachable (a busy
+/// or restarting master must not fail a job).
+pub async fn salt_worker(
+    settings: Option<SaltSettings>,
+    mut requests: mpsc::Receiver<SaltRequest>,
+    replies: mpsc::Sender<SaltReply>,
+) {
+    let mut client = settings.map(SaltClient::new);
+    while let Some(req) = requests.recv().await {
+        let result = match client.as_mut() {
+            None => Err("the Salt master's settings could not be read (see saltpeter_config.salt_master_config)".into()),
+            Some(client) => {
+                let started = Instant::now();
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    match client.publish(&req.publish).await {
+                        Ok(p) => break Ok(p),
+                        Err(e @ (PublishError::Connect { .. } | PublishError::Timeout { .. } | PublishError::Transport { .. }))
+                            if req.probe_of.is_none() && started.elapsed() < LAUNCH_RETRY_FOR =>
+                        {
+                            warn!(instance = %req.instance, error = %e, "Salt master unreachable; retrying the launch");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => break Err(e.to_string()),
+                    }
+                }
+            }
+        };
+        let reply = SaltReply {
+            instance: req.instance,
+            probe_of: req.probe_of,
+            result,
+        };
+        if replies.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct RunCtx {
+    run: Run,
+    jid: String,
+    gather: Option<Gather>,
+}
+
+pub struct Coordinator {
+    origin: Instant,
+    runs: HashMap<String, RunCtx>,
+    /// Launch jid → instance.
+    jids: HashMap<String, String>,
+    /// Probe jid → instance.
+    probes: HashMap<String, String>,
+    jid_gen: JidGen,
+    hub: Hub,
+    salt: mpsc::Sender<SaltRequest>,
+    salt_settings: Option<SaltSettings>,
+    bus_down: bool,
+}
+
+impl Coordinator {
+    pub fn new(
+        hub: Hub,
+        salt: mpsc::Sender<SaltRequest>,
+        salt_settings: Option<SaltSettings>,
+    ) -> Coordinator {
+        Coordinator {
+            origin: Instant::now(),
+            runs: HashMap::new(),
+            jids: HashMap::new(),
+            probes: HashMap::new(),
+            jid_gen: JidGen::default(),
+            hub,
+            salt,
+            salt_settings,
+            bus_down: false,
+        }
+    }
+
+    fn now(&self) -> Mono {
+        self.origin.elapsed()
+    }
+
+    /// Whether an instance of `job` is running (for the overlap rule).
+    pub fn is_running(&self, job: &str) -> bool {
+        self.runs.values().any(|r| r.run.spec().job == job)
+    }
+
+    /// Starts a run of `job` as `instance` (`<job>_<id>`).
+    pub async fn fire(&mut self, job: &Arc<Job>, instance: String, settings: &Settings) {
+        let jid = self.jid_gen.next(crate::clock::now());
+        let token = random_token();
+        let spec = RunSpec {
+            job: job.name.clone(),
+            instance: instance.clone(),
+            timeout: job.timeout_secs.map(Duration::from_secs),
+            heartbeat_timeout: Duration::from_secs(15),
+            timeout_grace: Duration::from_secs(30),
+            success_threshold: None,
+        };
+        // Registered before publishing: wrappers (and returns) can beat the publish reply.
+        self.hub
+            .send(HubCommand::Register {
+                instance: instance.clone(),
+                job_name: job.name.clone(),
+                machines: None,
+                token: Some(token.clone()),
+            })
+            .await;
+        self.jids.insert(jid.clone(), instance.clone());
+        self.runs.insert(
+            instance.clone(),
+            RunCtx {
+                run: Run::new(spec),
+                jid: jid.clone(),
+                gather: None,
+            },
+        );
+        let mut publish = launch(job, &instance, settings, &token);
+        publish.jid = jid;
+        let _ = self
+            .salt
+            .send(SaltRequest {
+                instance,
+                publish,
+                probe_of: None,
+            })
+            .await;
+    }
+
+    pub async fn handle_salt_reply(&mut self, reply: SaltReply) {
+        let now = self.now();
+        let Some(ctx) = self.runs.get_mut(&reply.instance) else {
+            return;
+        };
+        match (reply.probe_of, reply.result) {
+            (None, Ok(p)) => {
+                ctx.run
+                    .handle_published(&p.jid, &p.minions, &p.missing, now);
+                ctx.gather = Some(Gather::new(
+                    &p.jid,
+                    &p.minions,
+                    &p.missing,
+                    now,
+                    GATHER_INTERVAL,
+                    PROBE_TIMEOUT,
+                ));
+            }
+            (None, Err(e)) => ctx.run.handle_publish_failed(&e, now),
+            (Some(minions), Ok(p)) => {
+                self.probes.insert(p.jid, reply.instance.clone());
+                debug!(instance = %reply.instance, ?minions, "probing silent minions");
+            }
+            (Some(minions), Err(_)) => {
+                if let Some(g) = ctx.gather.as_mut() {
+                    g.handle_probe_failed(&minions);
+                }
+            }
+        }
+        self.settle(&reply.instance).await;
+    }
+
+    pub async fn handle_bus(&mut self, message: BusMessage) {
+        match message {
+            BusMessage::Event(event) => {
+                let Some(ret) = event.job_ret() else { return };
+                if let Some(instance) = self.jids.get(&ret.jid).cloned() {
+                    self.salt_return(&instance, ret).await;
+                } else if let Some(instance) = self.probes.get(&ret.jid).cloned() {
+                    let running = matches!(&ret.ret, Value::Map(m) if !m.is_empty());
+                    if let Some(g) = self.runs.get_mut(&instance).and_then(|c| c.gather.as_mut()) {
+                        g.handle_probe_reply(&ret.id, running);
+                    }
+                    self.settle(&instance).await;
+                }
+            }
+            BusMessage::Disconnected { reason, .. } => {
+                if !self.bus_down {
+                    warn!(%reason, "Salt event bus lost; reconnecting");
+                }
+                self.bus_down = true;
+            }
+            BusMessage::Connected(source) => {
+                if self.bus_down {
+                    info!(%source, "Salt event bus back; recovering returns from the job cache");
+                    self.bus_down = false;
+                    self.recover().await;
+                }
+            }
+            BusMessage::BadFrame(e) => warn!(error = %e, "Salt event bus"),
+            BusMessage::BadEvent(e) => warn!(error = %e, "Salt event bus: undecodable event"),
+        }
+    }
+
+    /// Returns the bus did not deliver are in the master's job cache.
+    async fn recover(&mut self) {
+        let Some(s) = self.salt_settings.clone() else {
+            return;
+        };
+        let pending: Vec<(String, String)> = self
+            .jids
+            .iter()
+            .map(|(j, i)| (j.clone(), i.clone()))
+            .collect();
+        for (jid, instance) in pending {
+            for ret in jobcache::returns(&s.cachedir, &s.hash_type, &jid).unwrap_or_default() {
+                self.salt_return(&instance, ret).await;
+            }
+        }
+    }
+
+    async fn salt_return(&mut self, instance: &str, ret: JobRet) {
+        let now = self.now();
+        let Some(ctx) = self.runs.get_mut(instance) else {
+            return;
+        };
+        let retcode = ret
+            .retcode
+            .unwrap_or(if ret.success == Some(false) { 1 } else { 0 });
+        ctx.run
+            .handle_salt_return(&ret.id, retcode, &salt_text(&ret.ret), now);
+        if let Some(g) = ctx.gather.as_mut() {
+            g.handle_return(ret);
+        }
+        self.settle(instance).await;
+    }
+
+    pub async fn handle_hub(&mut self, event: HubEvent) {
+        let now = self.now();
+        let Some(ctx) = self.runs.get_mut(&event.instance) else {
+            return;
+        };
+        let wrapper_event = match event.kind {
+            HubEventKind::Started { pid, version } => WrapperEvent::Started { pid, version },
+            HubEventKind::Output { data, .. } => WrapperEvent::Output(data),
+            HubEventKind::Heartbeat | HubEventKind::Connected { .. } => WrapperEvent::Heartbeat,
+            HubEventKind::Completed { retcode } => WrapperEvent::Completed { retcode },
+            HubEventKind::WrapperError { error } => WrapperEvent::Error(error),
+            HubEventKind::Disconnected => return,
+        };
+        ctx.run.handle_wrapper(&event.machine, wrapper_event, now);
+        self.settle(&event.instance).await;
+    }
+
+    /// Kills a run (or one target of it).
+    pub async fn kill(&mut self, instance: &str, machine: Option<&str>) -> bool {
+        let now = self.now();
+        let Some(ctx) = self.runs.get_mut(instance) else {
+            return false;
+        };
+        ctx.run.handle_kill(machine, now);
+        self.settle(instance).await;
+        true
+    }
+
+    /// The next time something must be checked.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.runs
+            .values()
+            .flat_map(|c| {
+                [
+                    c.run.poll_timeout(),
+                    c.gather.as_ref().and_then(Gather::poll_timeout),
+                ]
+            })
+            .flatten()
+            .min()
+            .map(|d| self.origin + d)
+    }
+
+    pub async fn handle_timeout(&mut self) {
+        let now = self.now();
+        let instances: Vec<String> = self.runs.keys().cloned().collect();
+        for instance in instances {
+            let Some(ctx) = self.runs.get_mut(&instance) else {
+                continue;
+            };
+            ctx.run.handle_timeout(now);
+            if let Some(g) = ctx.gather.as_mut() {
+                g.handle_timeout(now);
+            }
+            self.settle(&instance).await;
+        }
+    }
+
+    /// Carries out a run's actions, probes what Gather asks for, and retires finished runs.
+    async fn settle(&mut self, instance: &str) {
+        let now = self.now();
+        let Some(ctx) = self.runs.get_mut(instance) else {
+            return;
+        };
+        // Minions Salt gave up on: down, unless their wrapper already proved otherwise.
+        let mut probes = Vec::new();
+        if let Some(g) = ctx.gather.as_mut() {
+            while let Some(GatherAction::Probe(minions)) = g.poll_action() {
+                // Only minions still unconfirmed need asking.
+                let open: Vec<String> = ctx.run.unconfirmed();
+                let minions: Vec<String> =
+                    minions.into_iter().filter(|m| open.contains(m)).collect();
+                if minions.is_empty() {
+                    continue;
+                }
+                probes.push(minions);
+            }
+            let down: Vec<String> = g
+                .minions()
+                .iter()
+                .filter(|(_, s)| matches!(s, MinionState::NoReturn(_)))
+                .map(|(m, _)| m.clone())
+                .collect();
+            for m in down {
+                ctx.run.handle_target_down(&m, now);
+            }
+        }
+        let jid = ctx.jid.clone();
+        let mut actions = Vec::new();
+        while let Some(a) = ctx.run.poll_action() {
+            actions.push(a);
+        }
+        for minions in probes {
+            let mut probe = Publish::new(Tgt::List(minions.clone()), "list", "saltutil.find_job");
+            probe.args = vec![Value::from(jid.as_str())];
+            probe.jid = self.jid_gen.next(crate::clock::now());
+            self.probes.insert(probe.jid.clone(), instance.to_string());
+            let _ = self
+                .salt
+                .send(SaltRequest {
+                    instance: instance.into(),
+                    publish: probe,
+                    probe_of: Some(minions),
+                })
+                .await;
+        }
+        for action in actions {
+            match action {
+                Action::Log(line) => info!("{line}"),
+                Action::SendKill { machine } => {
+                    self.hub
+                        .send(HubCommand::Kill {
+                            instance: instance.into(),
+                            machine,
+                        })
+                        .await;
+                }
+                Action::ConfirmComplete { machine } => {
+                    self.hub
+                        .send(HubCommand::ConfirmComplete {
+                            instance: instance.into(),
+                            machine,
+                        })
+                        .await;
+                }
+                Action::TargetEnded {
+                    machine,
+                    result,
+                    output,
+                } => {
+                    debug!(%instance, %machine, code = result.code, output = %output, "target output");
+                }
+                Action::RunEnded(outcome) => {
+                    info!(%instance, success = outcome.success, "run ended");
+                    self.hub
+                        .send(HubCommand::Unregister {
+                            instance: instance.into(),
+                        })
+                        .await;
+                    self.runs.remove(instance);
+                    self.jids.retain(|_, i| i != instance);
+                    self.probes.retain(|_, i| i != instance);
+                }
+            }
+        }
+    }
+}
+
+/// The text Salt gives for a wrapper launch: `cmd.run_all`'s stderr (else stdout), or Salt's
+/// own error string.
+fn salt_text(ret: &Value) -> String {
+    let field = |k: &str| {
+        wire::get(ret, k)
+            .map(wire::value_text)
+            .filter(|s| !s.is_empty())
+    };
+    match ret {
+        Value::Map(_) => field("stderr")
+            .or_else(|| field("stdout"))
+            .unwrap_or_default(),
+        other => wire::value_text(other),
+    }
+}
+
+/// `cmd.run_all` of the wrapper, with the job in the `SP_*` environment as a real keyword
+/// argument. `SP_MACHINE_ID` is rendered on each minion from its own grains (one publish serves
+/// every target; the host name need not match the minion id).
+pub fn launch(job: &Job, instance: &str, settings: &Settings, token: &str) -> Publish {
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "SP_WEBSOCKET_URL".into(),
+            settings.machines_ws_url(&job.saltpeter_server_host),
+        ),
+        ("SP_JOB_NAME".into(), job.name.clone()),
+        ("SP_JOB_INSTANCE".into(), instance.into()),
+        ("SP_JOB_INSTANCE_NAME".into(), instance.into()),
+        ("SP_COMMAND".into(), job.command.clone()),
+        (
+            "SP_WRAPPER_LOGLEVEL".into(),
+            job.wrapper_loglevel.as_str().into(),
+        ),
+        ("SP_WRAPPER_LOGDIR".into(), job.wrapper_logdir.clone()),
+        ("SP_ALLOW_OVERLAP".into(), job.allow_overlap.to_string()),
+        (
+            "SP_TIMEOUT".into(),
+            job.timeout_secs.unwrap_or(0).to_string(),
+        ),
+        ("SP_RUN_TOKEN".into(), token.into()),
+    ];
+    for (key, value) in [
+        ("SP_CWD", &job.cwd),
+        ("SP_USER", &job.user),
+        ("SP_LOCKFILE", &job.lockfile),
+    ] {
+        if let Some(v) = value {
+            env.push((key.into(), v.clone()));
+        }
+    }
+    env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let tgt = match &job.targets {
+        Targets::List(l) => Tgt::List(l.clone()),
+        Targets::Expr(e) if job.target_type == TargetType::List => {
+            Tgt::List(e.split(',').map(|s| s.trim().to_string()).collect())
+        }
+        Targets::Expr(e) => Tgt::Expr(e.clone()),
+    };
+    let mut p = Publish::new(tgt, job.target_type.as_str(), "cmd.run_all");
+    let cmd = format!(
+        "SP_MACHINE_ID={{{{ grains['id'] | tojson }}}} exec {}",
+        shell_quote(&job.wrapper_path)
+    );
+    p.kwargs.insert("cmd".into(), Value::from(cmd));
+    p.kwargs.insert("template".into(), Value::from("jinja"));
+    p.kwargs.insert("python_shell".into(), Value::from(true));
+    p.kwargs.insert(
+        "env".into(),
+        Value::Map(
+            env.into_iter()
+                .map(|(k, v)| (Value::from(k), Value::from(v)))
+                .collect(),
+        ),
+    );
+    p
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// 128 random bits, hex.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,86 @@
+//! The daemon end to end on a real Salt lab: a due job is published natively, confirmed by
+//! Salt (Phase 1) and followed over the wrapper protocol (Phase 2) to one exit code per target:
+//! success, a missing wrapper (127), a non-executable one (126), and a job timeout (124).
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::lab::lab;
+use crate::support::{Daemon, write};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+fn job(name: &str, extra: &str) -> String {
+    format!(
+        "{name}:\n  sec: '*/20'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n{extra}"
+    )
+}
+
+#[test]
+fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let noexec = dir.path().join("not-executable");
+    std::fs::write(&noexec, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let settings = format!(
+        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n",
+        lab.master_config(),
+        env!("CARGO_BIN_EXE_sp-wrapper")
+    );
+    write(dir.path(), "01-settings.yaml", &settings);
+    let jobs = [
+        job("ok", "  command: echo \"hello from $SP_MACHINE_ID\"\n"),
+        job(
+            "missing",
+            "  command: 'true'\n  wrapper_path: /nonexistent/sp-wrapper\n",
+        ),
+        job(
+            "noexec",
+            &format!("  command: 'true'\n  wrapper_path: {}\n", noexec.display()),
+        ),
+        job("slow", "  command: sleep 600\n  timeout: 3\n"),
+    ]
+    .concat();
+    write(dir.path(), "jobs.yaml", &jobs);
+    let mut daemon = Daemon::start(dir.path());
+    let minions = lab.minions();
+    for name in ["ok", "missing", "noexec", "slow"] {
+        daemon.expect_line(&format!("Firing {name}_"), WITHIN);
+    }
+    for m in &minions {
+        daemon.expect_line(&format!(":{m}: exit code 0 (success)"), WITHIN);
+    }
+    let failed = daemon.expect_line("Wrapper execution failed on", WITHIN);
+    assert!(
+        failed.contains("retcode=127") || failed.contains("retcode=126"),
+        "{failed}"
+    );
+    // Every target of every job gets its code; collect until all are seen.
+    let mut want: Vec<String> = Vec::new();
+    for m in &minions {
+        want.push(format!(":{m}: exit code 127 (wrapper not found)"));
+        want.push(format!(":{m}: exit code 126 (wrapper not executable)"));
+        want.push(format!(":{m}: exit code 124 (job timeout)"));
+    }
+    for w in &want {
+        if !daemon.seen.iter().any(|l| l.contains(w)) {
+            daemon.expect_line(w, WITHIN);
+        }
+    }
+    assert!(
+        daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("Completed: 3/3 targets successful"))
+    );
+    let not_found = daemon
+        .seen
+        .iter()
+        .find(|l| l.contains("(retcode=127)"))
+        .unwrap();
+    assert!(
+        not_found.contains("not found") || not_found.contains("No such file"),
+        "{not_found}"
+    );
+}
