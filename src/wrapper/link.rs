@@ -82,6 +82,9 @@ pub fn run(settings: &Settings, shared: Arc<Shared>, log: &Log) {
     let mut backoff = Duration::from_millis(200);
     let mut connected_before = false;
     loop {
+        if given_up(&shared) {
+            return;
+        }
         match connect(settings) {
             Ok(mut ws) => {
                 if connected_before {
@@ -151,6 +154,17 @@ fn connect(settings: &Settings) -> Result<WebSocket<Conn>, String> {
     Err(last)
 }
 
+/// The job ended long ago and the daemon never took its result: stop trying.
+fn given_up(shared: &Shared) -> bool {
+    let mut st = shared.state.lock().expect("state lock");
+    if st.deliver_until.is_some_and(|d| Instant::now() >= d) {
+        st.rejected
+            .get_or_insert_with(|| "the daemon did not acknowledge the result in time".into());
+        return true;
+    }
+    false
+}
+
 enum SessionEnd {
     Done,
     Lost(String),
@@ -215,6 +229,9 @@ fn session(
     let mut last_output = Instant::now();
     let mut complete_sent = false;
     loop {
+        if given_up(shared) {
+            return SessionEnd::Done;
+        }
         // Incoming.
         match ws.read() {
             Ok(Message::Text(text)) => match DaemonMsg::decode(&text) {

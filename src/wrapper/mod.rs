@@ -26,6 +26,8 @@ use self::log::Log;
 use self::settings::Settings;
 use self::spool::Spool;
 
+/// How long a finished job's result is offered to an unreachable daemon.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// SIGTERM first; SIGKILL after this.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After the shell exits, how long a background process may keep the output pipe open before
@@ -48,6 +50,9 @@ pub struct State {
     pub retcode: Option<i64>,
     /// The daemon refused the run (unknown run, bad token): why.
     pub rejected: Option<String>,
+    /// After the job ended, how long the result may take to be delivered before the wrapper
+    /// gives up (and leaves the output in its log).
+    pub deliver_until: Option<Instant>,
 }
 
 pub struct Shared {
@@ -82,12 +87,13 @@ pub fn run(settings: Settings) -> i32 {
             input_done: false,
             retcode: None,
             rejected: None,
+            deliver_until: None,
         }),
         events: tx.clone(),
     });
 
     // The overlap guard, then the job: both before any thread exists (see `child::spawn`).
-    let _lock = match (!settings.allow_overlap)
+    let lock = match (!settings.allow_overlap)
         .then(|| lock(&settings))
         .transpose()
     {
@@ -190,10 +196,15 @@ pub fn run(settings: Settings) -> i32 {
         }
         st.input_done = true;
         st.retcode = Some(code);
+        st.deliver_until = Some(Instant::now() + settings.delivery_timeout);
     }
+    // The job is over: the next run may start, whether or not this result is delivered yet.
+    drop(lock);
     let _ = link.join();
-    if let Some(why) = &shared.state.lock().expect("state lock").rejected {
+    let mut st = shared.state.lock().expect("state lock");
+    if let Some(why) = st.rejected.clone() {
         log.normal(&format!("result not delivered: {why}"));
+        dump_output(&mut st, &log);
     } else {
         log.normal("result delivered");
     }
@@ -211,11 +222,30 @@ fn wait_exit(rx: &mpsc::Receiver<Event>, within: Duration) -> bool {
     }
 }
 
+/// The undelivered output, into the local log (as the original did), so it is not lost.
+fn dump_output(st: &mut State, log: &Log) {
+    let mut at = st.spool.unacknowledged();
+    while at < st.spool.end() {
+        let Ok(chunk) = st.spool.read(at, 64 * 1024) else {
+            return;
+        };
+        if chunk.is_empty() {
+            return;
+        }
+        at += chunk.len() as u64;
+        log.normal(&format!(
+            "undelivered output: {}",
+            String::from_utf8_lossy(&chunk)
+        ));
+    }
+}
+
 fn finish_without_job(shared: &Shared, output: &str, code: i64) {
     let mut st = shared.state.lock().expect("state lock");
     let _ = st.spool.append(output.as_bytes());
     st.input_done = true;
     st.retcode = Some(code);
+    st.deliver_until = Some(Instant::now() + DEFAULT_DELIVERY_TIMEOUT);
 }
 
 /// Copies the job's output into the spool until EOF, whatever the connection state.

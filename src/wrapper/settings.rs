@@ -28,6 +28,9 @@ pub struct Settings {
     pub lockfile: PathBuf,
     /// Where output waits while the daemon is away (`SP_SPOOL_DIR`).
     pub spool_dir: PathBuf,
+    /// How long a finished job's result is offered to an unreachable daemon
+    /// (`SP_DELIVERY_TIMEOUT`, seconds; default an hour); then the output goes to the log.
+    pub delivery_timeout: Duration,
     /// The most output held for the daemon (`SP_SPOOL_MAX_BYTES`); beyond it, head and tail
     /// are kept and the middle is dropped with a note.
     pub spool_max_bytes: u64,
@@ -167,6 +170,13 @@ impl Settings {
             log_dir: PathBuf::from(get("SP_WRAPPER_LOGDIR").unwrap_or("/var/log/sp_wrapper")),
             allow_overlap,
             lockfile,
+            delivery_timeout: match get("SP_DELIVERY_TIMEOUT") {
+                None => super::DEFAULT_DELIVERY_TIMEOUT,
+                Some(v) => Duration::from_secs(
+                    v.parse()
+                        .map_err(|_| invalid("SP_DELIVERY_TIMEOUT", v, "expected seconds"))?,
+                ),
+            },
             spool_dir: PathBuf::from(get("SP_SPOOL_DIR").unwrap_or(DEFAULT_LOCK_DIR)),
             spool_max_bytes,
             job_name,

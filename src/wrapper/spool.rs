@@ -106,6 +106,11 @@ impl Spool {
         Ok(())
     }
 
+    /// Stream offset of the first byte not yet acknowledged.
+    pub fn unacknowledged(&self) -> u64 {
+        self.released
+    }
+
     /// Stream offset just past the last byte available to send.
     pub fn end(&self) -> u64 {
         self.end

@@ -11,8 +11,9 @@ use crate::support::{Daemon, write};
 const WITHIN: Duration = Duration::from_secs(90);
 
 fn job(name: &str, extra: &str) -> String {
+    // Wrappers outliving this test give up delivering after a minute.
     format!(
-        "{name}:\n  sec: '*/20'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n{extra}"
+        "{name}:\n  sec: '*/20'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  env:\n    SP_DELIVERY_TIMEOUT: 60\n{extra}"
     )
 }
 

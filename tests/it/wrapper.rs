@@ -85,6 +85,8 @@ impl Harness {
                 .to_string(),
         );
         env.insert("SP_WRAPPER_LOGLEVEL", "debug".into());
+        // Wrappers whose test ended give up soon instead of offering results for an hour.
+        env.insert("SP_DELIVERY_TIMEOUT", "20".into());
         for (k, v) in extra {
             env.insert(k, v.to_string());
         }
@@ -671,4 +673,45 @@ async fn wss_with_the_daemons_own_certificate() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn the_lock_is_released_when_the_job_ends_even_if_the_daemon_is_away() {
+    let mut h = Harness::new(HubOptions::default()).await;
+    h.register("second", &["m1"], None).await;
+    let lock = h.dir.path().join("job.lock").display().to_string();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The first run cannot deliver its result (nobody listens) but its job is over.
+    h.wrapper("first", "m1", "true", dead, &[("SP_LOCKFILE", &lock)]);
+    // Wait (by condition) until the first wrapper took the lock and let it go again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let taken = std::fs::read_to_string(&lock).is_ok_and(|pid| !pid.trim().is_empty());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lock);
+        if taken
+            && let Ok(f) = file
+            && let Ok(l) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            drop(l);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first wrapper kept its lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.wrapper(
+        "second",
+        "m1",
+        "echo second",
+        h.port,
+        &[("SP_LOCKFILE", &lock)],
+    );
+    let o = h.outcome("second", "m1", Duration::from_secs(20)).await;
+    assert_eq!((o.retcode, o.output.as_str()), (Some(0), "second\n"));
 }
