@@ -23,8 +23,8 @@ for version in "${versions[@]}"; do
     SALTPETER_LAB_ENV="$env_file" cargo test --locked
     first=0
   else
-    echo "== Salt tests again, against Salt $version"
-    SALTPETER_LAB_ENV="$env_file" cargo test --locked --test it -- salt_lab
+    echo "== Salt and end-to-end tests again, against Salt $version"
+    SALTPETER_LAB_ENV="$env_file" cargo test --locked --test it -- salt_lab engine_lab
   fi
   contrib/lab/lab.sh stop --dir "$dir"
 done
