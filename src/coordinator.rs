@@ -143,6 +143,7 @@ impl Coordinator {
             heartbeat_timeout: Duration::from_secs(15),
             timeout_grace: Duration::from_secs(30),
             success_threshold: None,
+            legacy: !job.use_wrapper,
         };
         // Registered before publishing: wrappers (and returns) can beat the publish reply.
         self.hub
@@ -162,7 +163,11 @@ impl Coordinator {
                 gather: None,
             },
         );
-        let mut publish = launch(job, &instance, settings, &token);
+        let mut publish = if job.use_wrapper {
+            launch(job, &instance, settings, &token)
+        } else {
+            launch_legacy(job, &instance)
+        };
         publish.jid = jid;
         let _ = self
             .salt
@@ -193,6 +198,8 @@ impl Coordinator {
                 ));
             }
             (None, Err(e)) => ctx.run.handle_publish_failed(&e, now),
+            // An empty list marks a `saltutil.term_job`: nothing to follow.
+            (Some(minions), _) if minions.is_empty() => {}
             (Some(minions), Ok(p)) => {
                 self.probes.insert(p.jid, reply.instance.clone());
                 debug!(instance = %reply.instance, ?minions, "probing silent minions");
@@ -380,6 +387,17 @@ impl Coordinator {
         for action in actions {
             match action {
                 Action::Log(line) => info!("{line}"),
+                Action::TermJob { machines } => {
+                    let mut term = Publish::new(Tgt::List(machines), "list", "saltutil.term_job");
+                    term.args = vec![Value::from(jid.as_str())];
+                    term.jid = self.jid_gen.next(crate::clock::now());
+                    let request = SaltRequest {
+                        instance: instance.into(),
+                        publish: term,
+                        probe_of: Some(Vec::new()),
+                    };
+                    let _ = self.salt.send(request).await;
+                }
                 Action::SendKill { machine } => {
                     self.hub
                         .send(HubCommand::Kill {
@@ -493,6 +511,42 @@ pub fn launch(job: &Job, instance: &str, settings: &Settings, token: &str) -> Pu
                 .collect(),
         ),
     );
+    p
+}
+
+/// Legacy mode (`use_wrapper: false`): Salt's `cmd.run` of the command itself, with `cwd`,
+/// `runas`, `timeout` and `env` as real keyword arguments.
+pub fn launch_legacy(job: &Job, instance: &str) -> Publish {
+    let tgt = match &job.targets {
+        Targets::List(l) => Tgt::List(l.clone()),
+        Targets::Expr(e) if job.target_type == TargetType::List => {
+            Tgt::List(e.split(',').map(|s| s.trim().to_string()).collect())
+        }
+        Targets::Expr(e) => Tgt::Expr(e.clone()),
+    };
+    let mut p = Publish::new(tgt, job.target_type.as_str(), "cmd.run");
+    p.kwargs
+        .insert("cmd".into(), Value::from(job.command.as_str()));
+    p.kwargs.insert("python_shell".into(), Value::from(true));
+    if let Some(cwd) = &job.cwd {
+        p.kwargs.insert("cwd".into(), Value::from(cwd.as_str()));
+    }
+    if let Some(user) = &job.user {
+        p.kwargs.insert("runas".into(), Value::from(user.as_str()));
+    }
+    if let Some(t) = job.timeout_secs {
+        p.kwargs.insert("timeout".into(), Value::from(t));
+    }
+    let mut env: Vec<(Value, Value)> = vec![
+        (Value::from("SP_JOB_NAME"), Value::from(job.name.as_str())),
+        (Value::from("SP_JOB_INSTANCE_NAME"), Value::from(instance)),
+    ];
+    env.extend(
+        job.env
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))),
+    );
+    p.kwargs.insert("env".into(), Value::Map(env));
     p
 }
 

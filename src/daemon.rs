@@ -179,10 +179,6 @@ async fn fire_job(
         warn!(job = %job.name, "{} is still running; this slot is skipped (overlap)", job.name);
         return;
     }
-    if !job.use_wrapper {
-        error!(job = %job.name, "{}: use_wrapper: false (legacy mode) is not supported yet; run skipped", job.name);
-        return;
-    }
     let instance = format!("{}_{}", job.name, instances.next(&job.name, now));
     if fire.missed > 0 {
         warn!(job = %job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, job.name);

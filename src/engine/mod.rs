@@ -55,6 +55,9 @@ pub struct RunSpec {
     pub timeout_grace: Duration,
     /// Fraction of targets that must succeed; `None`: all (the original's rule).
     pub success_threshold: Option<f64>,
+    /// Legacy mode (`use_wrapper: false`): Salt runs the command itself; its return is the
+    /// result (no Phase 2), and a kill is Salt's `saltutil.term_job`.
+    pub legacy: bool,
 }
 
 /// What one target ended with.
@@ -84,6 +87,10 @@ pub enum Action {
     Log(String),
     SendKill {
         machine: String,
+    },
+    /// Legacy mode: ask Salt to terminate the job on these minions.
+    TermJob {
+        machines: Vec<String>,
     },
     /// The target's result is recorded: acknowledge the wrapper's `complete`.
     ConfirmComplete {
@@ -176,9 +183,13 @@ impl Run {
         now: Mono,
     ) {
         self.published = true;
-        self.log(format!(
-            "Waiting for Salt to confirm wrapper execution for job {jid}..."
-        ));
+        if self.spec.legacy {
+            self.log(format!("Waiting for Salt to return job {jid}..."));
+        } else {
+            self.log(format!(
+                "Waiting for Salt to confirm wrapper execution for job {jid}..."
+            ));
+        }
         for m in minions {
             self.target(m);
         }
@@ -207,6 +218,21 @@ impl Run {
 
     /// Salt's return for the wrapper's launch on `machine`.
     pub fn handle_salt_return(&mut self, machine: &str, retcode: i64, text: &str, now: Mono) {
+        if self.spec.legacy {
+            // The command's own result: output and exit code.
+            let t = self.target(machine);
+            if t.state == State::Expected {
+                t.output = text.to_string();
+                let code = if t.kill_requested && retcode != 0 {
+                    codes::KILLED
+                } else {
+                    retcode
+                };
+                self.end(machine, code, None, now);
+                self.check_end(now);
+            }
+            return;
+        }
         let t = self.target(machine);
         if matches!(t.state, State::Confirmed { .. }) && retcode == 0 {
             // The wrapper's `start` came first; Salt agrees.
@@ -239,13 +265,25 @@ impl Run {
 
     /// `machine` answered neither the job nor Salt's probe.
     pub fn handle_target_down(&mut self, machine: &str, now: Mono) {
-        if self.target(machine).state == State::Expected {
-            self.end(
-                machine,
-                codes::ERROR,
-                Some("Target did not respond".into()),
-                now,
-            );
+        let legacy = self.spec.legacy;
+        let t = self.target(machine);
+        if t.state == State::Expected {
+            // A legacy job terminated on request leaves no return: that is the kill's result.
+            if legacy && t.kill_requested {
+                self.end(
+                    machine,
+                    codes::KILLED,
+                    Some("[Job terminated by user request]".into()),
+                    now,
+                );
+            } else {
+                self.end(
+                    machine,
+                    codes::ERROR,
+                    Some("Target did not respond".into()),
+                    now,
+                );
+            }
             self.check_end(now);
         }
     }
@@ -301,15 +339,22 @@ impl Run {
                 self.open_targets()
             }
         };
+        let legacy = self.spec.legacy;
+        let mut term = Vec::new();
         for m in machines {
             let t = self.target(&m);
             if t.state == State::Done || t.kill_requested {
                 continue;
             }
             t.kill_requested = true;
-            if matches!(t.state, State::Confirmed { .. }) {
+            if legacy {
+                term.push(m);
+            } else if matches!(t.state, State::Confirmed { .. }) {
                 self.actions.push_back(Action::SendKill { machine: m });
             }
+        }
+        if !term.is_empty() {
+            self.actions.push_back(Action::TermJob { machines: term });
         }
         self.check_end(now);
     }

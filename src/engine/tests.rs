@@ -12,6 +12,7 @@ fn spec(timeout: Option<u64>) -> RunSpec {
         heartbeat_timeout: 15 * S,
         timeout_grace: 30 * S,
         success_threshold: None,
+        legacy: false,
     }
 }
 
@@ -298,5 +299,44 @@ fn success_threshold_and_empty_runs() {
             succeeded: 0,
             total: 0
         }))
+    );
+}
+
+#[test]
+fn legacy_mode_takes_salts_return_as_the_result_and_kills_through_salt() {
+    let mut s = spec(Some(3));
+    s.legacy = true;
+    let mut run = Run::new(s);
+    run.handle_published("j", &names(&["a", "b", "c"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 0, "legacy output", S);
+    run.handle_salt_return("b", 2, "it failed", S);
+    // No Phase 2: no heartbeats expected, no daemon-side timeout.
+    assert_eq!(run.poll_timeout(), None);
+    run.handle_kill(None, 2 * S);
+    let actions = drain(&mut run);
+    assert!(actions.contains(&Action::TermJob {
+        machines: names(&["c"])
+    }));
+    assert!(!actions.iter().any(|a| matches!(a, Action::SendKill { .. })));
+    run.handle_target_down("c", 20 * S);
+    let actions = [actions, drain(&mut run)].concat();
+    assert_eq!(
+        ended(&actions),
+        [
+            ("a".to_string(), 0),
+            ("b".to_string(), 2),
+            ("c".to_string(), 143)
+        ]
+    );
+    let out = actions.iter().find_map(|a| match a {
+        Action::TargetEnded {
+            machine, output, ..
+        } if machine == "a" => Some(output.clone()),
+        _ => None,
+    });
+    assert_eq!(out.unwrap(), "legacy output");
+    assert!(
+        !logs(&actions).iter().any(|l| l.contains("rapper")),
+        "no wrapper talk in legacy mode"
     );
 }

@@ -41,12 +41,16 @@ fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
             &format!("  command: 'true'\n  wrapper_path: {}\n", noexec.display()),
         ),
         job("slow", "  command: sleep 600\n  timeout: 3\n"),
+        job(
+            "legacy",
+            "  command: echo \"legacy $SP_JOB_NAME\"\n  use_wrapper: false\n",
+        ),
     ]
     .concat();
     write(dir.path(), "jobs.yaml", &jobs);
     let mut daemon = Daemon::start(dir.path());
     let minions = lab.minions();
-    for name in ["ok", "missing", "noexec", "slow"] {
+    for name in ["ok", "missing", "noexec", "slow", "legacy"] {
         daemon.expect_line(&format!("Firing {name}_"), WITHIN);
     }
     for m in &minions {
@@ -69,6 +73,26 @@ fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
             daemon.expect_line(w, WITHIN);
         }
     }
+    // Legacy mode: Salt's own return is the result.
+    for m in &minions {
+        let legacy_ok = |l: &String| {
+            l.contains("Result for legacy_") && l.contains(&format!(":{m}: exit code 0"))
+        };
+        let deadline = std::time::Instant::now() + WITHIN;
+        while !daemon.seen.iter().any(legacy_ok) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no legacy result for {m}"
+            );
+            daemon.expect_line(&format!(":{m}: exit code 0 (success)"), WITHIN);
+        }
+    }
+    assert!(
+        daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("Waiting for Salt to return job"))
+    );
     assert!(
         daemon
             .seen
