@@ -488,14 +488,7 @@ pub fn launch(job: &Job, instance: &str, settings: &Settings, token: &str) -> Pu
         }
     }
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let tgt = match &job.targets {
-        Targets::List(l) => Tgt::List(l.clone()),
-        Targets::Expr(e) if job.target_type == TargetType::List => {
-            Tgt::List(e.split(',').map(|s| s.trim().to_string()).collect())
-        }
-        Targets::Expr(e) => Tgt::Expr(e.clone()),
-    };
-    let mut p = Publish::new(tgt, job.target_type.as_str(), "cmd.run_all");
+    let mut p = Publish::new(salt_target(job), job.target_type.as_str(), "cmd.run_all");
     let cmd = format!(
         "SP_MACHINE_ID={{{{ grains['id'] | tojson }}}} exec {}",
         shell_quote(&job.wrapper_path)
@@ -514,17 +507,21 @@ pub fn launch(job: &Job, instance: &str, settings: &Settings, token: &str) -> Pu
     p
 }
 
-/// Legacy mode (`use_wrapper: false`): Salt's `cmd.run` of the command itself, with `cwd`,
-/// `runas`, `timeout` and `env` as real keyword arguments.
-pub fn launch_legacy(job: &Job, instance: &str) -> Publish {
-    let tgt = match &job.targets {
+/// The job's targets as Salt takes them (a `list` target as a list, also when written `a,b`).
+fn salt_target(job: &Job) -> Tgt {
+    match &job.targets {
         Targets::List(l) => Tgt::List(l.clone()),
         Targets::Expr(e) if job.target_type == TargetType::List => {
             Tgt::List(e.split(',').map(|s| s.trim().to_string()).collect())
         }
         Targets::Expr(e) => Tgt::Expr(e.clone()),
-    };
-    let mut p = Publish::new(tgt, job.target_type.as_str(), "cmd.run");
+    }
+}
+
+/// Legacy mode (`use_wrapper: false`): Salt's `cmd.run` of the command itself, with `cwd`,
+/// `runas`, `timeout` and `env` as real keyword arguments.
+pub fn launch_legacy(job: &Job, instance: &str) -> Publish {
+    let mut p = Publish::new(salt_target(job), job.target_type.as_str(), "cmd.run");
     p.kwargs
         .insert("cmd".into(), Value::from(job.command.as_str()));
     p.kwargs.insert("python_shell".into(), Value::from(true));
