@@ -559,3 +559,82 @@ fn random_token() -> String {
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Loader, SourceFile};
+
+    fn job(yaml: &str) -> (Arc<Job>, Settings) {
+        let file = SourceFile {
+            path: "t.yaml".into(),
+            group: "t".into(),
+            text: Ok(yaml.into()),
+        };
+        let loaded = Loader::new("master1").load(&[file]);
+        assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+        (loaded.config.jobs["j"].clone(), loaded.config.settings)
+    }
+
+    const YAML: &str = "j:\n  min: 0\n  hour: 0\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: 'a, b'\n  target_type: list\n  user: www\n  cwd: /srv\n  command: \"echo 'it''s' \\\"q\\\" \\\\ done\"\n  env:\n    FOO: bar\n";
+
+    #[test]
+    fn the_wrapper_launch_carries_the_job_in_real_keyword_arguments() {
+        let (job, settings) = job(YAML);
+        let p = launch(&job, "j_1", &settings, "tok");
+        assert_eq!(
+            (p.fun.as_str(), p.tgt.clone()),
+            ("cmd.run_all", Tgt::List(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(p.kwargs["template"], Value::from("jinja"));
+        let cmd = wire::value_text(&p.kwargs["cmd"]);
+        assert_eq!(
+            cmd,
+            "SP_MACHINE_ID={{ grains['id'] | tojson }} exec '/usr/local/bin/sp_wrapper.py'"
+        );
+        let env: HashMap<String, String> = match &p.kwargs["env"] {
+            Value::Map(m) => m
+                .iter()
+                .map(|(k, v)| (wire::value_text(k), wire::value_text(v)))
+                .collect(),
+            _ => panic!(),
+        };
+        assert_eq!(env["SP_COMMAND"], "echo 'it''s' \"q\" \\ done");
+        assert_eq!(env["SP_WEBSOCKET_URL"], "ws://master1:8889");
+        assert_eq!(
+            (
+                env["SP_JOB_INSTANCE"].as_str(),
+                env["SP_RUN_TOKEN"].as_str()
+            ),
+            ("j_1", "tok")
+        );
+        assert_eq!(
+            (
+                env["SP_USER"].as_str(),
+                env["SP_CWD"].as_str(),
+                env["FOO"].as_str()
+            ),
+            ("www", "/srv", "bar")
+        );
+        assert_eq!(
+            (env["SP_TIMEOUT"].as_str(), env["SP_ALLOW_OVERLAP"].as_str()),
+            ("3600", "false")
+        );
+    }
+
+    #[test]
+    fn the_legacy_launch_is_salts_cmd_run() {
+        let (job, _) = job(YAML);
+        let p = launch_legacy(&job, "j_1");
+        assert_eq!(p.fun, "cmd.run");
+        assert_eq!(
+            wire::value_text(&p.kwargs["cmd"]),
+            "echo 'it''s' \"q\" \\ done"
+        );
+        assert_eq!(
+            (p.kwargs["runas"].clone(), p.kwargs["cwd"].clone()),
+            (Value::from("www"), Value::from("/srv"))
+        );
+        assert_eq!(p.kwargs["timeout"], Value::from(3600));
+    }
+}
