@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::agents::{Hub, HubCommand, HubEvent, HubEventKind};
 use crate::config::{Job, Settings, TargetType, Targets};
 use crate::engine::{Action, Mono, Run, RunSpec, WrapperEvent};
+use crate::joblog;
 use crate::salt::bus::BusMessage;
 use crate::salt::gather::{Gather, GatherAction, MinionState};
 use crate::salt::wire::{self, JidGen};
@@ -88,6 +89,15 @@ struct RunCtx {
     run: Run,
     jid: String,
     gather: Option<Gather>,
+    /// Where the job's text log goes (`saltpeter_config.logdir` when it fired).
+    logdir: std::path::PathBuf,
+}
+
+/// Appends to the job's text log; a log that cannot be written is reported, not fatal.
+pub fn job_log(logdir: &std::path::Path, job: &str, record: &joblog::Record<'_>) {
+    if let Err(e) = joblog::append(logdir, job, record, crate::clock::now()) {
+        warn!(error = %e, logdir = %logdir.display(), "cannot write the job log of {job}");
+    }
 }
 
 pub struct Coordinator {
@@ -129,7 +139,15 @@ impl Coordinator {
 
     /// Whether an instance of `job` is running (for the overlap rule).
     pub fn is_running(&self, job: &str) -> bool {
-        self.runs.values().any(|r| r.run.spec().job == job)
+        self.running_instance(job).is_some()
+    }
+
+    /// The instance of `job` in flight, if any.
+    pub fn running_instance(&self, job: &str) -> Option<String> {
+        self.runs
+            .values()
+            .find(|r| r.run.spec().job == job)
+            .map(|r| r.run.spec().instance.clone())
     }
 
     /// Starts a run of `job` as `instance` (`<job>_<id>`).
@@ -161,6 +179,14 @@ impl Coordinator {
                 run: Run::new(spec),
                 jid: jid.clone(),
                 gather: None,
+                logdir: settings.logdir.clone().into(),
+            },
+        );
+        job_log(
+            std::path::Path::new(&settings.logdir),
+            &job.name,
+            &joblog::Record::Start {
+                instance: &instance,
             },
         );
         let mut publish = if job.use_wrapper {
@@ -186,6 +212,26 @@ impl Coordinator {
         };
         match (reply.probe_of, reply.result) {
             (None, Ok(p)) => {
+                let job = ctx.run.spec().job.clone();
+                for m in &p.minions {
+                    job_log(
+                        &ctx.logdir,
+                        &job,
+                        &joblog::Record::MachineStart {
+                            instance: &reply.instance,
+                            machine: m,
+                        },
+                    );
+                }
+                if p.minions.is_empty() && p.missing.is_empty() {
+                    job_log(
+                        &ctx.logdir,
+                        &job,
+                        &joblog::Record::NoMachines {
+                            instance: &reply.instance,
+                        },
+                    );
+                }
                 ctx.run
                     .handle_published(&p.jid, &p.minions, &p.missing, now);
                 ctx.gather = Some(Gather::new(
@@ -366,6 +412,7 @@ impl Coordinator {
             }
         }
         let jid = ctx.jid.clone();
+        let (logdir, job) = (ctx.logdir.clone(), ctx.run.spec().job.clone());
         let mut actions = Vec::new();
         while let Some(a) = ctx.run.poll_action() {
             actions.push(a);
@@ -420,9 +467,17 @@ impl Coordinator {
                     output,
                 } => {
                     debug!(%instance, %machine, code = result.code, output = %output, "target output");
+                    let record = joblog::Record::MachineResult {
+                        instance,
+                        machine: &machine,
+                        code: result.code,
+                        output: &output,
+                    };
+                    job_log(&logdir, &job, &record);
                 }
                 Action::RunEnded(outcome) => {
                     info!(%instance, success = outcome.success, "run ended");
+                    job_log(&logdir, &job, &joblog::Record::End { instance });
                     self.hub
                         .send(HubCommand::Unregister {
                             instance: instance.into(),

@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 use crate::clock::{self, Wake, WallTimer};
 use crate::config::{self, Config, Loader, Severity};
 use crate::coordinator::Coordinator;
+use crate::joblog;
 use crate::salt::SaltSettings;
 use crate::scheduler::{Fire, InstanceIds, Planner};
 
@@ -171,12 +172,27 @@ async fn fire_job(
     coordinator: &mut Coordinator,
 ) {
     let job = &fire.job;
+    let logdir = Path::new(&config.settings.logdir);
     if config.maintenance.global {
         info!(job = %job.name, "Maintenance mode active: {} not started", job.name);
+        let record = joblog::Record::Maintenance {
+            instance: &job.name,
+            machine: "",
+            why: "Global maintenance mode active",
+        };
+        crate::coordinator::job_log(logdir, &job.name, &record);
         return;
     }
-    if !job.allow_overlap && coordinator.is_running(&job.name) {
-        warn!(job = %job.name, "{} is still running; this slot is skipped (overlap)", job.name);
+    if let Some(running) = coordinator
+        .running_instance(&job.name)
+        .filter(|_| !job.allow_overlap)
+    {
+        warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
+        crate::coordinator::job_log(
+            logdir,
+            &job.name,
+            &joblog::Record::Overlap { running: &running },
+        );
         return;
     }
     let instance = format!("{}_{}", job.name, instances.next(&job.name, now));

@@ -15,6 +15,8 @@ pub mod crontab;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod engine;
+#[cfg(feature = "daemon")]
+pub mod joblog;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod salt;

@@ -24,10 +24,12 @@ fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
     let noexec = dir.path().join("not-executable");
     std::fs::write(&noexec, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let logdir = dir.path().join("log");
     let settings = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n",
+        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
         lab.master_config(),
-        env!("CARGO_BIN_EXE_sp-wrapper")
+        env!("CARGO_BIN_EXE_sp-wrapper"),
+        logdir.display()
     );
     write(dir.path(), "01-settings.yaml", &settings);
     let jobs = [
@@ -108,4 +110,15 @@ fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
         not_found.contains("not found") || not_found.contains("No such file"),
         "{not_found}"
     );
+    // The job's text log, in the original's record formats.
+    let log = std::fs::read_to_string(logdir.join("ok.log")).unwrap();
+    assert!(log.contains("###### Starting ok_"), "{log}");
+    assert!(log.contains(" on minion-1 at "), "{log}");
+    assert!(
+        log.contains("**** Exit Code 0 ******\nhello from minion-1\n"),
+        "{log}"
+    );
+    assert!(log.contains("###### Finished ok_"), "{log}");
+    let missing = std::fs::read_to_string(logdir.join("missing.log")).unwrap();
+    assert!(missing.contains("**** Exit Code 127 ******"), "{missing}");
 }
