@@ -160,7 +160,7 @@ impl Coordinator {
             timeout: job.timeout_secs.map(Duration::from_secs),
             heartbeat_timeout: Duration::from_secs(15),
             timeout_grace: Duration::from_secs(30),
-            success_threshold: None,
+            success_threshold: job.success_threshold,
             legacy: !job.use_wrapper,
         };
         // Registered before publishing: wrappers (and returns) can beat the publish reply.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::{self, Wake, WallTimer};
-use crate::config::{self, Config, Loader, Severity};
+use crate::config::{self, Concurrency, Config, Loader, Severity};
 use crate::coordinator::Coordinator;
 use crate::joblog;
 use crate::salt::SaltSettings;
@@ -183,17 +183,23 @@ async fn fire_job(
         crate::coordinator::job_log(logdir, &job.name, &record);
         return;
     }
-    if let Some(running) = coordinator
-        .running_instance(&job.name)
-        .filter(|_| !job.allow_overlap)
-    {
-        warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
-        crate::coordinator::job_log(
-            logdir,
-            &job.name,
-            &joblog::Record::Overlap { running: &running },
-        );
-        return;
+    if let Some(running) = coordinator.running_instance(&job.name) {
+        match job.concurrency {
+            Concurrency::Forbid => {
+                warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
+                crate::coordinator::job_log(
+                    logdir,
+                    &job.name,
+                    &joblog::Record::Overlap { running: &running },
+                );
+                return;
+            }
+            Concurrency::Replace => {
+                info!(job = %job.name, "{running} is replaced by a new run (concurrency: replace)");
+                coordinator.kill(&running, None).await;
+            }
+            Concurrency::Allow => {}
+        }
     }
     let instance = format!("{}_{}", job.name, instances.next(&job.name, now));
     if fire.missed > 0 {

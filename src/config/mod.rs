@@ -90,6 +90,17 @@ pub enum Targets {
     List(Vec<String>),
 }
 
+/// What a due slot does while an instance of the job still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Concurrency {
+    /// Skip the slot (the default; recorded as `overlap`).
+    Forbid,
+    /// Start anyway (the original's `allow_overlap: 'i know what i am doing!'`).
+    Allow,
+    /// Kill the running instance, then start.
+    Replace,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WrapperLogLevel {
     Normal,
@@ -135,7 +146,10 @@ pub struct Job {
     pub wrapper_loglevel: WrapperLogLevel,
     pub wrapper_logdir: String,
     pub saltpeter_server_host: String,
+    /// Overlapping runs are allowed (`concurrency` is not `forbid`); the wrapper's lock is skipped.
     pub allow_overlap: bool,
+    pub concurrency: Concurrency,
+    pub success_threshold: Option<f64>,
     pub lockfile: Option<String>,
 }
 
@@ -527,6 +541,8 @@ fn resolve(file: &SourceFile, def: &JobDef, settings: &Settings, default_tz: &Ti
             .clone()
             .unwrap_or_else(|| settings.default_saltpeter_server_host.clone()),
         allow_overlap: def.allow_overlap,
+        concurrency: def.concurrency,
+        success_threshold: def.success_threshold,
         lockfile: def.lockfile.clone(),
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use jiff::tz::TimeZone;
 
 use super::diagnostic::{Code, Sink, suggest};
-use super::{TargetType, Targets, WrapperLogLevel};
+use super::{Concurrency, TargetType, Targets, WrapperLogLevel};
 use crate::schedule::{Cron, DomDow, Field};
 use crate::yaml::{self, Kind, Node, Pos};
 
@@ -38,6 +38,9 @@ pub struct JobDef {
     pub wrapper_logdir: Option<String>,
     pub saltpeter_server_host: Option<String>,
     pub allow_overlap: bool,
+    pub concurrency: Concurrency,
+    /// Fraction (0..=1) of targets that must succeed; `None`: all of them.
+    pub success_threshold: Option<f64>,
     pub lockfile: Option<String>,
 }
 
@@ -126,6 +129,8 @@ const JOB_KEYS: &[&str] = &[
     "wrapper_logdir",
     "saltpeter_server_host",
     "allow_overlap",
+    "concurrency",
+    "success_threshold",
     "lockfile",
     "timezone",
     "dom_dow",
@@ -761,6 +766,42 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
             false
         }
     };
+    let concurrency = match get("concurrency") {
+        None if allow_overlap => Concurrency::Allow,
+        None => Concurrency::Forbid,
+        Some(v) => match string(v, "concurrency", sink).as_deref() {
+            Some("forbid") => Concurrency::Forbid,
+            Some("allow") => Concurrency::Allow,
+            Some("replace") => Concurrency::Replace,
+            Some(other) => {
+                sink.error(
+                    v.pos,
+                    Code::BadValue,
+                    format!("`concurrency` must be forbid, allow or replace; found `{other}`"),
+                );
+                Concurrency::Forbid
+            }
+            None => Concurrency::Forbid,
+        },
+    };
+    let success_threshold = match get("success_threshold") {
+        None => None,
+        Some(v) => match v
+            .as_scalar()
+            .filter(|s| s.plain)
+            .and_then(|s| s.text.parse::<f64>().ok())
+        {
+            Some(f) if (0.0..=1.0).contains(&f) => Some(f),
+            _ => {
+                sink.error(
+                    v.pos,
+                    Code::BadValue,
+                    "`success_threshold` must be a fraction from 0 to 1, e.g. 0.9",
+                );
+                None
+            }
+        },
+    };
 
     let errors_after = sink.found.iter().filter(|d| d.is_error()).count();
     if errors_after > errors_before {
@@ -786,7 +827,9 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         wrapper_loglevel,
         wrapper_logdir,
         saltpeter_server_host,
-        allow_overlap,
+        allow_overlap: concurrency != Concurrency::Forbid,
+        concurrency,
+        success_threshold,
         lockfile,
     })
 }

@@ -98,7 +98,20 @@ fn the_valid_example_has_no_findings() {
     let loaded = Loader::new("h").load(&files);
     assert_eq!(loaded.diagnostics, []);
     let jobs = &loaded.config.jobs;
-    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs.len(), 3);
+    let replace = &jobs["replace-me"];
+    assert_eq!(
+        (
+            replace.concurrency,
+            replace.success_threshold,
+            replace.allow_overlap
+        ),
+        (saltpeter::config::Concurrency::Replace, Some(0.9), true)
+    );
+    assert_eq!(
+        jobs["rotate-logs"].concurrency,
+        saltpeter::config::Concurrency::Forbid
+    );
     let report = &jobs["last-friday-report"];
     assert_eq!(
         (report.timezone.as_str(), report.user.as_deref()),
