@@ -3,7 +3,7 @@
 //! carries out the runs' actions. Publishing happens in a separate task so a slow master never
 //! stalls the loop. Wiring only: the decisions are the engine's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,13 +35,26 @@ const LAUNCH_RETRY_FOR: Duration = Duration::from_secs(300);
 pub struct SaltRequest {
     instance: String,
     publish: Publish,
-    probe_of: Option<Vec<String>>,
+    purpose: Purpose,
+}
+
+/// Why something is published.
+#[derive(Clone, Debug)]
+pub enum Purpose {
+    /// The job itself (the wrapper, or the command in legacy mode).
+    Launch,
+    /// `test.ping` to find the responsive targets first (subsets, batches, maintenance).
+    Resolve,
+    /// `saltutil.find_job` to these silent minions.
+    Probe(Vec<String>),
+    /// `saltutil.term_job` (legacy kill).
+    Term,
 }
 
 #[derive(Debug)]
 pub struct SaltReply {
     instance: String,
-    probe_of: Option<Vec<String>>,
+    purpose: Purpose,
     result: Result<Published, String>,
 }
 
@@ -63,7 +76,7 @@ pub async fn salt_worker(
                     match client.publish(&req.publish).await {
                         Ok(p) => break Ok(p),
                         Err(e @ (PublishError::Connect { .. } | PublishError::Timeout { .. } | PublishError::Transport { .. }))
-                            if req.probe_of.is_none() && started.elapsed() < LAUNCH_RETRY_FOR =>
+                            if matches!(req.purpose, Purpose::Launch | Purpose::Resolve) && started.elapsed() < LAUNCH_RETRY_FOR =>
                         {
                             warn!(instance = %req.instance, error = %e, "Salt master unreachable; retrying the launch");
                             tokio::time::sleep(backoff).await;
@@ -76,7 +89,7 @@ pub async fn salt_worker(
         };
         let reply = SaltReply {
             instance: req.instance,
-            probe_of: req.probe_of,
+            purpose: req.purpose,
             result,
         };
         if replies.send(reply).await.is_err() {
@@ -91,7 +104,29 @@ struct RunCtx {
     gather: Option<Gather>,
     /// Where the job's text log goes (`saltpeter_config.logdir` when it fired).
     logdir: std::path::PathBuf,
+    /// The job's publish; batches change only its target.
+    template: Publish,
+    /// Batches still to publish (`batch_size`), each after the previous one is done.
+    batches: VecDeque<Vec<String>>,
+    /// The `test.ping` that finds the responsive targets, while it is out.
+    resolving: Option<Resolving>,
+    /// `number_of_targets` (0: all).
+    pick: usize,
+    /// `batch_size` (0: all at once).
+    batch_size: usize,
+    /// Machines under maintenance when the run fired.
+    maintenance: Vec<String>,
 }
+
+struct Resolving {
+    expected: Vec<String>,
+    missing: Vec<String>,
+    answered: BTreeSet<String>,
+    deadline: Mono,
+}
+
+/// How long the targets' `test.ping` is awaited before non-responders count as down.
+const RESOLVE_WAIT: Duration = Duration::from_secs(10);
 
 /// Appends to the job's text log; a log that cannot be written is reported, not fatal.
 pub fn job_log(logdir: &std::path::Path, job: &str, record: &joblog::Record<'_>) {
@@ -107,6 +142,8 @@ pub struct Coordinator {
     jids: HashMap<String, String>,
     /// Probe jid → instance.
     probes: HashMap<String, String>,
+    /// Target-resolution `test.ping` jid → instance.
+    resolves: HashMap<String, String>,
     jid_gen: JidGen,
     hub: Hub,
     salt: mpsc::Sender<SaltRequest>,
@@ -125,6 +162,7 @@ impl Coordinator {
             runs: HashMap::new(),
             jids: HashMap::new(),
             probes: HashMap::new(),
+            resolves: HashMap::new(),
             jid_gen: JidGen::default(),
             hub,
             salt,
@@ -150,9 +188,15 @@ impl Coordinator {
             .map(|r| r.run.spec().instance.clone())
     }
 
-    /// Starts a run of `job` as `instance` (`<job>_<id>`).
-    pub async fn fire(&mut self, job: &Arc<Job>, instance: String, settings: &Settings) {
-        let jid = self.jid_gen.next(crate::clock::now());
+    /// Starts a run of `job` as `instance` (`<job>_<id>`). `maintenance` are the machines under
+    /// maintenance now.
+    pub async fn fire(
+        &mut self,
+        job: &Arc<Job>,
+        instance: String,
+        settings: &Settings,
+        maintenance: &[String],
+    ) {
         let token = random_token();
         let spec = RunSpec {
             job: job.name.clone(),
@@ -172,14 +216,25 @@ impl Coordinator {
                 token: Some(token.clone()),
             })
             .await;
-        self.jids.insert(jid.clone(), instance.clone());
+        let template = if job.use_wrapper {
+            launch(job, &instance, settings, &token)
+        } else {
+            launch_legacy(job, &instance)
+        };
+        let resolve = job.number_of_targets > 0 || job.batch_size > 0 || !maintenance.is_empty();
         self.runs.insert(
             instance.clone(),
             RunCtx {
                 run: Run::new(spec),
-                jid: jid.clone(),
+                jid: String::new(),
                 gather: None,
                 logdir: settings.logdir.clone().into(),
+                template: template.clone(),
+                batches: VecDeque::new(),
+                resolving: None,
+                pick: job.number_of_targets as usize,
+                batch_size: job.batch_size as usize,
+                maintenance: maintenance.to_vec(),
             },
         );
         job_log(
@@ -189,18 +244,43 @@ impl Coordinator {
                 instance: &instance,
             },
         );
-        let mut publish = if job.use_wrapper {
-            launch(job, &instance, settings, &token)
+        if resolve {
+            // Find the responsive targets first, as the original's test.ping did.
+            let mut ping = Publish::new(template.tgt.clone(), &template.tgt_type, "test.ping");
+            ping.jid = self.jid_gen.next(crate::clock::now());
+            self.resolves.insert(ping.jid.clone(), instance.clone());
+            let _ = self
+                .salt
+                .send(SaltRequest {
+                    instance,
+                    publish: ping,
+                    purpose: Purpose::Resolve,
+                })
+                .await;
         } else {
-            launch_legacy(job, &instance)
+            self.launch(&instance, None).await;
+        }
+    }
+
+    /// Publishes the run's job, to `batch` (a list target) or to the job's own target.
+    async fn launch(&mut self, instance: &str, batch: Option<Vec<String>>) {
+        let Some(ctx) = self.runs.get_mut(instance) else {
+            return;
         };
-        publish.jid = jid;
+        let mut publish = ctx.template.clone();
+        if let Some(batch) = batch {
+            publish.tgt = Tgt::List(batch);
+            publish.tgt_type = "list".into();
+        }
+        publish.jid = self.jid_gen.next(crate::clock::now());
+        ctx.jid = publish.jid.clone();
+        self.jids.insert(publish.jid.clone(), instance.to_string());
         let _ = self
             .salt
             .send(SaltRequest {
-                instance,
+                instance: instance.into(),
                 publish,
-                probe_of: None,
+                purpose: Purpose::Launch,
             })
             .await;
     }
@@ -210,8 +290,8 @@ impl Coordinator {
         let Some(ctx) = self.runs.get_mut(&reply.instance) else {
             return;
         };
-        match (reply.probe_of, reply.result) {
-            (None, Ok(p)) => {
+        match (reply.purpose, reply.result) {
+            (Purpose::Launch, Ok(p)) => {
                 let job = ctx.run.spec().job.clone();
                 for m in &p.minions {
                     job_log(
@@ -243,14 +323,22 @@ impl Coordinator {
                     PROBE_TIMEOUT,
                 ));
             }
-            (None, Err(e)) => ctx.run.handle_publish_failed(&e, now),
-            // An empty list marks a `saltutil.term_job`: nothing to follow.
-            (Some(minions), _) if minions.is_empty() => {}
-            (Some(minions), Ok(p)) => {
+            (Purpose::Launch | Purpose::Resolve, Err(e)) => ctx.run.handle_publish_failed(&e, now),
+            (Purpose::Resolve, Ok(p)) => {
+                ctx.resolving = Some(Resolving {
+                    expected: p.minions,
+                    missing: p.missing,
+                    answered: BTreeSet::new(),
+                    deadline: now + RESOLVE_WAIT,
+                });
+                self.check_resolved(&reply.instance, false).await;
+            }
+            (Purpose::Term, _) => {}
+            (Purpose::Probe(minions), Ok(p)) => {
                 self.probes.insert(p.jid, reply.instance.clone());
                 debug!(instance = %reply.instance, ?minions, "probing silent minions");
             }
-            (Some(minions), Err(_)) => {
+            (Purpose::Probe(minions), Err(_)) => {
                 if let Some(g) = ctx.gather.as_mut() {
                     g.handle_probe_failed(&minions);
                 }
@@ -259,11 +347,78 @@ impl Coordinator {
         self.settle(&reply.instance).await;
     }
 
+    /// Once every pinged target answered (or `timed_out`): choose the run's targets and publish
+    /// the first batch.
+    async fn check_resolved(&mut self, instance: &str, timed_out: bool) {
+        let now = self.now();
+        let Some(ctx) = self.runs.get_mut(instance) else {
+            return;
+        };
+        let Some(r) = &ctx.resolving else { return };
+        if !timed_out && r.answered.len() < r.expected.len() {
+            return;
+        }
+        let r = ctx.resolving.take().expect("checked");
+        let mut down: Vec<String> = r
+            .expected
+            .iter()
+            .filter(|m| !r.answered.contains(*m))
+            .cloned()
+            .collect();
+        down.extend(r.missing.iter().cloned());
+        let job = ctx.run.spec().job.clone();
+        let mut chosen: Vec<String> = Vec::new();
+        for m in r.expected.iter().filter(|m| r.answered.contains(*m)) {
+            if ctx.maintenance.contains(m) {
+                info!("Target under maintenance: {m} is left out of {instance}");
+                let record = joblog::Record::Maintenance {
+                    instance,
+                    machine: m,
+                    why: "Target under maintenance",
+                };
+                job_log(&ctx.logdir, &job, &record);
+            } else {
+                chosen.push(m.clone());
+            }
+        }
+        if ctx.pick > 0 || ctx.batch_size > 0 {
+            shuffle(&mut chosen);
+        }
+        if ctx.pick > 0 {
+            chosen.truncate(ctx.pick);
+        }
+        let size = if ctx.batch_size > 0 {
+            ctx.batch_size
+        } else {
+            chosen.len().max(1)
+        };
+        ctx.batches = chosen.chunks(size).map(<[String]>::to_vec).collect();
+        ctx.run.handle_resolved(&down, ctx.batches.len(), now);
+        match ctx.batches.pop_front() {
+            Some(first) => self.launch(instance, Some(first)).await,
+            None => {
+                job_log(&ctx.logdir, &job, &joblog::Record::NoMachines { instance });
+                ctx.run.handle_published("-", &[], &[], now);
+            }
+        }
+        self.settle(instance).await;
+    }
+
     pub async fn handle_bus(&mut self, message: BusMessage) {
         match message {
             BusMessage::Event(event) => {
                 let Some(ret) = event.job_ret() else { return };
-                if let Some(instance) = self.jids.get(&ret.jid).cloned() {
+                if let Some(instance) = self.resolves.get(&ret.jid).cloned() {
+                    if let Some(r) = self
+                        .runs
+                        .get_mut(&instance)
+                        .and_then(|c| c.resolving.as_mut())
+                        && ret.ret == Value::Boolean(true)
+                    {
+                        r.answered.insert(ret.id.clone());
+                    }
+                    self.check_resolved(&instance, false).await;
+                } else if let Some(instance) = self.jids.get(&ret.jid).cloned() {
                     self.salt_return(&instance, ret).await;
                 } else if let Some(instance) = self.probes.get(&ret.jid).cloned() {
                     let running = matches!(&ret.ret, Value::Map(m) if !m.is_empty());
@@ -360,6 +515,7 @@ impl Coordinator {
                 [
                     c.run.poll_timeout(),
                     c.gather.as_ref().and_then(Gather::poll_timeout),
+                    c.resolving.as_ref().map(|r| r.deadline),
                 ]
             })
             .flatten()
@@ -374,6 +530,10 @@ impl Coordinator {
             let Some(ctx) = self.runs.get_mut(&instance) else {
                 continue;
             };
+            if ctx.resolving.as_ref().is_some_and(|r| now >= r.deadline) {
+                self.check_resolved(&instance, true).await;
+                continue;
+            }
             ctx.run.handle_timeout(now);
             if let Some(g) = ctx.gather.as_mut() {
                 g.handle_timeout(now);
@@ -427,7 +587,7 @@ impl Coordinator {
                 .send(SaltRequest {
                     instance: instance.into(),
                     publish: probe,
-                    probe_of: Some(minions),
+                    purpose: Purpose::Probe(minions),
                 })
                 .await;
         }
@@ -441,9 +601,22 @@ impl Coordinator {
                     let request = SaltRequest {
                         instance: instance.into(),
                         publish: term,
-                        probe_of: Some(Vec::new()),
+                        purpose: Purpose::Term,
                     };
                     let _ = self.salt.send(request).await;
+                }
+                Action::NextBatch => {
+                    let next = self
+                        .runs
+                        .get_mut(instance)
+                        .and_then(|c| c.batches.pop_front());
+                    if let Some(batch) = next {
+                        info!(
+                            "Starting the next batch of {instance}: {}",
+                            batch.join(", ")
+                        );
+                        Box::pin(self.launch(instance, Some(batch))).await;
+                    }
                 }
                 Action::SendKill { machine } => {
                     self.hub
@@ -484,6 +657,7 @@ impl Coordinator {
                         })
                         .await;
                     self.runs.remove(instance);
+                    self.resolves.retain(|_, i| i != instance);
                     self.jids.retain(|_, i| i != instance);
                     self.probes.retain(|_, i| i != instance);
                 }
@@ -604,6 +778,23 @@ pub fn launch_legacy(job: &Job, instance: &str) -> Publish {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Fisher-Yates with the kernel's randomness (a random subset per run, as the original).
+fn shuffle(items: &mut [String]) {
+    let mut bytes = vec![0u8; items.len() * 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    for i in (1..items.len()).rev() {
+        let r = u32::from_le_bytes([
+            bytes[i * 4],
+            bytes[i * 4 + 1],
+            bytes[i * 4 + 2],
+            bytes[i * 4 + 3],
+        ]);
+        items.swap(i, r as usize % (i + 1));
+    }
 }
 
 /// 128 random bits, hex.

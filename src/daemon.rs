@@ -207,7 +207,14 @@ async fn fire_job(
     }
     let late_ms = now.duration_since(fire.slot).as_millis();
     info!(job = %job.name, slot = %fire.slot, late_ms, "Firing {instance}!");
-    coordinator.fire(job, instance, &config.settings).await;
+    coordinator
+        .fire(
+            job,
+            instance,
+            &config.settings,
+            &config.maintenance.machines,
+        )
+        .await;
 }
 
 /// Loads the directory and logs every finding. `running` is the settings in force, whose

@@ -88,6 +88,9 @@ pub enum Action {
     SendKill {
         machine: String,
     },
+    /// Publish the next batch of targets (`batch_size`); its reply goes to
+    /// [`Run::handle_published`] as usual.
+    NextBatch,
     /// Legacy mode: ask Salt to terminate the job on these minions.
     TermJob {
         machines: Vec<String>,
@@ -142,6 +145,8 @@ pub struct Run {
     ended: bool,
     /// Each ended target's exit code.
     codes: BTreeMap<String, i64>,
+    /// Batches still to publish after the current one.
+    batches_left: usize,
 }
 
 impl Run {
@@ -155,6 +160,7 @@ impl Run {
             phase2_announced: false,
             ended: false,
             codes: BTreeMap::new(),
+            batches_left: 0,
         }
     }
 
@@ -171,6 +177,17 @@ impl Run {
                 kill_requested: false,
                 started: false,
             })
+    }
+
+    /// The targets were resolved before publishing (`number_of_targets`, `batch_size`,
+    /// per-machine maintenance): `down` did not answer Salt's ping and end with 255; `batches`
+    /// more publishes will follow the first, each after the previous one is done.
+    pub fn handle_resolved(&mut self, down: &[String], batches: usize, now: Mono) {
+        for m in down {
+            self.target(m);
+            self.end(m, codes::ERROR, Some("Target did not respond".into()), now);
+        }
+        self.batches_left = batches.saturating_sub(1);
     }
 
     /// Salt accepted the publish: `minions` are expected; `missing` (list targets without a
@@ -492,6 +509,14 @@ impl Run {
             ));
         }
         if self.targets.values().all(|t| t.state == State::Done) {
+            // Sequential batches: the next one starts when this one is done (unless killed).
+            if self.batches_left > 0 && !self.killed {
+                self.batches_left -= 1;
+                self.published = false;
+                self.phase2_announced = false;
+                self.actions.push_back(Action::NextBatch);
+                return;
+            }
             self.ended = true;
             if self.phase2_announced {
                 self.log(format!(

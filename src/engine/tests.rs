@@ -340,3 +340,36 @@ fn legacy_mode_takes_salts_return_as_the_result_and_kills_through_salt() {
         "no wrapper talk in legacy mode"
     );
 }
+
+#[test]
+fn batches_run_one_after_the_other_and_a_kill_stops_the_rest() {
+    let mut run = Run::new(spec(None));
+    run.handle_resolved(&names(&["down"]), 3, Duration::ZERO);
+    run.handle_published("j1", &names(&["a"]), &[], S);
+    run.handle_salt_return("a", 0, "", S);
+    run.handle_wrapper("a", WrapperEvent::Completed { retcode: 0 }, 2 * S);
+    let actions = drain(&mut run);
+    assert_eq!(
+        ended(&actions),
+        [("down".to_string(), 255), ("a".to_string(), 0)]
+    );
+    assert_eq!(actions.last(), Some(&Action::NextBatch));
+    assert!(!run.is_done());
+    run.handle_published("j2", &names(&["b"]), &[], 3 * S);
+    run.handle_salt_return("b", 0, "", 3 * S);
+    run.handle_kill(None, 4 * S);
+    run.handle_wrapper("b", WrapperEvent::Completed { retcode: 143 }, 5 * S);
+    let actions = drain(&mut run);
+    assert!(
+        !actions.contains(&Action::NextBatch),
+        "a kill stops the remaining batches"
+    );
+    assert_eq!(
+        actions.last(),
+        Some(&Action::RunEnded(RunOutcome {
+            success: false,
+            succeeded: 1,
+            total: 3
+        }))
+    );
+}

@@ -122,3 +122,67 @@ fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
     let missing = std::fs::read_to_string(logdir.join("missing.log")).unwrap();
     assert!(missing.contains("**** Exit Code 127 ******"), "{missing}");
 }
+
+#[test]
+fn subsets_batches_and_machines_under_maintenance() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\nsaltpeter_maintenance:\n  machines: [minion-3]\n",
+        lab.master_config(),
+        env!("CARGO_BIN_EXE_sp-wrapper"),
+        dir.path().join("log").display()
+    );
+    write(dir.path(), "01-settings.yaml", &settings);
+    let jobs = [
+        job("pick", "  command: echo picked\n  number_of_targets: 1\n"),
+        job("batch", "  command: echo batched\n  batch_size: 1\n"),
+    ]
+    .concat();
+    write(dir.path(), "jobs.yaml", &jobs);
+    let mut daemon = Daemon::start(dir.path());
+    daemon.expect_line("Target under maintenance: minion-3", WITHIN);
+    daemon.expect_line("Starting the next batch of batch_", WITHIN);
+    // Both jobs end; collect their run summaries.
+    let mut summaries = Vec::new();
+    while summaries.len() < 2 {
+        let line = daemon.expect_line("Completed: ", WITHIN);
+        summaries.push(line);
+    }
+    let results: Vec<&String> = daemon
+        .seen
+        .iter()
+        .filter(|l| l.contains("Result for "))
+        .collect();
+    // Results per run instance (a job may have fired more than once meanwhile).
+    let per_instance = |job: &str| -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for l in &results {
+            if let Some(rest) = l.split("Result for ").nth(1).filter(|r| r.starts_with(job)) {
+                *counts
+                    .entry(rest.split(':').next().unwrap().to_string())
+                    .or_insert(0) += 1;
+            }
+        }
+        counts
+    };
+    let picked = per_instance("pick_");
+    assert!(
+        !picked.is_empty() && picked.values().all(|n| *n == 1),
+        "number_of_targets: 1 runs on one target: {picked:?}"
+    );
+    let batched = per_instance("batch_");
+    assert_eq!(
+        batched.values().next(),
+        Some(&2),
+        "two batches of one (minion-3 is under maintenance): {batched:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|l| !l.contains(":minion-3:") && l.contains("exit code 0")),
+        "{results:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("log/batch.log")).unwrap();
+    assert!(log.contains("Target under maintenance"), "{log}");
+}
