@@ -186,3 +186,41 @@ fn subsets_batches_and_machines_under_maintenance() {
     let log = std::fs::read_to_string(dir.path().join("log/batch.log")).unwrap();
     assert!(log.contains("Target under maintenance"), "{log}");
 }
+
+#[test]
+fn a_target_without_a_key_and_a_paused_wrapper() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
+        lab.master_config(),
+        env!("CARGO_BIN_EXE_sp-wrapper"),
+        dir.path().join("log").display()
+    );
+    write(dir.path(), "01-settings.yaml", &settings);
+    // `ghost-9` has no key; `paused` stops its own wrapper (the shell's parent) after start.
+    let jobs = [
+        job("listed", "  command: echo listed\n").replace(
+            "targets: '*'",
+            "targets: [minion-1, ghost-9]\n  target_type: list",
+        ),
+        job("paused", "  command: kill -STOP $PPID; sleep 40\n")
+            .replace("targets: '*'", "targets: minion-2"),
+    ]
+    .concat();
+    write(dir.path(), "jobs.yaml", &jobs);
+    let mut daemon = Daemon::start(dir.path());
+    daemon.expect_line(":ghost-9: exit code 255 (error)", WITHIN);
+    daemon.expect_line("Result for listed_", WITHIN);
+    let lost = daemon.expect_line(":minion-2: exit code 253 (heartbeat lost)", WITHIN);
+    assert!(lost.contains("Result for paused_"), "{lost}");
+    // The stopped wrapper is not coming back: end it.
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", "-r", "T", "sp-wrapper"])
+        .status();
+    let log = std::fs::read_to_string(dir.path().join("log/paused.log")).unwrap();
+    assert!(
+        log.contains("[SALTPETER ERROR: Job lost connection - no heartbeat for 15 seconds]"),
+        "{log}"
+    );
+}
