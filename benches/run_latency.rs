@@ -114,12 +114,12 @@ fn main() {
                 if r.completed.len() == minions {
                     let slot = r.slot.unwrap();
                     let ms = |t: Timestamp| t.duration_since(slot).as_secs_f64() * 1e3;
-                    if let (Some(p), Some(conf)) = (r.published, r.confirmed.values().max()) {
-                        if r.confirmed.len() == minions {
-                            a.push(ms(p));
-                            b.push(ms(*conf));
-                            c.push(ms(*r.completed.iter().max().unwrap()));
-                        }
+                    if let (Some(p), Some(conf)) = (r.published, r.confirmed.values().max())
+                        && r.confirmed.len() == minions
+                    {
+                        a.push(ms(p));
+                        b.push(ms(*conf));
+                        c.push(ms(*r.completed.iter().max().unwrap()));
                     }
                     current.remove(instance);
                     if a.len() >= runs {
