@@ -62,7 +62,7 @@ pub struct SaltReply {
 /// or restarting master must not fail a job).
 pub async fn salt_worker(
     settings: Option<SaltSettings>,
-    mut requests: mpsc::Receiver<SaltRequest>,
+    mut requests: mpsc::UnboundedReceiver<SaltRequest>,
     replies: mpsc::Sender<SaltReply>,
 ) {
     let mut client = settings.map(SaltClient::new);
@@ -129,10 +129,30 @@ struct Resolving {
 const RESOLVE_WAIT: Duration = Duration::from_secs(10);
 
 /// Appends to the job's text log; a log that cannot be written is reported, not fatal.
+///
+/// The record is formatted here and written by a background thread, in order: a burst of due
+/// jobs must not wait on thousands of file opens.
 pub fn job_log(logdir: &std::path::Path, job: &str, record: &joblog::Record<'_>) {
-    if let Err(e) = joblog::append(logdir, job, record, crate::clock::now()) {
-        warn!(error = %e, logdir = %logdir.display(), "cannot write the job log of {job}");
-    }
+    let text = joblog::format(record, crate::clock::now());
+    let _ = job_log_writer().send((logdir.to_path_buf(), job.to_string(), text));
+}
+
+type LogLine = (std::path::PathBuf, String, String);
+
+fn job_log_writer() -> &'static std::sync::mpsc::Sender<LogLine> {
+    static WRITER: std::sync::OnceLock<std::sync::mpsc::Sender<LogLine>> =
+        std::sync::OnceLock::new();
+    WRITER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<LogLine>();
+        std::thread::spawn(move || {
+            for (logdir, job, text) in rx {
+                if let Err(e) = joblog::append_text(&logdir, &job, &text) {
+                    warn!(error = %e, logdir = %logdir.display(), "cannot write the job log of {job}");
+                }
+            }
+        });
+        tx
+    })
 }
 
 pub struct Coordinator {
@@ -146,7 +166,9 @@ pub struct Coordinator {
     resolves: HashMap<String, String>,
     jid_gen: JidGen,
     hub: Hub,
-    salt: mpsc::Sender<SaltRequest>,
+    /// Unbounded on purpose: a burst of due jobs must never stall the loop (each request is
+    /// small, and there is at most one per run and probe round).
+    salt: mpsc::UnboundedSender<SaltRequest>,
     salt_settings: Option<SaltSettings>,
     bus_down: bool,
 }
@@ -154,7 +176,7 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(
         hub: Hub,
-        salt: mpsc::Sender<SaltRequest>,
+        salt: mpsc::UnboundedSender<SaltRequest>,
         salt_settings: Option<SaltSettings>,
     ) -> Coordinator {
         Coordinator {
@@ -249,14 +271,11 @@ impl Coordinator {
             let mut ping = Publish::new(template.tgt.clone(), &template.tgt_type, "test.ping");
             ping.jid = self.jid_gen.next(crate::clock::now());
             self.resolves.insert(ping.jid.clone(), instance.clone());
-            let _ = self
-                .salt
-                .send(SaltRequest {
-                    instance,
-                    publish: ping,
-                    purpose: Purpose::Resolve,
-                })
-                .await;
+            let _ = self.salt.send(SaltRequest {
+                instance,
+                publish: ping,
+                purpose: Purpose::Resolve,
+            });
         } else {
             self.launch(&instance, None).await;
         }
@@ -275,14 +294,11 @@ impl Coordinator {
         publish.jid = self.jid_gen.next(crate::clock::now());
         ctx.jid = publish.jid.clone();
         self.jids.insert(publish.jid.clone(), instance.to_string());
-        let _ = self
-            .salt
-            .send(SaltRequest {
-                instance: instance.into(),
-                publish,
-                purpose: Purpose::Launch,
-            })
-            .await;
+        let _ = self.salt.send(SaltRequest {
+            instance: instance.into(),
+            publish,
+            purpose: Purpose::Launch,
+        });
     }
 
     pub async fn handle_salt_reply(&mut self, reply: SaltReply) {
@@ -582,14 +598,11 @@ impl Coordinator {
             probe.args = vec![Value::from(jid.as_str())];
             probe.jid = self.jid_gen.next(crate::clock::now());
             self.probes.insert(probe.jid.clone(), instance.to_string());
-            let _ = self
-                .salt
-                .send(SaltRequest {
-                    instance: instance.into(),
-                    publish: probe,
-                    purpose: Purpose::Probe(minions),
-                })
-                .await;
+            let _ = self.salt.send(SaltRequest {
+                instance: instance.into(),
+                publish: probe,
+                purpose: Purpose::Probe(minions),
+            });
         }
         for action in actions {
             match action {
@@ -603,7 +616,7 @@ impl Coordinator {
                         publish: term,
                         purpose: Purpose::Term,
                     };
-                    let _ = self.salt.send(request).await;
+                    let _ = self.salt.send(request);
                 }
                 Action::NextBatch => {
                     let next = self
@@ -799,9 +812,19 @@ fn shuffle(items: &mut [String]) {
 
 /// 128 random bits, hex.
 fn random_token() -> String {
+    // One open kernel source for every run.
+    static URANDOM: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
+        std::sync::OnceLock::new();
     let mut bytes = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    let source = URANDOM.get_or_init(|| {
+        std::fs::File::open("/dev/urandom")
+            .ok()
+            .map(std::sync::Mutex::new)
+    });
+    if let Some(file) = source
+        && let Ok(mut f) = file.lock()
+    {
+        let _ = std::io::Read::read_exact(&mut *f, &mut bytes);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

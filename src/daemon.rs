@@ -74,7 +74,7 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     if let Some(s) = &salt_settings {
         tokio::spawn(crate::salt::bus::subscribe(s.event_source(), bus_tx));
     }
-    let (salt_req_tx, salt_req_rx) = mpsc::channel(1024);
+    let (salt_req_tx, salt_req_rx) = mpsc::unbounded_channel();
     let (salt_reply_tx, mut salt_reply_rx) = mpsc::channel(1024);
     tokio::spawn(crate::coordinator::salt_worker(
         salt_settings.clone(),

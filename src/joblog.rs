@@ -91,12 +91,17 @@ pub fn format(record: &Record<'_>, at: Timestamp) -> String {
 /// Appends a record to `<logdir>/<job>.log` (the file is opened per record, as the original did,
 /// so log rotation needs no signal).
 pub fn append(logdir: &Path, job: &str, record: &Record<'_>, at: Timestamp) -> std::io::Result<()> {
+    append_text(logdir, job, &format(record, at))
+}
+
+/// Appends an already formatted record.
+pub fn append_text(logdir: &Path, job: &str, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(logdir)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(logdir.join(format!("{job}.log")))?;
-    writeln!(f, "{}", format(record, at))
+    writeln!(f, "{text}")
 }
 
 #[cfg(test)]
