@@ -4,6 +4,9 @@
 //! (c) every target's `complete`; medians over SALTPETER_BENCH_RUNS runs (default 20). Reads
 //! the daemon's own log timestamps. Run with `cargo bench --bench run_latency`.
 
+#[path = "../tests/common/lab_env.rs"]
+mod lab_env;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -18,26 +21,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let env_text = match std::env::var("SALTPETER_LAB_ENV") {
-        Ok(path) => std::fs::read_to_string(path).unwrap(),
-        Err(_) => {
-            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/lab/lab.sh"))
-                .arg("start")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        }
-    };
-    let env: BTreeMap<String, String> = env_text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect();
+    let env = lab_env::lab_env();
     let minions = env["MINIONS"].split_whitespace().count();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

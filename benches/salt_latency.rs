@@ -3,7 +3,9 @@
 //! own Python LocalClient in-process, and `saltpeter salt` versus the `salt` CLI start to exit.
 //! Medians over SALTPETER_BENCH_RUNS runs (default 20). Run with `cargo bench --bench salt_latency`.
 
-use std::collections::BTreeMap;
+#[path = "../tests/common/lab_env.rs"]
+mod lab_env;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,26 +21,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let env_text = match std::env::var("SALTPETER_LAB_ENV") {
-        Ok(path) => std::fs::read_to_string(path).unwrap(),
-        Err(_) => {
-            let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/lab/lab.sh"))
-                .arg("start")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        }
-    };
-    let env: BTreeMap<String, String> = env_text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect();
+    let env = lab_env::lab_env();
     let master = env["MASTER_CONFIG"].clone();
     let minions = env["MINIONS"].split_whitespace().count();
     println!(

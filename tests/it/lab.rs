@@ -2,6 +2,9 @@
 //! project's own `contrib/lab/lab.sh` (Salt 3007.16, or `SALTPETER_SALT_VERSION`). One lab per
 //! test run; tests that use it take its lock, since some restart the master or stop a minion.
 
+#[path = "../common/lab_env.rs"]
+mod lab_env;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,40 +56,14 @@ impl Lab {
     }
 }
 
-fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
-}
-
 static LAB: OnceLock<Lab> = OnceLock::new();
 static LOCK: Mutex<()> = Mutex::new(());
 
 /// The lab, started on first use (quick when it is already up), and exclusive access to it.
 pub fn lab() -> (&'static Lab, MutexGuard<'static, ()>) {
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = LAB.get_or_init(|| {
-        let out = match std::env::var("SALTPETER_LAB_ENV") {
-            Ok(path) => {
-                std::fs::read_to_string(path).expect("SALTPETER_LAB_ENV names a lab.env file")
-            }
-            Err(_) => {
-                let out = Command::new(Lab::script())
-                    .arg("start")
-                    .output()
-                    .expect("run contrib/lab/lab.sh");
-                assert!(
-                    out.status.success(),
-                    "lab did not start: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8(out.stdout).unwrap()
-            }
-        };
-        Lab {
-            env: parse_env(&out),
-        }
+    let lab = LAB.get_or_init(|| Lab {
+        env: lab_env::lab_env(),
     });
     (lab, guard)
 }
