@@ -142,7 +142,9 @@ start_master() {
 start_minion() {
   local id="$1"
   pid_alive "$LAB_DIR/$id/salt-minion.pid" && return
-  "$VENV/bin/salt-minion" -c "$LAB_DIR/etc-$id" -d
+  # Salt's cmd.run shell is the minion's $SHELL; pin it so error texts do not depend on
+  # whoever started the lab (bash says "No such file or directory", dash "not found").
+  SHELL=/bin/sh "$VENV/bin/salt-minion" -c "$LAB_DIR/etc-$id" -d
 }
 
 wait_all_answer() {
