@@ -14,8 +14,10 @@ use tracing::{debug, info, warn};
 
 use crate::agents::{Hub, HubCommand, HubEvent, HubEventKind};
 use crate::config::{Job, Settings, TargetType, Targets};
+use crate::control::Refusal;
 use crate::engine::{Action, Mono, Run, RunSpec, WrapperEvent};
 use crate::joblog;
+use crate::journal::{RunEvent, Trigger};
 use crate::salt::bus::BusMessage;
 use crate::salt::gather::{Gather, GatherAction, MinionState};
 use crate::salt::wire::{self, JidGen};
@@ -116,6 +118,8 @@ struct RunCtx {
     batch_size: usize,
     /// Machines under maintenance when the run fired.
     maintenance: Vec<String>,
+    /// Bytes of each target's output already reported to the journal.
+    streamed: HashMap<String, usize>,
 }
 
 struct Resolving {
@@ -171,6 +175,8 @@ pub struct Coordinator {
     salt: mpsc::UnboundedSender<SaltRequest>,
     salt_settings: Option<SaltSettings>,
     bus_down: bool,
+    /// Every step of every run, for the history store.
+    journal: mpsc::UnboundedSender<RunEvent>,
 }
 
 impl Coordinator {
@@ -178,6 +184,7 @@ impl Coordinator {
         hub: Hub,
         salt: mpsc::UnboundedSender<SaltRequest>,
         salt_settings: Option<SaltSettings>,
+        journal: mpsc::UnboundedSender<RunEvent>,
     ) -> Coordinator {
         Coordinator {
             origin: Instant::now(),
@@ -190,7 +197,21 @@ impl Coordinator {
             salt,
             salt_settings,
             bus_down: false,
+            journal,
         }
+    }
+
+    fn record(&self, event: RunEvent) {
+        // The store outlives the loop; a closed journal only means shutdown.
+        let _ = self.journal.send(event);
+    }
+
+    /// Instances in flight, with their job names.
+    pub fn running(&self) -> Vec<(String, String)> {
+        self.runs
+            .iter()
+            .map(|(i, c)| (i.clone(), c.run.spec().job.clone()))
+            .collect()
     }
 
     fn now(&self) -> Mono {
@@ -211,15 +232,25 @@ impl Coordinator {
     }
 
     /// Starts a run of `job` as `instance` (`<job>_<id>`). `maintenance` are the machines under
-    /// maintenance now.
+    /// maintenance now; `scheduled` is the slot it was due at (none for a manual run).
     pub async fn fire(
         &mut self,
         job: &Arc<Job>,
         instance: String,
         settings: &Settings,
         maintenance: &[String],
+        trigger: Trigger,
+        scheduled: Option<jiff::Timestamp>,
     ) {
         let token = random_token();
+        self.record(RunEvent::Started {
+            instance: instance.clone(),
+            job: job.name.clone(),
+            trigger,
+            scheduled,
+            at: crate::clock::now(),
+            token: token.clone(),
+        });
         let spec = RunSpec {
             job: job.name.clone(),
             instance: instance.clone(),
@@ -257,6 +288,7 @@ impl Coordinator {
                 pick: job.number_of_targets as usize,
                 batch_size: job.batch_size as usize,
                 maintenance: maintenance.to_vec(),
+                streamed: HashMap::new(),
             },
         );
         job_log(
@@ -319,6 +351,13 @@ impl Coordinator {
                         },
                     );
                 }
+                let mut machines = p.minions.clone();
+                machines.extend(p.missing.iter().cloned());
+                let _ = self.journal.send(RunEvent::Published {
+                    instance: reply.instance.clone(),
+                    jid: p.jid.clone(),
+                    machines,
+                });
                 if p.minions.is_empty() && p.missing.is_empty() {
                     job_log(
                         &ctx.logdir,
@@ -393,6 +432,10 @@ impl Coordinator {
                     why: "Target under maintenance",
                 };
                 job_log(&ctx.logdir, &job, &record);
+                let _ = self.journal.send(RunEvent::MachineSkipped {
+                    instance: instance.into(),
+                    machine: m.clone(),
+                });
             } else {
                 chosen.push(m.clone());
             }
@@ -500,10 +543,35 @@ impl Coordinator {
         let Some(ctx) = self.runs.get_mut(&event.instance) else {
             return;
         };
+        let (instance, machine) = (event.instance.clone(), event.machine.clone());
         let wrapper_event = match event.kind {
-            HubEventKind::Started { pid, version } => WrapperEvent::Started { pid, version },
-            HubEventKind::Output { data, .. } => WrapperEvent::Output(data),
-            HubEventKind::Heartbeat | HubEventKind::Connected { .. } => WrapperEvent::Heartbeat,
+            HubEventKind::Started { pid, version } => {
+                let _ = self.journal.send(RunEvent::WrapperStarted {
+                    instance,
+                    machine,
+                    pid,
+                    version: version.clone(),
+                });
+                WrapperEvent::Started { pid, version }
+            }
+            HubEventKind::Output { data, .. } => {
+                *ctx.streamed.entry(machine.clone()).or_default() += data.len();
+                let _ = self.journal.send(RunEvent::Output {
+                    instance,
+                    machine,
+                    data: data.clone(),
+                });
+                WrapperEvent::Output(data)
+            }
+            HubEventKind::Heartbeat => {
+                let _ = self.journal.send(RunEvent::Heartbeat {
+                    instance,
+                    machine,
+                    at: crate::clock::now(),
+                });
+                WrapperEvent::Heartbeat
+            }
+            HubEventKind::Connected { .. } => WrapperEvent::Heartbeat,
             HubEventKind::Completed { retcode } => WrapperEvent::Completed { retcode },
             HubEventKind::WrapperError { error } => WrapperEvent::Error(error),
             HubEventKind::Disconnected => return,
@@ -513,14 +581,22 @@ impl Coordinator {
     }
 
     /// Kills a run (or one target of it).
-    pub async fn kill(&mut self, instance: &str, machine: Option<&str>) -> bool {
+    pub async fn kill(&mut self, instance: &str, machine: Option<&str>) -> Result<(), Refusal> {
         let now = self.now();
         let Some(ctx) = self.runs.get_mut(instance) else {
-            return false;
+            return Err(Refusal::NotRunning(instance.into()));
         };
+        if let Some(m) = machine
+            && !ctx.run.has_target(m)
+        {
+            return Err(Refusal::UnknownTarget {
+                instance: instance.into(),
+                machine: m.into(),
+            });
+        }
         ctx.run.handle_kill(machine, now);
         self.settle(instance).await;
-        true
+        Ok(())
     }
 
     /// The next time something must be checked.
@@ -647,11 +723,36 @@ impl Coordinator {
                         })
                         .await;
                 }
+                Action::TargetConfirmed { machine } => self.record(RunEvent::Confirmed {
+                    instance: instance.into(),
+                    machine,
+                    at: crate::clock::now(),
+                }),
                 Action::TargetEnded {
                     machine,
                     result,
                     output,
                 } => {
+                    // What the journal has not seen yet: Salt's text, saltpeter's own note.
+                    let streamed = self
+                        .runs
+                        .get(instance)
+                        .and_then(|c| c.streamed.get(&machine).copied())
+                        .unwrap_or(0);
+                    if let Some(rest) = output.get(streamed..).filter(|r| !r.is_empty()) {
+                        self.record(RunEvent::Output {
+                            instance: instance.into(),
+                            machine: machine.clone(),
+                            data: rest.to_string(),
+                        });
+                    }
+                    self.record(RunEvent::TargetEnded {
+                        instance: instance.into(),
+                        machine: machine.clone(),
+                        code: result.code,
+                        note: result.note.clone(),
+                        at: crate::clock::now(),
+                    });
                     debug!(%instance, %machine, code = result.code, output = %output, "target output");
                     let record = joblog::Record::MachineResult {
                         instance,
@@ -663,6 +764,13 @@ impl Coordinator {
                 }
                 Action::RunEnded(outcome) => {
                     info!(%instance, success = outcome.success, "run ended");
+                    self.record(RunEvent::RunEnded {
+                        instance: instance.into(),
+                        success: outcome.success,
+                        succeeded: outcome.succeeded,
+                        total: outcome.total,
+                        at: crate::clock::now(),
+                    });
                     job_log(&logdir, &job, &joblog::Record::End { instance });
                     self.hub
                         .send(HubCommand::Unregister {

@@ -1,6 +1,7 @@
 //! `saltpeter run`: loads the config directory, keeps it fresh (file-system notifications and
-//! SIGHUP), and fires due jobs by the wall clock. Wiring only: the decisions live in `config`
-//! and `scheduler`.
+//! SIGHUP), fires due jobs by the wall clock, and carries out the API's commands (run now,
+//! kill, maintenance, reload) one at a time. Wiring only: the decisions live in `config`,
+//! `scheduler` and `engine`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,11 +10,21 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::agents::HubEventKind;
+use crate::api;
 use crate::clock::{self, Wake, WallTimer};
-use crate::config::{self, Concurrency, Config, Loader, Severity};
+use crate::config::{self, Concurrency, Config, Diagnostic, Job, Loader, Severity};
+use crate::control::{Command, Control, Refusal, RunRef};
 use crate::coordinator::Coordinator;
+use crate::history::{History, MaintenanceState, Retention};
 use crate::joblog;
+use crate::journal::{RunEvent, SkipReason, Trigger};
 use crate::salt::SaltSettings;
+use crate::salt::bus::BusMessage;
 use crate::scheduler::{Fire, InstanceIds, Planner};
 
 /// How long the directory must be quiet after a change before it is reloaded, so an editor's
@@ -36,14 +47,25 @@ pub enum DaemonError {
     },
     #[error("machines_ws_tls_cert/machines_ws_tls_key: {0}")]
     Tls(#[from] crate::agents::TlsError),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
 }
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     let mut loader = Loader::new(&crate::hostname());
-    let mut config = load(&dir, &mut loader, None)?;
+    let (config, diagnostics) = load(&dir, &mut loader, None)?;
+    let settings = config.settings.clone();
+    let history = History::open(
+        Path::new(&settings.database),
+        Retention {
+            output_cap: usize::try_from(settings.output_cap).unwrap_or(usize::MAX),
+            max_age_days: settings.history_max_age_days,
+            max_runs_per_job: settings.history_max_runs_per_job,
+        },
+    )?;
+    let switched = history.maintenance().await.unwrap_or_default();
     let mut planner = Planner::new();
-    let mut instances = InstanceIds::default();
     let changes = planner.set_jobs(&config.jobs, clock::now());
     info!(jobs = changes.added.len(), dir = %dir.display(), "Saltpeter {} started", crate::VERSION);
 
@@ -60,10 +82,10 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut timer = WallTimer::new().map_err(DaemonError::Timer)?;
-    let (hub, mut hub_events) = start_hub(&config.settings).await?;
+    let (hub, mut hub_events) = start_hub(&settings).await?;
     // Salt: the master's settings, its event bus (subscribed before anything is published), and
     // a worker that publishes so a slow master never stalls this loop.
-    let salt_settings = match SaltSettings::from_config(&config.settings.salt) {
+    let salt_settings = match SaltSettings::from_config(&settings.salt) {
         Ok(s) => Some(s),
         Err(e) => {
             error!(error = %e, "cannot read the Salt master's settings; runs will fail until this is fixed and the daemon restarted");
@@ -81,43 +103,338 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
         salt_req_rx,
         salt_reply_tx,
     ));
-    let mut coordinator = Coordinator::new(hub, salt_req_tx, salt_settings);
+    // Every step of every run goes to the history store.
+    let metrics = api::Metrics::default();
+    let (journal_tx, mut journal_rx) = mpsc::unbounded_channel();
+    let (sink, counters) = (history.clone(), metrics.clone());
+    tokio::spawn(async move {
+        while let Some(event) = journal_rx.recv().await {
+            counters.observe(&event);
+            sink.record(event);
+        }
+    });
+    let coordinator = Coordinator::new(hub, salt_req_tx, salt_settings, journal_tx.clone());
+    let (control, mut commands) = Control::new(256);
+    let mut daemon = Daemon {
+        dir,
+        loader,
+        config,
+        diagnostics,
+        switched,
+        planner,
+        instances: InstanceIds::default(),
+        coordinator,
+        history: history.clone(),
+        journal: journal_tx,
+        snapshot: None,
+        metrics: metrics.clone(),
+    };
+    let (snapshot_tx, snapshot_rx) = watch::channel(daemon.snapshot());
+    daemon.snapshot = Some(snapshot_tx);
+    if settings.api_ws == Some(false) {
+        info!("api_ws: false; the HTTP API and web UI are off");
+    } else {
+        let addr = format!("{}:{}", settings.api_ws_bind_addr, settings.api_ws_port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        info!("API and web UI on http://{addr}");
+        let state = api::AppState::new(control, history, snapshot_rx, &settings, metrics);
+        tokio::spawn(api::serve(listener, state));
+    }
 
     loop {
-        let deadline = planner.next_deadline();
+        let deadline = daemon.planner.next_deadline();
         tokio::select! {
             wake = timer.sleep_until(deadline) => {
                 let now = clock::now();
                 match wake {
                     Ok(Wake::ClockChanged) => {
                         warn!(now = %now, "the wall clock was set; re-planning");
-                        planner.clock_changed(now);
+                        daemon.planner.clock_changed(now);
                     }
                     Ok(Wake::Deadline) => {}
                     Err(e) => error!(error = %e, "wall-clock timer failed"),
                 }
-                for fire in planner.due(now) {
-                    fire_job(&fire, &mut instances, now, &config, &mut coordinator).await;
+                for fire in daemon.planner.due(now) {
+                    daemon.fire_due(&fire, now).await;
                 }
             }
             Some(()) = reload_rx.recv() => {
                 info!("config directory changed; reloading");
-                reload(&dir, &mut loader, &mut config, &mut planner);
+                daemon.reload();
             }
             _ = hup.recv() => {
                 info!("SIGHUP; reloading");
-                reload(&dir, &mut loader, &mut config, &mut planner);
+                daemon.reload();
             }
-            Some(event) = hub_events.recv() => coordinator.handle_hub(event).await,
-            Some(message) = bus_rx.recv() => coordinator.handle_bus(message).await,
-            Some(reply) = salt_reply_rx.recv() => coordinator.handle_salt_reply(reply).await,
-            _ = sleep_until_opt(coordinator.next_deadline()) => coordinator.handle_timeout().await,
+            Some(command) = commands.recv() => daemon.handle_command(command).await,
+            Some(event) = hub_events.recv() => {
+                match event.kind {
+                    HubEventKind::Connected { .. } => daemon.metrics.wrapper_connected(true),
+                    HubEventKind::Disconnected => daemon.metrics.wrapper_connected(false),
+                    _ => {}
+                }
+                daemon.coordinator.handle_hub(event).await;
+            }
+            Some(message) = bus_rx.recv() => {
+                match &message {
+                    BusMessage::Event(_) => daemon.metrics.bus_event(),
+                    BusMessage::Connected(_) => daemon.metrics.bus_state(true),
+                    BusMessage::Disconnected { .. } => daemon.metrics.bus_state(false),
+                    _ => {}
+                }
+                daemon.coordinator.handle_bus(message).await;
+            }
+            Some(reply) = salt_reply_rx.recv() => daemon.coordinator.handle_salt_reply(reply).await,
+            _ = sleep_until_opt(daemon.coordinator.next_deadline()) => daemon.coordinator.handle_timeout().await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     info!("Saltpeter stopping");
+    // What the store has been sent is written before the process ends.
+    let _ = daemon.history.flush().await;
     Ok(())
+}
+
+/// The loop's state: the config in force, the schedule, the runs in flight.
+struct Daemon {
+    dir: PathBuf,
+    loader: Loader,
+    config: Config,
+    diagnostics: Vec<Diagnostic>,
+    /// Maintenance switched through the API (persisted), on top of the config file's.
+    switched: MaintenanceState,
+    planner: Planner,
+    instances: InstanceIds,
+    coordinator: Coordinator,
+    history: History,
+    journal: mpsc::UnboundedSender<RunEvent>,
+    snapshot: Option<watch::Sender<Arc<api::Snapshot>>>,
+    metrics: api::Metrics,
+}
+
+impl Daemon {
+    /// Maintenance in force: the config file's and the API's switches together.
+    fn maintenance(&self) -> config::Maintenance {
+        let mut m = self.config.maintenance.clone();
+        m.global |= self.switched.global;
+        for machine in &self.switched.machines {
+            if !m.machines.contains(machine) {
+                m.machines.push(machine.clone());
+            }
+        }
+        m
+    }
+
+    fn snapshot(&self) -> Arc<api::Snapshot> {
+        Arc::new(api::Snapshot {
+            config: self.config.clone(),
+            diagnostics: self.diagnostics.clone(),
+            maintenance: self.maintenance(),
+            switched: self.switched.clone(),
+            changed: clock::now(),
+        })
+    }
+
+    fn publish_snapshot(&self) {
+        if let Some(tx) = &self.snapshot {
+            tx.send_replace(self.snapshot());
+        }
+    }
+
+    fn skip(&self, job: &str, reason: SkipReason, detail: String) {
+        let _ = self.journal.send(RunEvent::Skipped {
+            job: job.into(),
+            reason,
+            detail,
+            at: clock::now(),
+        });
+    }
+
+    /// A due slot: started unless maintenance or the overlap rule says otherwise.
+    async fn fire_due(&mut self, fire: &Fire, now: jiff::Timestamp) {
+        let job = fire.job.clone();
+        let logdir = PathBuf::from(&self.config.settings.logdir);
+        if self.maintenance().global {
+            info!(job = %job.name, "Maintenance mode active: {} not started", job.name);
+            let record = joblog::Record::Maintenance {
+                instance: &job.name,
+                machine: "",
+                why: "Global maintenance mode active",
+            };
+            crate::coordinator::job_log(&logdir, &job.name, &record);
+            self.skip(
+                &job.name,
+                SkipReason::Maintenance,
+                "Global maintenance mode active".into(),
+            );
+            return;
+        }
+        if let Some(running) = self.coordinator.running_instance(&job.name) {
+            match job.concurrency {
+                Concurrency::Forbid => {
+                    warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
+                    crate::coordinator::job_log(
+                        &logdir,
+                        &job.name,
+                        &joblog::Record::Overlap { running: &running },
+                    );
+                    self.skip(
+                        &job.name,
+                        SkipReason::Overlap,
+                        format!("{running} is still running"),
+                    );
+                    return;
+                }
+                Concurrency::Replace => {
+                    info!(job = %job.name, "{running} is replaced by a new run (concurrency: replace)");
+                    let _ = self.coordinator.kill(&running, None).await;
+                }
+                Concurrency::Allow => {}
+            }
+        }
+        if fire.missed > 0 {
+            warn!(job = %job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, job.name);
+        }
+        let trigger = if fire.missed > 0 {
+            Trigger::CatchUp
+        } else {
+            Trigger::Schedule
+        };
+        let late = now.duration_since(fire.slot);
+        self.metrics.fire_lateness(late.unsigned_abs());
+        let late_ms = late.as_millis();
+        self.start(&job, trigger, Some(fire.slot), late_ms).await;
+    }
+
+    async fn start(
+        &mut self,
+        job: &Arc<Job>,
+        trigger: Trigger,
+        slot: Option<jiff::Timestamp>,
+        late_ms: i128,
+    ) -> String {
+        let now = clock::now();
+        let instance = format!("{}_{}", job.name, self.instances.next(&job.name, now));
+        info!(job = %job.name, trigger = trigger.as_str(), late_ms, "Firing {instance}!");
+        let maintenance = self.maintenance().machines;
+        self.coordinator
+            .fire(
+                job,
+                instance.clone(),
+                &self.config.settings,
+                &maintenance,
+                trigger,
+                slot,
+            )
+            .await;
+        instance
+    }
+
+    /// "Run now": refused during global maintenance and while an instance runs (unless the
+    /// job allows overlap or replaces). The loop runs one command at a time, so two clicks
+    /// cannot both start.
+    async fn run_now(&mut self, name: &str) -> Result<String, Refusal> {
+        let job = self
+            .config
+            .jobs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Refusal::UnknownJob(name.into()))?;
+        if self.maintenance().global {
+            return Err(Refusal::Maintenance(name.into()));
+        }
+        if let Some(running) = self.coordinator.running_instance(name) {
+            match job.concurrency {
+                Concurrency::Forbid => return Err(Refusal::AlreadyRunning { running }),
+                Concurrency::Replace => {
+                    info!(job = %name, "{running} is replaced by a manual run (concurrency: replace)");
+                    let _ = self.coordinator.kill(&running, None).await;
+                }
+                Concurrency::Allow => {}
+            }
+        }
+        Ok(self.start(&job, Trigger::Manual, None, 0).await)
+    }
+
+    async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::RunNow { job, reply } => {
+                let result = self.run_now(&job).await;
+                match &result {
+                    Ok(instance) => info!(job = %job, "run now: {instance} started"),
+                    Err(why) => warn!(job = %job, "run now refused: {why}"),
+                }
+                let _ = reply.send(result);
+            }
+            Command::Kill {
+                run,
+                machine,
+                reply,
+            } => {
+                let instance = match run {
+                    RunRef::Instance(i) => Some(i),
+                    RunRef::Job(job) => self.coordinator.running_instance(&job),
+                };
+                let result = match instance {
+                    None => Err(Refusal::NotRunning("(no instance of that job)".into())),
+                    Some(i) => {
+                        info!(instance = %i, machine = ?machine, "kill requested");
+                        self.coordinator
+                            .kill(&i, machine.as_deref())
+                            .await
+                            .map(|()| i)
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Maintenance { change, reply } => {
+                let result = self
+                    .history
+                    .set_maintenance(change.machine.clone(), change.on)
+                    .await
+                    .map_err(|e| Refusal::Failed(e.to_string()));
+                if let Ok(state) = &result {
+                    info!(machine = ?change.machine, on = change.on, "maintenance switched");
+                    self.switched = state.clone();
+                    self.publish_snapshot();
+                }
+                let _ = reply.send(result.map(|_| ()));
+            }
+            Command::Reload { reply } => {
+                info!("reload requested through the API");
+                self.reload();
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        match load(&self.dir, &mut self.loader, Some(&self.config.settings)) {
+            Ok((new, diagnostics)) => {
+                let changes = self.planner.set_jobs(&new.jobs, clock::now());
+                info!(
+                    added = changes.added.len(),
+                    rescheduled = changes.rescheduled.len(),
+                    updated = changes.updated.len(),
+                    removed = changes.removed.len(),
+                    jobs = new.jobs.len(),
+                    "config reloaded"
+                );
+                debug!(?changes, "reload details");
+                self.config = new;
+                self.diagnostics = diagnostics;
+                self.publish_snapshot();
+            }
+            // The directory itself is gone or unreadable: keep everything running as it is.
+            Err(e) => error!(error = %e, "reload failed; the running config stays in force"),
+        }
+    }
 }
 
 /// Binds the machines hub (wrappers connect here) on the configured address, with TLS when a
@@ -164,66 +481,13 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn fire_job(
-    fire: &Fire,
-    instances: &mut InstanceIds,
-    now: jiff::Timestamp,
-    config: &Config,
-    coordinator: &mut Coordinator,
-) {
-    let job = &fire.job;
-    let logdir = Path::new(&config.settings.logdir);
-    if config.maintenance.global {
-        info!(job = %job.name, "Maintenance mode active: {} not started", job.name);
-        let record = joblog::Record::Maintenance {
-            instance: &job.name,
-            machine: "",
-            why: "Global maintenance mode active",
-        };
-        crate::coordinator::job_log(logdir, &job.name, &record);
-        return;
-    }
-    if let Some(running) = coordinator.running_instance(&job.name) {
-        match job.concurrency {
-            Concurrency::Forbid => {
-                warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
-                crate::coordinator::job_log(
-                    logdir,
-                    &job.name,
-                    &joblog::Record::Overlap { running: &running },
-                );
-                return;
-            }
-            Concurrency::Replace => {
-                info!(job = %job.name, "{running} is replaced by a new run (concurrency: replace)");
-                coordinator.kill(&running, None).await;
-            }
-            Concurrency::Allow => {}
-        }
-    }
-    let instance = format!("{}_{}", job.name, instances.next(&job.name, now));
-    if fire.missed > 0 {
-        warn!(job = %job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, job.name);
-    }
-    let late_ms = now.duration_since(fire.slot).as_millis();
-    info!(job = %job.name, slot = %fire.slot, late_ms, "Firing {instance}!");
-    coordinator
-        .fire(
-            job,
-            instance,
-            &config.settings,
-            &config.maintenance.machines,
-        )
-        .await;
-}
-
 /// Loads the directory and logs every finding. `running` is the settings in force, whose
 /// start-up-only values are kept.
 fn load(
     dir: &Path,
     loader: &mut Loader,
     running: Option<&config::Settings>,
-) -> Result<Config, DaemonError> {
+) -> Result<(Config, Vec<Diagnostic>), DaemonError> {
     let files = config::read_dir(dir)?;
     let loaded = loader.load(&files);
     for d in &loaded.diagnostics {
@@ -241,25 +505,5 @@ fn load(
         }
         config.settings = running.keep_startup_values(config.settings);
     }
-    Ok(config)
-}
-
-fn reload(dir: &Path, loader: &mut Loader, config: &mut Config, planner: &mut Planner) {
-    match load(dir, loader, Some(&config.settings)) {
-        Ok(new) => {
-            let changes = planner.set_jobs(&new.jobs, clock::now());
-            info!(
-                added = changes.added.len(),
-                rescheduled = changes.rescheduled.len(),
-                updated = changes.updated.len(),
-                removed = changes.removed.len(),
-                jobs = new.jobs.len(),
-                "config reloaded"
-            );
-            debug!(?changes, "reload details");
-            *config = new;
-        }
-        // The directory itself is gone or unreadable: keep everything running as it is.
-        Err(e) => error!(error = %e, "reload failed; the running config stays in force"),
-    }
+    Ok((config, loaded.diagnostics))
 }

@@ -4,9 +4,13 @@
 #[cfg(feature = "daemon")]
 pub mod agents;
 #[cfg(feature = "daemon")]
+pub mod api;
+#[cfg(feature = "daemon")]
 pub mod clock;
 #[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod control;
 #[cfg(feature = "daemon")]
 pub mod coordinator;
 #[cfg(feature = "daemon")]
@@ -16,7 +20,11 @@ pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod engine;
 #[cfg(feature = "daemon")]
+pub mod history;
+#[cfg(feature = "daemon")]
 pub mod joblog;
+#[cfg(feature = "daemon")]
+pub mod journal;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod salt;

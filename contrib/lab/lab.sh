@@ -6,7 +6,7 @@
 #   contrib/lab/lab.sh stop  [--dir DIR]
 #   contrib/lab/lab.sh env   [--dir DIR]      # the lab's settings, as sourceable KEY=VALUE lines
 #   contrib/lab/lab.sh stop-minion|start-minion ID [--dir DIR]
-#   contrib/lab/lab.sh restart-master [--dir DIR]
+#   contrib/lab/lab.sh restart-master|stop-master|start-master [--dir DIR]
 #
 # Salt is installed with pip into a venv under $SALTPETER_LAB_CACHE (default ~/.cache/saltpeter-lab),
 # once per version; later starts reuse it. Supported: 3007.16 (default) and 3006.29, the LTS line.
@@ -211,6 +211,8 @@ case "$cmd" in
   env) print_env ;;
   stop-minion) [[ -n "$arg_id" ]] || die "which minion?"; stop_pidfile "$LAB_DIR/$arg_id/salt-minion.pid" ;;
   start-minion) [[ -n "$arg_id" ]] || die "which minion?"; start_minion "$arg_id" ;;
+  stop-master) stop_pidfile "$LAB_DIR/master/salt-master.pid" ;;
+  start-master) start_master ;;
   restart-master)
     stop_pidfile "$LAB_DIR/master/salt-master.pid"
     rm -f "$LAB_DIR/master/cache/.root_key"

@@ -21,7 +21,7 @@ use jiff::tz::TimeZone;
 pub use crate::yaml::Pos;
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use dir::{DirError, read_dir};
-pub use validate::{FileDoc, JobDef, OVERLAP_MAGIC, SettingValue, validate_file};
+pub use validate::{ApiToken, FileDoc, JobDef, OVERLAP_MAGIC, SettingValue, validate_file};
 
 use crate::schedule::Schedule;
 
@@ -158,7 +158,8 @@ pub struct Job {
 pub struct Settings {
     pub logdir: String,
     pub debug: bool,
-    pub api_ws: bool,
+    /// `None` (unset): the API and UI are served; `Some(false)`: off, as in the original.
+    pub api_ws: Option<bool>,
     pub api_ws_port: u16,
     pub api_ws_bind_addr: String,
     pub machines_ws_port: u16,
@@ -174,6 +175,17 @@ pub struct Settings {
     /// The Salt master's config file (default `/etc/salt/master`), and overrides of what it
     /// says, for setups where the daemon cannot read it or must differ.
     pub salt: SaltOverrides,
+    /// The history database (SQLite).
+    pub database: String,
+    /// Output bytes kept per target; the middle of longer output is dropped (head and tail kept).
+    pub output_cap: u64,
+    pub history_max_age_days: u64,
+    pub history_max_runs_per_job: u64,
+    /// Bearer tokens for the API; mutating calls need an operator's when the API is not on
+    /// loopback.
+    pub api_tokens: Vec<ApiToken>,
+    /// `Origin`s allowed to open the UI WebSocket besides the API's own.
+    pub api_allowed_origins: Vec<String>,
 }
 
 /// `saltpeter_config.salt_*`: where the Salt master is, when its config file does not say.
@@ -193,7 +205,7 @@ impl Settings {
         Settings {
             logdir: "/var/log/saltpeter".into(),
             debug: false,
-            api_ws: false,
+            api_ws: None,
             api_ws_port: 8888,
             api_ws_bind_addr: "0.0.0.0".into(),
             machines_ws_port: 8889,
@@ -206,6 +218,12 @@ impl Settings {
             default_wrapper_logdir: "/var/log/sp_wrapper".into(),
             default_timezone: "UTC".into(),
             salt: SaltOverrides::default(),
+            database: "/var/lib/saltpeter/history.db".into(),
+            output_cap: 1 << 20,
+            history_max_age_days: 30,
+            history_max_runs_per_job: 1000,
+            api_tokens: Vec::new(),
+            api_allowed_origins: Vec::new(),
         }
     }
 
@@ -214,7 +232,7 @@ impl Settings {
         match (key, value) {
             ("logdir", V::Str(s)) => self.logdir = s.clone(),
             ("debug", V::Bool(b)) => self.debug = *b,
-            ("api_ws", V::Bool(b)) => self.api_ws = *b,
+            ("api_ws", V::Bool(b)) => self.api_ws = Some(*b),
             ("api_ws_port", V::Port(p)) => self.api_ws_port = *p,
             ("api_ws_bind_addr", V::Str(s)) => self.api_ws_bind_addr = s.clone(),
             ("machines_ws_port", V::Port(p)) => self.machines_ws_port = *p,
@@ -234,6 +252,12 @@ impl Settings {
             ("salt_sock_dir", V::Str(s)) => self.salt.sock_dir = Some(s.clone()),
             ("salt_cachedir", V::Str(s)) => self.salt.cachedir = Some(s.clone()),
             ("salt_user", V::Str(s)) => self.salt.user = Some(s.clone()),
+            ("database", V::Str(s)) => self.database = s.clone(),
+            ("output_cap", V::Count(n)) => self.output_cap = *n,
+            ("history_max_age_days", V::Count(n)) => self.history_max_age_days = *n,
+            ("history_max_runs_per_job", V::Count(n)) => self.history_max_runs_per_job = *n,
+            ("api_tokens", V::Tokens(t)) => self.api_tokens = t.clone(),
+            ("api_allowed_origins", V::List(l)) => self.api_allowed_origins = l.clone(),
             _ => unreachable!("validate types every setting: {key}"),
         }
     }
@@ -247,7 +271,12 @@ impl Settings {
                 out.push((key, old, new));
             }
         };
-        check("api_ws", self.api_ws.to_string(), new.api_ws.to_string());
+        check(
+            "api_ws",
+            format!("{:?}", self.api_ws),
+            format!("{:?}", new.api_ws),
+        );
+        check("database", self.database.clone(), new.database.clone());
         check(
             "api_ws_port",
             self.api_ws_port.to_string(),
@@ -300,6 +329,7 @@ impl Settings {
     /// `new` with the start-up-only settings of `self` kept.
     pub fn keep_startup_values(&self, mut new: Settings) -> Settings {
         new.api_ws = self.api_ws;
+        new.database = self.database.clone();
         new.api_ws_port = self.api_ws_port;
         new.api_ws_bind_addr = self.api_ws_bind_addr.clone();
         new.machines_ws_port = self.machines_ws_port;

@@ -51,6 +51,18 @@ pub enum SettingValue {
     Bool(bool),
     Port(u16),
     LogLevel(WrapperLogLevel),
+    Count(u64),
+    List(Vec<String>),
+    Tokens(Vec<ApiToken>),
+}
+
+/// One `saltpeter_config.api_tokens` entry: a named bearer token and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub token: String,
+    /// May run, kill, switch maintenance and reload (else read-only).
+    pub operator: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +72,9 @@ enum SettingKind {
     Port,
     LogLevel,
     TimeZone,
+    Count,
+    List,
+    Tokens,
     /// Accepted for compatibility, not used.
     Ignored,
 }
@@ -86,6 +101,12 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("salt_sock_dir", SettingKind::Str),
     ("salt_cachedir", SettingKind::Str),
     ("salt_user", SettingKind::Str),
+    ("database", SettingKind::Str),
+    ("output_cap", SettingKind::Count),
+    ("history_max_age_days", SettingKind::Count),
+    ("history_max_runs_per_job", SettingKind::Count),
+    ("api_tokens", SettingKind::Tokens),
+    ("api_allowed_origins", SettingKind::List),
     ("elasticsearch", SettingKind::Ignored),
     ("opensearch", SettingKind::Ignored),
     ("elasticsearch_index", SettingKind::Ignored),
@@ -368,6 +389,11 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             },
             SettingKind::LogLevel => log_level(value, name, sink).map(SettingValue::LogLevel),
             SettingKind::TimeZone => time_zone(value, name, sink).map(SettingValue::Str),
+            SettingKind::Count => {
+                unsigned(value, name, u64::MAX >> 1, sink).map(SettingValue::Count)
+            }
+            SettingKind::List => string_list(value, name, sink).map(SettingValue::List),
+            SettingKind::Tokens => api_tokens(value, sink).map(SettingValue::Tokens),
             SettingKind::Ignored => {
                 sink.warning(
                     key.pos,
@@ -381,6 +407,72 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             out.insert(name, (v, value.pos));
         }
     }
+}
+
+/// `api_tokens: {name: {token: <secret>, role: operator|read-only}}`.
+fn api_tokens(node: &Node, sink: &mut Sink) -> Option<Vec<ApiToken>> {
+    let Some(entries) = node.as_map() else {
+        sink.error(
+            node.pos,
+            Code::NotAMapping,
+            format!(
+                "`api_tokens` must map names to {{token, role}}, found {}",
+                node.describe()
+            ),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    for (key, value) in entries {
+        let name = key.key_text();
+        let what = format!("api_tokens.{name}");
+        let Some(fields) = value.as_map() else {
+            sink.error(
+                value.pos,
+                Code::NotAMapping,
+                format!(
+                    "`{what}` must be a mapping with `token` and `role`, found {}",
+                    value.describe()
+                ),
+            );
+            continue;
+        };
+        let (mut token, mut operator) = (None, None);
+        for (k, v) in fields {
+            match k.key_text().as_str() {
+                "token" => token = string(v, &format!("{what}.token"), sink),
+                "role" => match string(v, &format!("{what}.role"), sink).as_deref() {
+                    Some("operator") => operator = Some(true),
+                    Some("read-only") => operator = Some(false),
+                    Some(other) => sink.error(
+                        v.pos,
+                        Code::BadValue,
+                        format!("`{what}.role` must be operator or read-only, found `{other}`"),
+                    ),
+                    None => {}
+                },
+                _ => unknown_key(k, &["token", "role"], &format!("`{what}`"), sink),
+            }
+        }
+        match (token, operator) {
+            (Some(token), Some(operator)) if token.len() >= 16 => out.push(ApiToken {
+                name,
+                token,
+                operator,
+            }),
+            (Some(_), Some(_)) => sink.error(
+                value.pos,
+                Code::BadValue,
+                format!("`{what}.token` is too short to be a secret (16 characters at least)"),
+            ),
+            _ => sink.error(
+                value.pos,
+                Code::MissingKey,
+                format!("`{what}` needs both `token` and `role`"),
+            ),
+        }
+    }
+    Some(out)
 }
 
 fn maintenance(node: &Node, sink: &mut Sink) -> Option<MaintenanceDef> {

@@ -95,6 +95,10 @@ pub enum Action {
     TermJob {
         machines: Vec<String>,
     },
+    /// Phase 1 is over for this target (Salt's return or the wrapper's first message).
+    TargetConfirmed {
+        machine: String,
+    },
     /// The target's result is recorded: acknowledge the wrapper's `complete`.
     ConfirmComplete {
         machine: String,
@@ -208,7 +212,9 @@ impl Run {
             ));
         }
         for m in minions {
-            self.target(m);
+            // A run killed before Salt answered kills each target as it confirms.
+            let killed = self.killed;
+            self.target(m).kill_requested |= killed;
         }
         for m in missing {
             self.target(m);
@@ -266,6 +272,9 @@ impl Run {
             };
             let kill = t.kill_requested;
             self.log(format!("Salt confirmed wrapper started on {machine}"));
+            self.actions.push_back(Action::TargetConfirmed {
+                machine: machine.into(),
+            });
             if kill {
                 self.actions.push_back(Action::SendKill {
                     machine: machine.into(),
@@ -317,6 +326,9 @@ impl Run {
                 last_beat: now,
             };
             let kill = t.kill_requested;
+            self.actions.push_back(Action::TargetConfirmed {
+                machine: machine.into(),
+            });
             if kill {
                 self.actions.push_back(Action::SendKill {
                     machine: machine.into(),
@@ -433,6 +445,11 @@ impl Run {
     /// Every target has a result.
     pub fn is_done(&self) -> bool {
         self.ended
+    }
+
+    /// Whether `machine` is one of this run's targets.
+    pub fn has_target(&self, machine: &str) -> bool {
+        self.targets.contains_key(machine)
     }
 
     /// Targets still waiting for Salt's confirmation.

@@ -85,6 +85,14 @@ fn happy_path_two_phases_and_the_originals_log_lines() {
     assert!(actions.contains(&Action::ConfirmComplete {
         machine: "a".into()
     }));
+    let confirmed: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::TargetConfirmed { machine } => Some(machine.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirmed, ["a", "b"]);
     let out = actions.iter().find_map(|a| match a {
         Action::TargetEnded {
             machine,
@@ -271,6 +279,26 @@ fn kills_reach_confirmed_targets_now_and_others_when_they_confirm() {
         ended(&actions),
         [("a".to_string(), 143), ("b".to_string(), 143)]
     );
+}
+
+#[test]
+fn a_run_killed_before_salt_answers_kills_each_target_as_it_confirms() {
+    let mut run = Run::new(spec(None));
+    run.handle_kill(None, Duration::ZERO);
+    assert!(!run.is_done(), "the publish is still out");
+    run.handle_published("j", &names(&["a"]), &[], S);
+    assert!(
+        !drain(&mut run)
+            .iter()
+            .any(|a| matches!(a, Action::SendKill { .. }))
+    );
+    run.handle_salt_return("a", 0, "", 2 * S);
+    assert!(drain(&mut run).contains(&Action::SendKill {
+        machine: "a".into()
+    }));
+    run.handle_wrapper("a", WrapperEvent::Completed { retcode: 143 }, 3 * S);
+    assert_eq!(ended(&drain(&mut run)), [("a".to_string(), 143)]);
+    assert!(run.is_done());
 }
 
 #[test]

@@ -40,19 +40,26 @@ pub struct Daemon {
     pub child: Child,
     /// The machines hub's port (a free one, set in `00-test.yaml`).
     pub hub_port: u16,
+    /// The API's port (a free one, on loopback).
+    pub api_port: u16,
+    /// The database lives here, outside the watched config directory.
+    pub state: tempfile::TempDir,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
 }
 
 impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
-        let hub_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Daemon::start_with(dir, "", tempfile::tempdir().unwrap())
+    }
+
+    /// With more `saltpeter_config` lines (indented by two spaces) and a given state directory
+    /// (to restart on the same database).
+    pub fn start_with(dir: &Path, settings: &str, state: tempfile::TempDir) -> Daemon {
+        let [hub_port, api_port] = [free_port(), free_port()];
         let ports = format!(
-            "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {hub_port}\n"
+            "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {hub_port}\n  api_ws_bind_addr: 127.0.0.1\n  api_ws_port: {api_port}\n  database: {}\n{settings}",
+            state.path().join("history.db").display()
         );
         write(dir, "00-test.yaml", &ports);
         let mut child = bin()
@@ -75,6 +82,8 @@ impl Daemon {
         Daemon {
             child,
             hub_port,
+            api_port,
+            state,
             lines: rx,
             seen: Vec::new(),
         }
@@ -100,6 +109,21 @@ impl Daemon {
         }
     }
 
+    /// The API's base URL.
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Waits until the API answers.
+    pub fn wait_api(&mut self) {
+        self.expect_line("API and web UI on", Duration::from_secs(30));
+    }
+
+    /// A request to the API: (status, JSON body or `Null`).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        http(method, &format!("{}{path}", self.api()), body, &[])
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
@@ -110,4 +134,41 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP request; any status is an answer (not an error).
+pub fn http(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req.body(body.unwrap_or("").to_string()).unwrap();
+    let mut resp = agent.run(req).expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }

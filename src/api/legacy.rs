@@ -1,0 +1,434 @@
+//! The original Saltpeter's HTTP endpoints and UI WebSocket (reference §6), so its React UI
+//! keeps working: `config` first on every connection, `status` every 2 s, `details` and
+//! `output_chunk` for subscribed jobs, the timeline reply typed and with its `id` echoed,
+//! integer `retcode`, and output positions in JavaScript string units (UTF-16).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{ApiError, AppState, Snapshot};
+use crate::config::Targets;
+use crate::control::RunRef;
+use crate::history::RunDetail;
+
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/version", get(version))
+        .route("/config", get(config))
+        .route("/running", get(running))
+        .route("/timeline", get(|| async { Json(json!({})) }))
+        .route("/ws", get(ws))
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({ "version": crate::VERSION, "last_build": env!("CARGO_PKG_VERSION") }))
+}
+
+/// The original's `config` dict, with `env` values and credentials redacted.
+fn config_json(snap: &Snapshot) -> Value {
+    let mut crons = serde_json::Map::new();
+    for (name, job) in &snap.config.jobs {
+        let fields: Vec<&str> = job.expression.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or("*");
+        crons.insert(
+            name.clone(),
+            json!({
+                "sec": field(0), "min": field(1), "hour": field(2), "dom": field(3),
+                "mon": field(4), "dow": field(5), "year": field(6),
+                "targets": match &job.targets { Targets::Expr(e) => e.clone(), Targets::List(l) => l.join(",") },
+                "target_type": job.target_type.as_str(),
+                "command": job.command,
+                "cwd": job.cwd.clone().unwrap_or_default(),
+                "user": job.user.clone().unwrap_or_default(),
+                "timeout": job.timeout_secs.unwrap_or(0),
+                "number_of_targets": job.number_of_targets,
+                "batch_size": job.batch_size,
+                "group": job.group,
+                "use_wrapper": job.use_wrapper,
+                "env": job.env.keys().map(|k| (k.clone(), json!("<redacted>"))).collect::<serde_json::Map<_, _>>(),
+            }),
+        );
+    }
+    let s = &snap.config.settings;
+    json!({
+        "crons": crons,
+        "maintenance": { "global": snap.maintenance.global, "machines": snap.maintenance.machines },
+        "serial": snap.changed.as_millisecond() as f64 / 1000.0,
+        "saltpeter_config": {
+            "api_ws": s.api_ws.unwrap_or(true),
+            "api_ws_port": s.api_ws_port,
+            "api_ws_bind_addr": s.api_ws_bind_addr,
+            "machines_ws_port": s.machines_ws_port,
+            "machines_ws_bind_addr": s.machines_ws_bind_addr,
+            "default_saltpeter_server_host": s.default_saltpeter_server_host,
+            "default_wrapper_path": s.default_wrapper_path,
+            "default_timezone": s.default_timezone,
+            "logdir": s.logdir,
+        },
+    })
+}
+
+async fn config(State(state): State<AppState>) -> Json<Value> {
+    Json(config_json(&state.snapshot()))
+}
+
+fn running_json(running: &[RunDetail]) -> Value {
+    let mut map = serde_json::Map::new();
+    for r in running {
+        let machines: Vec<&str> = r
+            .targets
+            .iter()
+            .filter(|t| t.state == "expected" || t.state == "running")
+            .map(|t| t.machine.as_str())
+            .collect();
+        map.insert(
+            r.run.instance.clone(),
+            json!({ "started": r.run.started_at, "name": r.run.job, "machines": machines, "stop_signal": false }),
+        );
+    }
+    Value::Object(map)
+}
+
+async fn running(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(running_json(&state.history.running().await?)))
+}
+
+async fn ws(State(state): State<AppState>, req: Request) -> Response {
+    if !state.origin_allowed(req.headers()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "WebSocket from a foreign Origin refused (see saltpeter_config.api_allowed_origins)",
+        )
+        .into_response();
+    }
+    let token = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .map(String::from);
+    let may_act = state.authorize(req.headers(), token.as_deref()).is_ok();
+    super::ws::upgrade(req, move |socket| session(state, socket, may_act))
+}
+
+/// Per connection: what the client is subscribed to and how far its output has been sent.
+#[derive(Default)]
+struct Conn {
+    subscribed: BTreeSet<String>,
+    /// (job, machine) → (instance, byte offset, UTF-16 position) of output sent.
+    sent: HashMap<(String, String), (String, u64, u64)>,
+    serial: i64,
+    /// Run and kill commands are accepted (see [`AppState::authorize`]).
+    may_act: bool,
+}
+
+async fn session(state: AppState, socket: super::ws::Socket, may_act: bool) {
+    let (mut tx, mut rx) = socket.split();
+    let mut conn = Conn {
+        may_act,
+        ..Conn::default()
+    };
+    let snap = state.snapshot();
+    conn.serial = snap.changed.as_millisecond();
+    // `config` must come first: the UI reloads itself otherwise.
+    let mut first = vec![config_msg(&snap)];
+    first.push(status_msg(&state).await);
+    first.push(json!({ "timeline": {} }));
+    for m in first {
+        if tx.send(Message::text(m.to_string())).await.is_err() {
+            return;
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    loop {
+        let outgoing: Vec<Value> = tokio::select! {
+            _ = tick.tick() => broadcast(&state, &mut conn).await,
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Text(text))) => handle(&state, &mut conn, text.as_str()).await,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => Vec::new(),
+            },
+        };
+        for m in outgoing {
+            if tx.send(Message::text(m.to_string())).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn config_msg(snap: &Snapshot) -> Value {
+    json!({ "type": "config", "config": config_json(snap), "sp_version": crate::VERSION })
+}
+
+async fn status_msg(state: &AppState) -> Value {
+    let running = state.history.running().await.unwrap_or_default();
+    let last = state.history.last_runs().await.unwrap_or_default();
+    let mut last_state = serde_json::Map::new();
+    for (job, r) in &last {
+        let busy = running.iter().any(|x| &x.run.job == job);
+        last_state.insert(
+            job.clone(),
+            json!({ "last_run": r.started_at, "result_ok": busy || r.success.unwrap_or(false) }),
+        );
+    }
+    json!({ "type": "status", "running": running_json(&running), "last_state": last_state, "sp_version": crate::VERSION })
+}
+
+/// The periodic messages: `status`, then per subscribed job its new output and `details`, and
+/// `config` when it changed.
+async fn broadcast(state: &AppState, conn: &mut Conn) -> Vec<Value> {
+    let mut out = vec![status_msg(state).await];
+    let jobs: Vec<String> = conn.subscribed.iter().cloned().collect();
+    for job in jobs {
+        out.extend(job_messages(state, conn, &job).await);
+    }
+    let snap = state.snapshot();
+    if snap.changed.as_millisecond() != conn.serial {
+        conn.serial = snap.changed.as_millisecond();
+        out.push(config_msg(&snap));
+    }
+    out
+}
+
+/// Per machine of the job's latest run: an `output_chunk` with what is new, then `details`.
+async fn job_messages(state: &AppState, conn: &mut Conn, job: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let snap = state.snapshot();
+    let Ok(last) = state.history.last_runs().await else {
+        return out;
+    };
+    let last = last.get(job);
+    let detail = match last {
+        Some(r) => state.history.run(&r.instance).await.ok().flatten(),
+        None => None,
+    };
+    let mut results = serde_json::Map::new();
+    let mut targets = Vec::new();
+    if let Some(d) = &detail {
+        for t in &d.targets {
+            targets.push(t.machine.clone());
+            let key = (job.to_string(), t.machine.clone());
+            // Positions are per run: a new run's output starts at 0 (the original mixed runs).
+            let (mut offset, mut position) = match conn.sent.get(&key) {
+                Some((i, o, p)) if *i == d.run.instance => (*o, *p),
+                _ => (0, 0),
+            };
+            if let Ok(Some((slice, done))) = state
+                .history
+                .output(&d.run.instance, &t.machine, offset)
+                .await
+                && (!slice.text.is_empty() || offset == 0)
+            {
+                let units = slice.text.encode_utf16().count() as u64;
+                out.push(json!({
+                    "type": "output_chunk", "cron": job, "machine": t.machine,
+                    "chunk": slice.text, "position": position,
+                    "total_length": position + units, "is_complete": done,
+                }));
+                offset = slice.next;
+                position += units;
+            }
+            conn.sent
+                .insert(key, (d.run.instance.clone(), offset, position));
+            let retcode = t.exit_code.map_or(json!(""), |c| json!(c));
+            results.insert(
+                t.machine.clone(),
+                json!({
+                    "ret": "", "output_length": t.output_bytes, "retcode": retcode,
+                    "starttime": t.confirmed_at.clone().unwrap_or_default(),
+                    "endtime": t.ended_at.clone().unwrap_or_default(),
+                    "wrapper_version": t.wrapper_version.clone().unwrap_or_default(),
+                    "last_heartbeat": t.last_heartbeat.clone().unwrap_or_default(),
+                    "last_output_seq": 0,
+                }),
+            );
+        }
+    }
+    let next = snap
+        .config
+        .jobs
+        .get(job)
+        .and_then(|j| j.schedule.next_after(crate::clock::now()))
+        .map(|t| t.to_string());
+    let overlap = state
+        .history
+        .skips(job, 1)
+        .await
+        .ok()
+        .and_then(|s| s.into_iter().next())
+        .is_some_and(|s| s.reason == "overlap" && last.is_some_and(|l| s.at >= l.started_at));
+    let failed = detail.as_ref().map_or(0, |d| {
+        d.targets
+            .iter()
+            .filter(|t| t.exit_code.is_some_and(|c| c != 0))
+            .count()
+    });
+    out.push(json!({
+        "type": "details", "cron": job,
+        "data": {
+            "next_run": next, "last_run": last.map(|l| l.started_at.clone()),
+            "overlap": overlap,
+            "group": snap.config.jobs.get(job).map(|j| j.group.clone()).unwrap_or_default(),
+            "targets": targets, "results": results,
+            "last_success": last.and_then(|l| l.success).unwrap_or(false),
+            "last_failed_count": failed,
+            "last_total_count": detail.as_ref().map_or(0, |d| d.targets.len()),
+        },
+    }));
+    out
+}
+
+fn names(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One client message; only the first key that matches is handled, as in the original.
+async fn handle(state: &AppState, conn: &mut Conn, text: &str) -> Vec<Value> {
+    let Ok(msg) = serde_json::from_str::<Value>(text) else {
+        tracing::debug!("UI WebSocket: invalid JSON ignored");
+        return Vec::new();
+    };
+    if let Some(v) = msg.get("subscribe") {
+        conn.subscribed.extend(names(v));
+        let mut out = vec![status_msg(state).await];
+        let jobs: Vec<String> = conn.subscribed.iter().cloned().collect();
+        for job in jobs {
+            out.extend(job_messages(state, conn, &job).await);
+        }
+        return out;
+    }
+    if let Some(v) = msg.get("unsubscribe") {
+        for n in names(v) {
+            conn.subscribed.remove(&n);
+            conn.sent.retain(|(job, _), _| *job != n);
+        }
+        return Vec::new();
+    }
+    if msg.get("ack").is_some() {
+        return Vec::new();
+    }
+    // Commands change things: the same rule as the REST API (an operator token, passed as
+    // `?token=` on the WebSocket URL, when the API is guarded).
+    let command = ["run", "killCron", "killMachine"]
+        .into_iter()
+        .find(|k| msg.get(*k).is_some());
+    if let Some(k) = command {
+        if !conn.may_act {
+            return vec![
+                json!({ "type": "error", "command": k, "error": "this command needs an operator token (?token= on the WebSocket URL)" }),
+            ];
+        }
+        let result = match k {
+            "run" => match msg["run"].as_str() {
+                Some(job) => state.control.run_now(job).await.map(|_| ()),
+                None => return Vec::new(),
+            },
+            "killCron" => match msg["killCron"].as_str() {
+                Some(job) => state
+                    .control
+                    .kill(RunRef::Job(job.into()), None)
+                    .await
+                    .map(|_| ()),
+                None => return Vec::new(),
+            },
+            _ => {
+                let m = &msg["killMachine"];
+                let (Some(job), Some(machine)) = (m["cron"].as_str(), m["machine"].as_str()) else {
+                    return Vec::new();
+                };
+                let run = match m["job_instance"].as_str() {
+                    Some(i) => RunRef::Instance(i.into()),
+                    None => RunRef::Job(job.into()),
+                };
+                state
+                    .control
+                    .kill(run, Some(machine.into()))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(why) = result {
+            // The original answered nothing; an `error` message is ignored by its UI.
+            return vec![json!({ "type": "error", "command": k, "error": why.to_string() })];
+        }
+        return Vec::new();
+    }
+    if let Some(q) = msg.get("getTimeline") {
+        let id = q.get("id").cloned().unwrap_or(Value::Null);
+        let now = crate::clock::now();
+        let from = q["start_date"]
+            .as_str()
+            .and_then(|s| date(s, now))
+            .unwrap_or(now.as_millisecond() - 3_600_000);
+        let to = q["end_date"]
+            .as_str()
+            .and_then(|s| date(s, now))
+            .unwrap_or(now.as_millisecond());
+        let content = state.history.timeline(from, to).await.unwrap_or_default();
+        let timeline =
+            json!({ "content": content, "id": id, "serial": now.as_millisecond() as f64 / 1000.0 });
+        return vec![json!({ "type": "timeline", "timeline": timeline })];
+    }
+    Vec::new()
+}
+
+/// An RFC 3339 instant or Elasticsearch date math (`now`, `now-1h`, `now-30m`...), in ms.
+fn date(s: &str, now: jiff::Timestamp) -> Option<i64> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Some(t.as_millisecond());
+    }
+    let rest = s.strip_prefix("now")?;
+    let base = now.as_millisecond();
+    if rest.is_empty() {
+        return Some(base);
+    }
+    let (sign, amount) = match rest.as_bytes()[0] {
+        b'-' => (-1, &rest[1..]),
+        b'+' => (1, &rest[1..]),
+        _ => return None,
+    };
+    let unit = amount.chars().last()?;
+    let n: i64 = amount[..amount.len() - unit.len_utf8()].parse().ok()?;
+    let ms = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        'w' => 604_800_000,
+        _ => return None,
+    };
+    Some(base + sign * n * ms)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timeline_dates_take_iso_and_date_math() {
+        let now: jiff::Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        let base = now.as_millisecond();
+        assert_eq!(super::date("now-1h", now), Some(base - 3_600_000));
+        assert_eq!(super::date("now", now), Some(base));
+        assert_eq!(
+            super::date("2026-01-01T11:00:00.000Z", now),
+            Some(base - 3_600_000)
+        );
+        assert_eq!(super::date("yesterday", now), None);
+    }
+}

@@ -1,0 +1,948 @@
+//! Run history in SQLite (WAL): every run, each target's result and capped output, skipped
+//! slots, and the maintenance switches set through the API. One thread owns the connection;
+//! everyone else holds a [`History`] handle. Events are applied in arrival order and in batches
+//! (one transaction per burst), and a query sees every event sent before it.
+//!
+//! Must not know: HTTP, Salt, the wrapper protocol, the engine's internals.
+
+pub mod output;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::journal::RunEvent;
+use output::{Capped, Slice};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: {source}")]
+    Migrate {
+        path: String,
+        #[source]
+        source: schema::MigrateError,
+    },
+    #[error("cannot create {dir}: {source}")]
+    Dir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the history store has stopped")]
+    Stopped,
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Limits on what is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Output bytes kept per target (head and tail).
+    pub output_cap: usize,
+    /// Runs older than this are deleted (0: kept forever).
+    pub max_age_days: u64,
+    /// At most this many runs per job (0: no limit).
+    pub max_runs_per_job: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            output_cap: 1 << 20,
+            max_age_days: 30,
+            max_runs_per_job: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunRow {
+    pub instance: String,
+    pub job: String,
+    pub trigger: String,
+    pub scheduled_at: Option<String>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub jid: Option<String>,
+    pub success: Option<bool>,
+    pub succeeded: Option<u64>,
+    pub total: Option<u64>,
+    pub running: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetRow {
+    pub machine: String,
+    /// `expected` (Phase 1), `running` (Phase 2), `done`, or `maintenance` (left out).
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub meaning: Option<String>,
+    pub note: Option<String>,
+    pub confirmed_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub wrapper_version: Option<String>,
+    pub pid: Option<i64>,
+    pub last_heartbeat: Option<String>,
+    pub output_bytes: u64,
+    pub dropped_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunRow,
+    pub targets: Vec<TargetRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SkipRow {
+    pub job: String,
+    pub at: String,
+    pub reason: String,
+    pub detail: String,
+}
+
+/// A run that had not ended when the daemon stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlight {
+    pub instance: String,
+    pub job: String,
+    pub token: String,
+    pub jid: Option<String>,
+    /// Targets without a result, and whether each was confirmed.
+    pub open: Vec<(String, bool)>,
+}
+
+/// A target's start or result, for the timeline of recent runs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimelineItem {
+    pub cron: String,
+    pub machine: String,
+    pub timestamp: String,
+    /// The exit code (`machine_result` only).
+    pub ret_code: Option<i64>,
+    /// `machine_start` or `machine_result`, as the original's records.
+    pub msg_type: &'static str,
+    pub job_instance: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MaintenanceState {
+    pub global: bool,
+    pub machines: Vec<String>,
+}
+
+enum Query {
+    LastRuns(oneshot::Sender<HashMap<String, RunRow>>),
+    Runs {
+        job: String,
+        before: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<RunRow>>,
+    },
+    Run {
+        instance: String,
+        reply: oneshot::Sender<Option<RunDetail>>,
+    },
+    Output {
+        instance: String,
+        machine: String,
+        offset: u64,
+        reply: oneshot::Sender<Option<(Slice, bool)>>,
+    },
+    Skips {
+        job: String,
+        limit: usize,
+        reply: oneshot::Sender<Vec<SkipRow>>,
+    },
+    InFlight(oneshot::Sender<Vec<InFlight>>),
+    Maintenance(oneshot::Sender<MaintenanceState>),
+    SetMaintenance {
+        machine: Option<String>,
+        on: bool,
+        reply: oneshot::Sender<MaintenanceState>,
+    },
+    Size(oneshot::Sender<u64>),
+    Running(oneshot::Sender<Vec<RunDetail>>),
+    Timeline {
+        from_ms: i64,
+        to_ms: i64,
+        reply: oneshot::Sender<Vec<TimelineItem>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+enum Msg {
+    Event(RunEvent),
+    Query(Query),
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct History {
+    tx: std_mpsc::Sender<Msg>,
+    live: broadcast::Sender<Arc<RunEvent>>,
+}
+
+impl History {
+    /// Opens (creating and migrating) the database at `path` and starts its thread.
+    pub fn open(path: &Path, retention: Retention) -> Result<History, HistoryError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| HistoryError::Dir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let shown = path.display().to_string();
+        let mut conn = Connection::open(path).map_err(|source| HistoryError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn).map_err(|source| HistoryError::Migrate {
+            path: shown,
+            source,
+        })?;
+        let (tx, rx) = std_mpsc::channel();
+        let (live, _) = broadcast::channel(4096);
+        let mut store = Store {
+            conn,
+            retention,
+            outputs: HashMap::new(),
+            dirty: Vec::new(),
+            live: live.clone(),
+        };
+        std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || store.serve(rx))
+            .map_err(|source| HistoryError::Dir {
+                dir: "(history thread)".into(),
+                source,
+            })?;
+        Ok(History { tx, live })
+    }
+
+    /// Records one step of a run (never blocks).
+    pub fn record(&self, event: RunEvent) {
+        let _ = self.tx.send(Msg::Event(event));
+    }
+
+    /// Every event after it is stored, for live views.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
+        self.live.subscribe()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Query,
+    ) -> Result<T, HistoryError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Query(make(reply)))
+            .map_err(|_| HistoryError::Stopped)?;
+        answer.await.map_err(|_| HistoryError::Stopped)
+    }
+
+    /// Each job's latest run.
+    pub async fn last_runs(&self) -> Result<HashMap<String, RunRow>, HistoryError> {
+        self.ask(Query::LastRuns).await
+    }
+
+    /// A job's runs, newest first, before the instance `before` (paging).
+    pub async fn runs(
+        &self,
+        job: &str,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<RunRow>, HistoryError> {
+        let job = job.to_string();
+        self.ask(|reply| Query::Runs {
+            job,
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn run(&self, instance: &str) -> Result<Option<RunDetail>, HistoryError> {
+        let instance = instance.to_string();
+        self.ask(|reply| Query::Run { instance, reply }).await
+    }
+
+    /// A target's output from `offset`, and whether the target has ended.
+    pub async fn output(
+        &self,
+        instance: &str,
+        machine: &str,
+        offset: u64,
+    ) -> Result<Option<(Slice, bool)>, HistoryError> {
+        let (instance, machine) = (instance.to_string(), machine.to_string());
+        self.ask(|reply| Query::Output {
+            instance,
+            machine,
+            offset,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn skips(&self, job: &str, limit: usize) -> Result<Vec<SkipRow>, HistoryError> {
+        let job = job.to_string();
+        self.ask(|reply| Query::Skips { job, limit, reply }).await
+    }
+
+    /// Runs that had not ended (after a restart: to be adopted again).
+    pub async fn in_flight(&self) -> Result<Vec<InFlight>, HistoryError> {
+        self.ask(Query::InFlight).await
+    }
+
+    pub async fn maintenance(&self) -> Result<MaintenanceState, HistoryError> {
+        self.ask(Query::Maintenance).await
+    }
+
+    pub async fn set_maintenance(
+        &self,
+        machine: Option<String>,
+        on: bool,
+    ) -> Result<MaintenanceState, HistoryError> {
+        self.ask(|reply| Query::SetMaintenance { machine, on, reply })
+            .await
+    }
+
+    /// The database's size in bytes (file plus write-ahead log).
+    pub async fn size(&self) -> Result<u64, HistoryError> {
+        self.ask(Query::Size).await
+    }
+
+    /// Runs in flight, with their targets.
+    pub async fn running(&self) -> Result<Vec<RunDetail>, HistoryError> {
+        self.ask(Query::Running).await
+    }
+
+    /// Targets' starts and results between two instants (ms since the epoch), oldest first.
+    pub async fn timeline(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<TimelineItem>, HistoryError> {
+        self.ask(|reply| Query::Timeline {
+            from_ms,
+            to_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Resolves once everything sent before it is committed.
+    pub async fn flush(&self) -> Result<(), HistoryError> {
+        self.ask(Query::Flush).await
+    }
+}
+
+struct Store {
+    conn: Connection,
+    retention: Retention,
+    /// Output of targets written to in this process, keyed by (instance, machine).
+    outputs: HashMap<(String, String), Capped>,
+    dirty: Vec<(String, String)>,
+    live: broadcast::Sender<Arc<RunEvent>>,
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn iso(ms: Option<i64>) -> Option<String> {
+    ms.and_then(|m| Timestamp::from_millisecond(m).ok())
+        .map(|t| t.to_string())
+}
+
+impl Store {
+    fn serve(&mut self, rx: std_mpsc::Receiver<Msg>) {
+        let mut last_prune = std::time::Instant::now();
+        self.prune();
+        while let Ok(first) = rx.recv() {
+            // One transaction per burst: a thousand targets' output is a few commits a second.
+            let mut batch = vec![first];
+            while batch.len() < 10_000 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut published = Vec::new();
+            let mut answers: Vec<Box<dyn FnOnce()>> = Vec::new();
+            if let Err(e) = self.conn.execute_batch("BEGIN") {
+                tracing::error!(error = %e, "history: cannot begin a transaction");
+            }
+            for msg in batch {
+                match msg {
+                    Msg::Event(event) => {
+                        if let Err(e) = self.apply(&event) {
+                            tracing::error!(error = %e, ?event, "history: cannot store an event");
+                        }
+                        published.push(Arc::new(event));
+                    }
+                    Msg::Query(q) => {
+                        self.flush_outputs();
+                        if let Some(answer) = self.answer(q) {
+                            answers.push(answer);
+                        }
+                    }
+                }
+            }
+            self.flush_outputs();
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                tracing::error!(error = %e, "history: commit failed");
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            // Replies and live views only after the commit: what they saw is durable.
+            for a in answers {
+                a();
+            }
+            for e in published {
+                let _ = self.live.send(e);
+            }
+            if last_prune.elapsed() > std::time::Duration::from_secs(3600) {
+                self.prune();
+                last_prune = std::time::Instant::now();
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &RunEvent) -> rusqlite::Result<()> {
+        match event {
+            RunEvent::Started {
+                instance,
+                job,
+                trigger,
+                scheduled,
+                at,
+                token,
+            } => {
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO runs (instance, job, trigger, scheduled_ms, started_ms, token)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![instance, job, trigger.as_str(), scheduled.map(ms), ms(*at), token],
+                )?;
+            }
+            RunEvent::Published {
+                instance,
+                jid,
+                machines,
+            } => {
+                self.conn.execute(
+                    "UPDATE runs SET jid = ?2 WHERE instance = ?1",
+                    params![instance, jid],
+                )?;
+                for m in machines {
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO targets (instance, machine, state) VALUES (?1, ?2, 'expected')",
+                        params![instance, m],
+                    )?;
+                }
+            }
+            RunEvent::MachineSkipped { instance, machine } => {
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO targets (instance, machine, state, note)
+                     VALUES (?1, ?2, 'maintenance', 'Target under maintenance')",
+                    params![instance, machine],
+                )?;
+            }
+            RunEvent::Confirmed {
+                instance,
+                machine,
+                at,
+            } => {
+                self.ensure_target(instance, machine)?;
+                self.conn.execute(
+                    "UPDATE targets SET state = 'running', confirmed_ms = ?3, heartbeat_ms = ?3
+                     WHERE instance = ?1 AND machine = ?2 AND state = 'expected'",
+                    params![instance, machine, ms(*at)],
+                )?;
+            }
+            RunEvent::WrapperStarted {
+                instance,
+                machine,
+                pid,
+                version,
+            } => {
+                self.ensure_target(instance, machine)?;
+                self.conn.execute(
+                    "UPDATE targets SET pid = ?3, wrapper_version = ?4 WHERE instance = ?1 AND machine = ?2",
+                    params![instance, machine, pid, version],
+                )?;
+            }
+            RunEvent::Heartbeat {
+                instance,
+                machine,
+                at,
+            } => {
+                self.conn.execute(
+                    "UPDATE targets SET heartbeat_ms = ?3 WHERE instance = ?1 AND machine = ?2",
+                    params![instance, machine, ms(*at)],
+                )?;
+            }
+            RunEvent::Output {
+                instance,
+                machine,
+                data,
+            } => {
+                let key = (instance.clone(), machine.clone());
+                if !self.outputs.contains_key(&key) {
+                    self.ensure_target(instance, machine)?;
+                    let loaded = self.load_output(instance, machine)?.unwrap_or_default();
+                    self.outputs.insert(key.clone(), loaded);
+                }
+                let cap = self.retention.output_cap;
+                self.outputs
+                    .get_mut(&key)
+                    .expect("inserted")
+                    .push(data, cap);
+                if !self.dirty.contains(&key) {
+                    self.dirty.push(key);
+                }
+            }
+            RunEvent::TargetEnded {
+                instance,
+                machine,
+                code,
+                note,
+                at,
+            } => {
+                self.ensure_target(instance, machine)?;
+                self.conn.execute(
+                    "UPDATE targets SET state = 'done', code = ?3, note = ?4, ended_ms = ?5
+                     WHERE instance = ?1 AND machine = ?2",
+                    params![instance, machine, code, note, ms(*at)],
+                )?;
+            }
+            RunEvent::RunEnded {
+                instance,
+                success,
+                succeeded,
+                total,
+                at,
+            } => {
+                self.flush_outputs();
+                self.conn.execute(
+                    "UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1",
+                    params![instance, ms(*at), success, *succeeded as i64, *total as i64],
+                )?;
+                self.outputs.retain(|(i, _), _| i != instance);
+                self.prune_job_of(instance)?;
+            }
+            RunEvent::Skipped {
+                job,
+                reason,
+                detail,
+                at,
+            } => {
+                self.conn.execute(
+                    "INSERT INTO skips (job, at_ms, reason, detail) VALUES (?1, ?2, ?3, ?4)",
+                    params![job, ms(*at), reason.as_str(), detail],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A target row exists before it is updated (events may name targets Salt's reply did not).
+    fn ensure_target(&self, instance: &str, machine: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO targets (instance, machine, state)
+             SELECT ?1, ?2, 'expected' WHERE EXISTS (SELECT 1 FROM runs WHERE instance = ?1)",
+            params![instance, machine],
+        )?;
+        Ok(())
+    }
+
+    fn load_output(&self, instance: &str, machine: &str) -> rusqlite::Result<Option<Capped>> {
+        self.conn
+            .query_row(
+                "SELECT head, tail, dropped FROM targets WHERE instance = ?1 AND machine = ?2",
+                params![instance, machine],
+                |r| {
+                    Ok(Capped {
+                        head: r.get(0)?,
+                        tail: r.get(1)?,
+                        dropped: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .optional()
+    }
+
+    fn flush_outputs(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(out) = self.outputs.get(&key) else {
+                continue;
+            };
+            if let Err(e) = self.conn.execute(
+                "UPDATE targets SET head = ?3, tail = ?4, dropped = ?5 WHERE instance = ?1 AND machine = ?2",
+                params![key.0, key.1, out.head, out.tail, out.dropped as i64],
+            ) {
+                tracing::error!(error = %e, "history: cannot store output");
+            }
+        }
+    }
+
+    fn answer(&mut self, q: Query) -> Option<Box<dyn FnOnce()>> {
+        fn reply<T: 'static>(tx: oneshot::Sender<T>, v: T) -> Option<Box<dyn FnOnce()>> {
+            Some(Box::new(move || {
+                let _ = tx.send(v);
+            }))
+        }
+        let log = |e: &rusqlite::Error| {
+            tracing::error!(error = %e, "history: query failed");
+        };
+        match q {
+            Query::LastRuns(tx) => {
+                let rows = self
+                    .select_runs(
+                        "SELECT * FROM runs r WHERE started_ms = (SELECT MAX(started_ms) FROM runs WHERE job = r.job)",
+                        params![],
+                    )
+                    .inspect_err(log)
+                    .unwrap_or_default();
+                reply(tx, rows.into_iter().map(|r| (r.job.clone(), r)).collect())
+            }
+            Query::Runs {
+                job,
+                before,
+                limit,
+                reply: tx,
+            } => {
+                let rows = match before {
+                    Some(b) => self.select_runs(
+                        "SELECT * FROM runs WHERE job = ?1 AND (started_ms, instance) <
+                           (SELECT started_ms, instance FROM runs WHERE instance = ?2)
+                         ORDER BY started_ms DESC, instance DESC LIMIT ?3",
+                        params![job, b, limit as i64],
+                    ),
+                    None => self.select_runs(
+                        "SELECT * FROM runs WHERE job = ?1 ORDER BY started_ms DESC, instance DESC LIMIT ?2",
+                        params![job, limit as i64],
+                    ),
+                };
+                reply(tx, rows.inspect_err(log).unwrap_or_default())
+            }
+            Query::Run {
+                instance,
+                reply: tx,
+            } => reply(
+                tx,
+                self.run_detail(&instance).inspect_err(log).ok().flatten(),
+            ),
+            Query::Output {
+                instance,
+                machine,
+                offset,
+                reply: tx,
+            } => {
+                let found = self
+                    .conn
+                    .query_row(
+                        "SELECT head, tail, dropped, state FROM targets WHERE instance = ?1 AND machine = ?2",
+                        params![instance, machine],
+                        |r| {
+                            Ok((
+                                Capped {
+                                    head: r.get(0)?,
+                                    tail: r.get(1)?,
+                                    dropped: r.get::<_, i64>(2)? as u64,
+                                },
+                                r.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                    .inspect_err(log)
+                    .ok()
+                    .flatten();
+                reply(
+                    tx,
+                    found.map(|(c, state)| {
+                        (c.read(offset), state == "done" || state == "maintenance")
+                    }),
+                )
+            }
+            Query::Skips {
+                job,
+                limit,
+                reply: tx,
+            } => {
+                let rows = (|| {
+                    let mut st = self.conn.prepare(
+                        "SELECT job, at_ms, reason, detail FROM skips WHERE job = ?1 ORDER BY at_ms DESC LIMIT ?2",
+                    )?;
+                    st.query_map(params![job, limit as i64], |r| {
+                        Ok(SkipRow {
+                            job: r.get(0)?,
+                            at: iso(r.get(1)?).unwrap_or_default(),
+                            reason: r.get(2)?,
+                            detail: r.get(3)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })();
+                reply(tx, rows.inspect_err(log).unwrap_or_default())
+            }
+            Query::InFlight(tx) => reply(tx, self.in_flight().inspect_err(log).unwrap_or_default()),
+            Query::Maintenance(tx) => reply(tx, self.maintenance()),
+            Query::SetMaintenance {
+                machine,
+                on,
+                reply: tx,
+            } => {
+                let key = machine.unwrap_or_else(|| "*".into());
+                let r = if on {
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO maintenance (machine) VALUES (?1)",
+                        params![key],
+                    )
+                } else {
+                    self.conn
+                        .execute("DELETE FROM maintenance WHERE machine = ?1", params![key])
+                };
+                if let Err(e) = r {
+                    log(&e);
+                }
+                reply(tx, self.maintenance())
+            }
+            Query::Size(tx) => {
+                let size =
+                    |q: &str| -> i64 { self.conn.query_row(q, [], |r| r.get(0)).unwrap_or(0) };
+                let pages = size("PRAGMA page_count") * size("PRAGMA page_size");
+                reply(tx, pages.max(0) as u64)
+            }
+            Query::Flush(tx) => reply(tx, ()),
+            Query::Running(tx) => {
+                let rows = (|| {
+                    let mut st = self.conn.prepare(
+                        "SELECT instance FROM runs WHERE ended_ms IS NULL ORDER BY started_ms",
+                    )?;
+                    let ids = st
+                        .query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    let mut out = Vec::new();
+                    for id in ids {
+                        out.extend(self.run_detail(&id)?);
+                    }
+                    Ok(out)
+                })();
+                reply(tx, rows.inspect_err(log).unwrap_or_default())
+            }
+            Query::Timeline {
+                from_ms,
+                to_ms,
+                reply: tx,
+            } => {
+                let rows = (|| {
+                    let mut st = self.conn.prepare(
+                        "SELECT r.job, t.machine, t.confirmed_ms, t.ended_ms, t.code, t.instance
+                         FROM targets t JOIN runs r ON r.instance = t.instance
+                         WHERE (t.confirmed_ms BETWEEN ?1 AND ?2) OR (t.ended_ms BETWEEN ?1 AND ?2)",
+                    )?;
+                    let mut items = Vec::new();
+                    let found = st.query_map(params![from_ms, to_ms], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, Option<i64>>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    })?;
+                    for row in found {
+                        let (cron, machine, start, end, code, instance) = row?;
+                        let mut push = |at: i64, msg_type, ret_code| {
+                            items.push((
+                                at,
+                                TimelineItem {
+                                    cron: cron.clone(),
+                                    machine: machine.clone(),
+                                    timestamp: iso(Some(at)).unwrap_or_default(),
+                                    ret_code,
+                                    msg_type,
+                                    job_instance: instance.clone(),
+                                },
+                            ))
+                        };
+                        if let Some(at) = start.filter(|t| (from_ms..=to_ms).contains(t)) {
+                            push(at, "machine_start", None);
+                        }
+                        if let Some(at) = end.filter(|t| (from_ms..=to_ms).contains(t)) {
+                            push(at, "machine_result", code);
+                        }
+                    }
+                    items.sort_by_key(|(at, _)| *at);
+                    Ok(items.into_iter().map(|(_, i)| i).collect())
+                })();
+                reply(tx, rows.inspect_err(log).unwrap_or_default())
+            }
+        }
+    }
+
+    fn maintenance(&self) -> MaintenanceState {
+        let mut state = MaintenanceState::default();
+        let rows = (|| {
+            let mut st = self
+                .conn
+                .prepare("SELECT machine FROM maintenance ORDER BY machine")?;
+            st.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })()
+        .unwrap_or_default();
+        for m in rows {
+            if m == "*" {
+                state.global = true;
+            } else {
+                state.machines.push(m);
+            }
+        }
+        state
+    }
+
+    fn select_runs(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<RunRow>> {
+        let mut st = self.conn.prepare(sql)?;
+        st.query_map(p, |r| {
+            let ended: Option<i64> = r.get("ended_ms")?;
+            Ok(RunRow {
+                instance: r.get("instance")?,
+                job: r.get("job")?,
+                trigger: r.get("trigger")?,
+                scheduled_at: iso(r.get("scheduled_ms")?),
+                started_at: iso(r.get("started_ms")?).unwrap_or_default(),
+                ended_at: iso(ended),
+                jid: r.get("jid")?,
+                success: r.get("success")?,
+                succeeded: r.get::<_, Option<i64>>("succeeded")?.map(|v| v as u64),
+                total: r.get::<_, Option<i64>>("total")?.map(|v| v as u64),
+                running: ended.is_none(),
+            })
+        })?
+        .collect()
+    }
+
+    fn run_detail(&self, instance: &str) -> rusqlite::Result<Option<RunDetail>> {
+        let Some(run) = self
+            .select_runs("SELECT * FROM runs WHERE instance = ?1", params![instance])?
+            .pop()
+        else {
+            return Ok(None);
+        };
+        let mut st = self.conn.prepare(
+            "SELECT machine, state, code, note, confirmed_ms, ended_ms, wrapper_version, pid,
+                    heartbeat_ms, length(CAST(head AS BLOB)) + dropped + length(CAST(tail AS BLOB)), dropped
+             FROM targets WHERE instance = ?1 ORDER BY machine",
+        )?;
+        let targets = st
+            .query_map(params![instance], |r| {
+                let code: Option<i64> = r.get(2)?;
+                Ok(TargetRow {
+                    machine: r.get(0)?,
+                    state: r.get(1)?,
+                    exit_code: code,
+                    meaning: code.map(|c| crate::engine::meaning(c).to_string()),
+                    note: r.get(3)?,
+                    confirmed_at: iso(r.get(4)?),
+                    ended_at: iso(r.get(5)?),
+                    wrapper_version: r.get(6)?,
+                    pid: r.get(7)?,
+                    last_heartbeat: iso(r.get(8)?),
+                    output_bytes: r.get::<_, i64>(9)? as u64,
+                    dropped_bytes: r.get::<_, i64>(10)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some(RunDetail { run, targets }))
+    }
+
+    fn in_flight(&self) -> rusqlite::Result<Vec<InFlight>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT instance, job, token, jid FROM runs WHERE ended_ms IS NULL")?;
+        let runs = st
+            .query_map([], |r| {
+                Ok(InFlight {
+                    instance: r.get(0)?,
+                    job: r.get(1)?,
+                    token: r.get(2)?,
+                    jid: r.get(3)?,
+                    open: Vec::new(),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for mut run in runs {
+            let mut st = self.conn.prepare(
+                "SELECT machine, state FROM targets WHERE instance = ?1 AND state IN ('expected', 'running')",
+            )?;
+            run.open = st
+                .query_map(params![run.instance], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)? == "running"))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            out.push(run);
+        }
+        Ok(out)
+    }
+
+    /// Keeps at most `max_runs_per_job` runs of the job `instance` belongs to.
+    fn prune_job_of(&self, instance: &str) -> rusqlite::Result<()> {
+        if self.retention.max_runs_per_job == 0 {
+            return Ok(());
+        }
+        self.conn.execute(
+            "DELETE FROM runs WHERE job = (SELECT job FROM runs WHERE instance = ?1)
+               AND ended_ms IS NOT NULL
+               AND instance NOT IN (SELECT instance FROM runs WHERE job = (SELECT job FROM runs WHERE instance = ?1)
+                                    ORDER BY started_ms DESC LIMIT ?2)",
+            params![instance, self.retention.max_runs_per_job as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Drops runs and skips older than `max_age_days`.
+    fn prune(&self) {
+        if self.retention.max_age_days == 0 {
+            return;
+        }
+        let cutoff = ms(crate::clock::now()) - (self.retention.max_age_days as i64) * 86_400_000;
+        let r = self
+            .conn
+            .execute(
+                "DELETE FROM runs WHERE ended_ms IS NOT NULL AND started_ms < ?1",
+                params![cutoff],
+            )
+            .and_then(|_| {
+                self.conn
+                    .execute("DELETE FROM skips WHERE at_ms < ?1", params![cutoff])
+            });
+        if let Err(e) = r {
+            tracing::error!(error = %e, "history: pruning failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+//! The database schema as numbered migrations; `user_version` says which ran. A migration is
+//! never edited once released: a change is a new one.
+
+use rusqlite::Connection;
+
+/// Each entry brings the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: runs, their targets (with capped output), skipped slots, persisted maintenance.
+    "CREATE TABLE runs (
+        instance TEXT PRIMARY KEY,
+        job TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        scheduled_ms INTEGER,
+        started_ms INTEGER NOT NULL,
+        ended_ms INTEGER,
+        jid TEXT,
+        success INTEGER,
+        succeeded INTEGER,
+        total INTEGER,
+        token TEXT NOT NULL
+     );
+     CREATE INDEX runs_by_job ON runs(job, started_ms);
+     CREATE TABLE targets (
+        instance TEXT NOT NULL REFERENCES runs(instance) ON DELETE CASCADE,
+        machine TEXT NOT NULL,
+        state TEXT NOT NULL,
+        confirmed_ms INTEGER,
+        ended_ms INTEGER,
+        code INTEGER,
+        note TEXT,
+        wrapper_version TEXT,
+        pid INTEGER,
+        heartbeat_ms INTEGER,
+        head TEXT NOT NULL DEFAULT '',
+        tail TEXT NOT NULL DEFAULT '',
+        dropped INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (instance, machine)
+     );
+     CREATE TABLE skips (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL
+     );
+     CREATE INDEX skips_by_job ON skips(job, at_ms);
+     CREATE TABLE maintenance (
+        machine TEXT PRIMARY KEY
+     );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("the database is from a newer saltpeter (schema {found}, this one knows {known})")]
+    TooNew { found: i64, known: usize },
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Brings `conn` to the latest schema, each step in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found as usize > MIGRATIONS.len() {
+        return Err(MigrateError::TooNew {
+            found,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

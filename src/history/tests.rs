@@ -1,0 +1,246 @@
+//! The store against a real SQLite file: events in, answers out.
+
+use super::*;
+use crate::journal::{SkipReason, Trigger};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn started(instance: &str, job: &str, at: i64) -> RunEvent {
+    RunEvent::Started {
+        instance: instance.into(),
+        job: job.into(),
+        trigger: Trigger::Schedule,
+        scheduled: Some(t(at)),
+        at: t(at),
+        token: "tok".into(),
+    }
+}
+
+fn open(dir: &tempfile::TempDir, retention: Retention) -> History {
+    History::open(&dir.path().join("sub/history.db"), retention).unwrap()
+}
+
+fn run_events(instance: &str, job: &str, at: i64) -> Vec<RunEvent> {
+    let i = instance.to_string();
+    vec![
+        started(instance, job, at),
+        RunEvent::Published {
+            instance: i.clone(),
+            jid: "2026".into(),
+            machines: vec!["a".into(), "b".into()],
+        },
+        RunEvent::Confirmed {
+            instance: i.clone(),
+            machine: "a".into(),
+            at: t(at + 1),
+        },
+        RunEvent::WrapperStarted {
+            instance: i.clone(),
+            machine: "a".into(),
+            pid: 42,
+            version: "0.1.0".into(),
+        },
+        RunEvent::Output {
+            instance: i.clone(),
+            machine: "a".into(),
+            data: "hello ".into(),
+        },
+        RunEvent::Output {
+            instance: i.clone(),
+            machine: "a".into(),
+            data: "world\n".into(),
+        },
+        RunEvent::TargetEnded {
+            instance: i.clone(),
+            machine: "a".into(),
+            code: 0,
+            note: None,
+            at: t(at + 2),
+        },
+        RunEvent::TargetEnded {
+            instance: i.clone(),
+            machine: "b".into(),
+            code: 127,
+            note: Some("not found".into()),
+            at: t(at + 1),
+        },
+        RunEvent::RunEnded {
+            instance: i,
+            success: false,
+            succeeded: 1,
+            total: 2,
+            at: t(at + 2),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_run_is_stored_with_its_targets_and_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    for e in run_events("j_1", "j", 0) {
+        h.record(e);
+    }
+    let run = h.run("j_1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            run.run.success,
+            run.run.succeeded,
+            run.run.total,
+            run.run.running
+        ),
+        (Some(false), Some(1), Some(2), false)
+    );
+    assert_eq!(run.run.jid.as_deref(), Some("2026"));
+    let a = &run.targets[0];
+    assert_eq!(
+        (
+            a.machine.as_str(),
+            a.state.as_str(),
+            a.exit_code,
+            a.pid,
+            a.output_bytes
+        ),
+        ("a", "done", Some(0), Some(42), 12)
+    );
+    let b = &run.targets[1];
+    assert_eq!(
+        (b.exit_code, b.meaning.as_deref(), b.note.as_deref()),
+        (Some(127), Some("wrapper not found"), Some("not found"))
+    );
+    let (slice, done) = h.output("j_1", "a", 6).await.unwrap().unwrap();
+    assert_eq!(
+        (slice.text.as_str(), slice.next, done),
+        ("world\n", 12, true)
+    );
+    assert!(h.output("j_1", "zz", 0).await.unwrap().is_none());
+    assert!(h.run("nope").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn history_survives_reopening_and_in_flight_runs_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = open(&dir, Retention::default());
+        for e in run_events("j_1", "j", 0).into_iter().take(5) {
+            h.record(e);
+        }
+        h.flush().await.unwrap();
+    }
+    let h = open(&dir, Retention::default());
+    let open_runs = h.in_flight().await.unwrap();
+    assert_eq!(open_runs.len(), 1);
+    assert_eq!(
+        open_runs[0].open,
+        vec![("a".to_string(), true), ("b".to_string(), false)]
+    );
+    // Output appended after the restart continues the stored stream.
+    h.record(RunEvent::Output {
+        instance: "j_1".into(),
+        machine: "a".into(),
+        data: "again".into(),
+    });
+    let (slice, done) = h.output("j_1", "a", 0).await.unwrap().unwrap();
+    assert_eq!((slice.text.as_str(), done), ("hello again", false));
+}
+
+#[tokio::test]
+async fn paging_last_runs_retention_and_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(
+        &dir,
+        Retention {
+            max_runs_per_job: 3,
+            ..Retention::default()
+        },
+    );
+    for n in 0..5 {
+        for e in run_events(&format!("j_{n}"), "j", n * 10) {
+            h.record(e);
+        }
+    }
+    for e in run_events("k_0", "k", 1) {
+        h.record(e);
+    }
+    h.record(RunEvent::Skipped {
+        job: "j".into(),
+        reason: SkipReason::Overlap,
+        detail: "j_4 is still running".into(),
+        at: t(99),
+    });
+    let page: Vec<String> = h
+        .runs("j", None, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.instance)
+        .collect();
+    assert_eq!(page, ["j_4", "j_3"]);
+    let next: Vec<String> = h
+        .runs("j", Some("j_3".into()), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.instance)
+        .collect();
+    assert_eq!(next, ["j_2"], "only 3 runs per job are kept");
+    let last = h.last_runs().await.unwrap();
+    assert_eq!(
+        (last["j"].instance.as_str(), last["k"].instance.as_str()),
+        ("j_4", "k_0")
+    );
+    let skips = h.skips("j", 10).await.unwrap();
+    assert_eq!((skips.len(), skips[0].reason.as_str()), (1, "overlap"));
+}
+
+#[tokio::test]
+async fn maintenance_switches_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = open(&dir, Retention::default());
+        h.set_maintenance(None, true).await.unwrap();
+        h.set_maintenance(Some("m2".into()), true).await.unwrap();
+        let s = h.set_maintenance(Some("m1".into()), true).await.unwrap();
+        assert_eq!(s.machines, ["m1", "m2"]);
+        h.set_maintenance(Some("m2".into()), false).await.unwrap();
+    }
+    let h = open(&dir, Retention::default());
+    let s = h.maintenance().await.unwrap();
+    assert_eq!((s.global, s.machines), (true, vec!["m1".to_string()]));
+}
+
+#[tokio::test]
+async fn live_subscribers_see_events_after_they_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let mut live = h.subscribe();
+    h.record(started("j_1", "j", 0));
+    let e = live.recv().await.unwrap();
+    assert_eq!(e.instance(), Some("j_1"));
+    assert!(h.run("j_1").await.unwrap().unwrap().run.running);
+}
+
+#[test]
+fn an_old_database_is_migrated_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // A database from before any migration: an empty file with another table in it.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE unrelated (x INTEGER);")
+            .unwrap();
+    }
+    let mut c = Connection::open(&path).unwrap();
+    schema::migrate(&mut c).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v as usize, schema::MIGRATIONS.len());
+    // Migrating again is a no-op.
+    schema::migrate(&mut c).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    let err = schema::migrate(&mut c).unwrap_err();
+    assert!(err.to_string().contains("newer saltpeter"), "{err}");
+}
