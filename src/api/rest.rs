@@ -373,7 +373,7 @@ async fn set_maintenance(
     body: Result<Json<MaintenanceBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, None)?;
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     if body
         .machine
         .as_deref()

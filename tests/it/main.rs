@@ -1,5 +1,6 @@
 //! The integration test binary: one module per concern.
 
+mod api; // the HTTP API, the original UI protocol, tokens and origins, through real sockets
 mod cli; // the `saltpeter` command's subcommands, as a user runs them
 mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdown
 mod engine_lab; // the daemon end to end on a real Salt lab: Phase 1, Phase 2, exit codes

@@ -9,20 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use saltpeter::salt::{Publish, PublishError, SaltClient, SaltSettings, Tgt};
 
-use crate::support::bin;
-
-/// A master config whose request port and event socket lead nowhere (or into `port`).
-fn dead_master(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir.join("cache")).unwrap();
-    std::fs::write(dir.join("cache/.root_key"), "not-a-real-key").unwrap();
-    let master = dir.join("master");
-    let text = format!(
-        "interface: 127.0.0.1\nret_port: {port}\nsock_dir: {d}/sock\ncachedir: {d}/cache\n",
-        d = dir.display()
-    );
-    std::fs::write(&master, text).unwrap();
-    master
-}
+use crate::support::{bin, dead_master};
 
 #[tokio::test]
 async fn a_silent_or_closed_request_port_fails_within_the_timeouts() {

@@ -172,3 +172,16 @@ pub fn http(
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// A master config whose request port and event socket lead nowhere (or into `port`).
+pub fn dead_master(dir: &Path, port: u16) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    std::fs::write(dir.join("cache/.root_key"), "not-a-real-key").unwrap();
+    let master = dir.join("master");
+    let text = format!(
+        "interface: 127.0.0.1\nret_port: {port}\nsock_dir: {d}/sock\ncachedir: {d}/cache\n",
+        d = dir.display()
+    );
+    std::fs::write(&master, text).unwrap();
+    master
+}

@@ -1,0 +1,258 @@
+//! The HTTP API through real sockets, with no Salt master (a run's launch waits for it, so it
+//! stays in flight): REST answers and refusals, maintenance that survives a restart, tokens,
+//! the WebSocket Origin check, and the original UI's WebSocket message sequence.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+use crate::support::{Daemon, dead_master, free_port, http, write};
+
+/// `long` never comes due by itself; `other` neither. The master is unreachable.
+fn setup(dir: &std::path::Path, extra_job: &str) {
+    let master = dead_master(&dir.join("salt"), free_port());
+    write(
+        dir,
+        "01-settings.yaml",
+        &format!(
+            "saltpeter_config:\n  salt_master_config: {}\n  logdir: {}\n",
+            master.display(),
+            dir.join("log").display()
+        ),
+    );
+    let job = |name: &str| {
+        format!(
+            "{name}:\n  sec: 0\n  min: 0\n  hour: 0\n  dom: 1\n  mon: 1\n  dow: '*'\n  year: 2099\n  targets: '*'\n  command: echo hi\n  env:\n    API_SECRET: hunter2\n{extra_job}"
+        )
+    };
+    write(dir, "jobs.yaml", &[job("long"), job("other")].concat());
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "");
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+
+    let (code, jobs) = d.call("GET", "/api/v1/jobs", None);
+    assert_eq!(code, 200);
+    let list = jobs["jobs"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "long");
+    assert_eq!(list[0]["next_runs"][0], "2099-01-01T00:00:00Z");
+    assert_eq!(list[0]["env"], json!(["API_SECRET"]));
+    for path in ["/api/v1/jobs", "/config", "/api/v1/jobs/long"] {
+        let (_, body) = d.call("GET", path, None);
+        assert!(!body.to_string().contains("hunter2"), "{path} leaks env");
+    }
+
+    let (code, started) = d.call("POST", "/api/v1/jobs/long/run", None);
+    assert_eq!(code, 202, "{started}");
+    let instance = started["instance"].as_str().unwrap().to_string();
+    assert!(instance.starts_with("long_"));
+    // The launch waits for the master: the run stays in flight, and a second click is refused.
+    let (code, again) = d.call("POST", "/api/v1/jobs/long/run", None);
+    assert_eq!(code, 409, "{again}");
+    assert!(
+        again["error"].as_str().unwrap().contains(&format!("{instance} is still running")),
+        "{again}"
+    );
+    let (code, run) = d.call("GET", &format!("/api/v1/runs/{instance}"), None);
+    assert_eq!(code, 200);
+    assert_eq!((run["trigger"].as_str(), run["running"].as_bool()), (Some("manual"), Some(true)));
+    let (_, runs) = d.call("GET", "/api/v1/jobs/long/runs?limit=5", None);
+    assert_eq!(runs["runs"][0]["instance"], instance.as_str());
+    let (_, status) = d.call("GET", "/running", None);
+    assert_eq!(status[&instance]["name"], "long");
+
+    // Refusals: each a JSON error with the right status.
+    let (code, e) = d.call("POST", "/api/v1/jobs/nope/run", None);
+    assert_eq!((code, e["error"].as_str()), (404, Some("no job named \"nope\"")));
+    let (code, e) = d.call("POST", &format!("/api/v1/runs/{instance}/kill?machine=ghost"), None);
+    assert_eq!(code, 404, "{e}");
+    let (code, e) = d.call("GET", "/api/v1/runs/nope", None);
+    assert_eq!((code, e["error"].as_str()), (404, Some("run \"nope\" not found")));
+    let (code, e) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": "));
+    assert_eq!(code, 400, "{e}");
+    assert!(e["error"].is_string());
+    let (code, e) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": true, \"oops\": 1}"));
+    assert_eq!(code, 422);
+    assert!(e["error"].as_str().unwrap().contains("unknown field `oops`"), "{e}");
+    let huge = format!("{{\"on\": true, \"machine\": \"{}\"}}", "x".repeat(200_000));
+    let (code, _) = d.call("POST", "/api/v1/maintenance", Some(&huge));
+    assert_eq!(code, 413);
+    let (code, e) = d.call("GET", "/no/such/thing", None);
+    assert_eq!((code, e["error"].as_str()), (404, Some("no such endpoint")));
+
+    // Kill the run in flight; it ends when the publish gives up or lands, not before.
+    let (code, k) = d.call("POST", &format!("/api/v1/runs/{instance}/kill"), None);
+    assert_eq!((code, k["instance"].as_str()), (200, Some(instance.as_str())));
+
+    // Global maintenance refuses "run now" with the reason, and is shown in the config view.
+    let (code, m) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": true}"));
+    assert_eq!((code, m["global"].as_bool()), (200, Some(true)), "{m}");
+    let (code, m) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": true, \"machine\": \"m7\"}"));
+    assert_eq!((code, m["machines"].clone()), (200, json!(["m7"])));
+    let (code, e) = d.call("POST", "/api/v1/jobs/other/run", None);
+    assert_eq!(code, 409);
+    assert!(e["error"].as_str().unwrap().contains("maintenance"), "{e}");
+    let (_, config) = d.call("GET", "/config", None);
+    assert_eq!(config["maintenance"], json!({"global": true, "machines": ["m7"]}));
+
+    let (_, diag) = d.call("GET", "/api/v1/diagnostics", None);
+    assert_eq!((diag["errors"].as_u64(), diag["jobs"].as_u64()), (Some(0), Some(2)));
+    let (_, v) = d.call("GET", "/version", None);
+    assert_eq!(v["version"], saltpeter::VERSION);
+    let metrics = crate::support::http("GET", &format!("{}/metrics", d.api()), None, &[]).1;
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("saltpeter_database_bytes "), "{text}");
+    assert!(text.contains("saltpeter_wrappers_connected 0"), "{text}");
+
+    // Restarted on the same database: maintenance is still on.
+    let state = std::mem::replace(&mut d.state, tempfile::tempdir().unwrap());
+    drop(d);
+    let mut d = Daemon::start_with(dir.path(), "", state);
+    d.wait_api();
+    let (_, m) = d.call("GET", "/api/v1/maintenance", None);
+    assert_eq!((m["global"].as_bool(), m["machines"].clone()), (Some(true), json!(["m7"])));
+    let (_, run) = d.call("GET", &format!("/api/v1/runs/{instance}"), None);
+    assert_eq!(run["instance"], instance.as_str(), "the run is still in the history");
+}
+
+fn ws_connect(port: u16, origin: Option<&str>) -> Result<WebSocket<TcpStream>, u16> {
+    let mut req = format!("ws://127.0.0.1:{port}/ws").into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match tungstenite::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => Err(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn next_json(ws: &mut WebSocket<TcpStream>) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            _ => continue,
+        }
+    }
+}
+
+fn next_of_type(ws: &mut WebSocket<TcpStream>, ty: &str) -> Value {
+    for _ in 0..50 {
+        let m = next_json(ws);
+        if m["type"] == ty {
+            return m;
+        }
+    }
+    panic!("no {ty} message");
+}
+
+#[test]
+fn tokens_guard_commands_and_foreign_origins_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "");
+    let tokens = "  api_tokens:\n    ops:\n      token: operator-secret-123456\n      role: operator\n    viewer:\n      token: viewer-secret-1234567\n      role: read-only\n  api_allowed_origins: ['https://ui.example']\n";
+    let mut d = Daemon::start_with(dir.path(), tokens, tempfile::tempdir().unwrap());
+    d.wait_api();
+    let url = format!("{}/api/v1/jobs/long/run", d.api());
+    let (code, e) = http("POST", &url, None, &[]);
+    assert_eq!(code, 401, "{e}");
+    let (code, _) = http("POST", &url, None, &[("authorization", "Bearer wrong-token-000000000")]);
+    assert_eq!(code, 401);
+    let (code, e) = http("POST", &url, None, &[("authorization", "Bearer viewer-secret-1234567")]);
+    assert_eq!(code, 403);
+    assert!(e["error"].as_str().unwrap().contains("read-only"));
+    let (code, _) = http("POST", &url, None, &[("authorization", "Bearer operator-secret-123456")]);
+    assert_eq!(code, 202);
+    // Reads stay open.
+    assert_eq!(d.call("GET", "/api/v1/jobs", None).0, 200);
+
+    assert_eq!(ws_connect(d.api_port, Some("https://evil.example")).err(), Some(403));
+    assert!(ws_connect(d.api_port, Some("https://ui.example")).is_ok());
+    assert!(ws_connect(d.api_port, Some(&format!("http://127.0.0.1:{}", d.api_port))).is_ok());
+    // Without a token the UI WebSocket may watch but not act.
+    let mut ws = ws_connect(d.api_port, None).unwrap();
+    ws.send(Message::text(json!({"run": "other"}).to_string())).unwrap();
+    let e = next_of_type(&mut ws, "error");
+    assert!(e["error"].as_str().unwrap().contains("operator token"), "{e}");
+}
+
+#[test]
+fn the_original_ui_protocol_message_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "");
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let mut ws = ws_connect(d.api_port, None).unwrap();
+    // What the original UI depends on: `config` first, commands as strings, then status.
+    let config = next_json(&mut ws);
+    assert_eq!(config["type"], "config");
+    assert_eq!(config["sp_version"], saltpeter::VERSION);
+    let long = &config["config"]["crons"]["long"];
+    assert_eq!((long["command"].as_str(), long["group"].as_str()), (Some("echo hi"), Some("jobs")));
+    assert_eq!((long["year"].as_str(), long["hour"].as_str()), (Some("2099"), Some("0")));
+    assert_eq!(long["env"]["API_SECRET"], "<redacted>");
+    assert_eq!(config["config"]["maintenance"]["global"], false);
+    let status = next_json(&mut ws);
+    assert_eq!(status["type"], "status");
+    assert!(status["running"].is_object() && status["last_state"].is_object());
+    assert_eq!(next_json(&mut ws), json!({"timeline": {}}));
+
+    // Subscribing answers at once with status and the job's details.
+    ws.send(Message::text(json!({"subscribe": ["long"]}).to_string())).unwrap();
+    assert_eq!(next_json(&mut ws)["type"], "status");
+    let details = next_json(&mut ws);
+    assert_eq!((details["type"].as_str(), details["cron"].as_str()), (Some("details"), Some("long")));
+    assert_eq!(details["data"]["next_run"], "2099-01-01T00:00:00Z");
+    assert_eq!(details["data"]["group"], "jobs");
+    assert!(details["data"]["targets"].is_array() && details["data"]["results"].is_object());
+
+    // "Run now" from the UI: the run shows in `status.running` under its job's name.
+    ws.send(Message::text(json!({"run": "long"}).to_string())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let running = loop {
+        assert!(Instant::now() < deadline, "the run never showed as running");
+        let s = next_of_type(&mut ws, "status");
+        if let Some((k, v)) = s["running"].as_object().and_then(|m| m.iter().next()) {
+            break (k.clone(), v.clone());
+        }
+    };
+    assert!(running.0.starts_with("long_"));
+    assert_eq!(running.1["name"], "long");
+    assert!(running.1["started"].as_str().unwrap().contains('T'));
+    let (_, status) = d.call("GET", "/api/v1/status", None);
+    assert_eq!(status["running"][0]["instance"], running.0.as_str());
+
+    // The timeline reply is typed and echoes the request's id, every time.
+    for _ in 0..2 {
+        ws.send(Message::text(
+            json!({"getTimeline": {"start_date": "now-1h", "end_date": "now", "id": "1700000000000"}}).to_string(),
+        ))
+        .unwrap();
+        let t = next_of_type(&mut ws, "timeline");
+        assert_eq!(t["timeline"]["id"], "1700000000000");
+        assert!(t["timeline"]["content"].is_array());
+    }
+    // Garbage is ignored and the connection keeps serving.
+    ws.send(Message::text("{not json")).unwrap();
+    ws.send(Message::text(json!({"killCron": "long"}).to_string())).unwrap();
+    assert_eq!(next_of_type(&mut ws, "status")["type"], "status");
+    wait_for("the API to keep answering", || d.call("GET", "/version", None).0 == 200);
+}
