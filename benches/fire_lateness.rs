@@ -30,8 +30,9 @@ fn main() {
     let due = Timestamp::from_second(ahead.as_second()).unwrap();
     let utc = due.to_zoned_datetime(jiff::tz::TimeZone::UTC);
     let mut text = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n  logdir: {}\n",
+        "saltpeter_config:\n  salt_master_config: {}\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n  api_ws: false\n  database: {}/state/history.db\n  logdir: {}\n",
         dir.path().join("no-master").display(),
+        dir.path().display(),
         dir.path().join("log").display()
     );
     for i in 0..jobs {

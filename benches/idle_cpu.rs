@@ -25,7 +25,8 @@ fn main() {
         .unwrap()
         .port();
     let ports = format!(
-        "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n"
+        "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n  api_ws: false\n  database: {}\n",
+        dir.path().join("state/history.db").display()
     );
     std::fs::write(dir.path().join("00-ports.yaml"), ports).unwrap();
     for f in 0..100 {

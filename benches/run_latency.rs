@@ -30,11 +30,12 @@ fn main() {
         .unwrap()
         .port();
     let config = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n\
+        "saltpeter_config:\n  salt_master_config: {}\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n  api_ws: false\n  database: {}\n\
          bench:\n  sec: '*/2'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: echo bench\n",
         env["MASTER_CONFIG"],
         env!("CARGO_BIN_EXE_sp-wrapper"),
-        dir.path().join("log").display()
+        dir.path().join("log").display(),
+        dir.path().join("state/history.db").display()
     );
     std::fs::write(dir.path().join("bench.yaml"), config).unwrap();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_saltpeter"))

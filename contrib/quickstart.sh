@@ -19,6 +19,8 @@ saltpeter_config:
   default_saltpeter_server_host: 127.0.0.1
   default_wrapper_path: $PWD/target/release/sp-wrapper
   logdir: $dir/log
+  database: $dir/state/history.db
+  api_ws_bind_addr: 127.0.0.1
 CONF
-echo "quickstart: jobs in $dir, job logs in $dir/log; Ctrl-C to stop" >&2
+echo "quickstart: jobs in $dir, job logs in $dir/log, web UI and API on http://127.0.0.1:8888; Ctrl-C to stop" >&2
 exec target/release/saltpeter run -c "$dir"

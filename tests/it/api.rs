@@ -66,12 +66,18 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
     let (code, again) = d.call("POST", "/api/v1/jobs/long/run", None);
     assert_eq!(code, 409, "{again}");
     assert!(
-        again["error"].as_str().unwrap().contains(&format!("{instance} is still running")),
+        again["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{instance} is still running")),
         "{again}"
     );
     let (code, run) = d.call("GET", &format!("/api/v1/runs/{instance}"), None);
     assert_eq!(code, 200);
-    assert_eq!((run["trigger"].as_str(), run["running"].as_bool()), (Some("manual"), Some(true)));
+    assert_eq!(
+        (run["trigger"].as_str(), run["running"].as_bool()),
+        (Some("manual"), Some(true))
+    );
     let (_, runs) = d.call("GET", "/api/v1/jobs/long/runs?limit=5", None);
     assert_eq!(runs["runs"][0]["instance"], instance.as_str());
     let (_, status) = d.call("GET", "/running", None);
@@ -79,17 +85,37 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
 
     // Refusals: each a JSON error with the right status.
     let (code, e) = d.call("POST", "/api/v1/jobs/nope/run", None);
-    assert_eq!((code, e["error"].as_str()), (404, Some("no job named \"nope\"")));
-    let (code, e) = d.call("POST", &format!("/api/v1/runs/{instance}/kill?machine=ghost"), None);
+    assert_eq!(
+        (code, e["error"].as_str()),
+        (404, Some("no job named \"nope\""))
+    );
+    let (code, e) = d.call(
+        "POST",
+        &format!("/api/v1/runs/{instance}/kill?machine=ghost"),
+        None,
+    );
     assert_eq!(code, 404, "{e}");
     let (code, e) = d.call("GET", "/api/v1/runs/nope", None);
-    assert_eq!((code, e["error"].as_str()), (404, Some("run \"nope\" not found")));
+    assert_eq!(
+        (code, e["error"].as_str()),
+        (404, Some("run \"nope\" not found"))
+    );
     let (code, e) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": "));
     assert_eq!(code, 400, "{e}");
     assert!(e["error"].is_string());
-    let (code, e) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": true, \"oops\": 1}"));
+    let (code, e) = d.call(
+        "POST",
+        "/api/v1/maintenance",
+        Some("{\"on\": true, \"oops\": 1}"),
+    );
     assert_eq!(code, 422);
-    assert!(e["error"].as_str().unwrap().contains("unknown field `oops`"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `oops`"),
+        "{e}"
+    );
     let huge = format!("{{\"on\": true, \"machine\": \"{}\"}}", "x".repeat(200_000));
     let (code, _) = d.call("POST", "/api/v1/maintenance", Some(&huge));
     assert_eq!(code, 413);
@@ -98,21 +124,34 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
 
     // Kill the run in flight; it ends when the publish gives up or lands, not before.
     let (code, k) = d.call("POST", &format!("/api/v1/runs/{instance}/kill"), None);
-    assert_eq!((code, k["instance"].as_str()), (200, Some(instance.as_str())));
+    assert_eq!(
+        (code, k["instance"].as_str()),
+        (200, Some(instance.as_str()))
+    );
 
     // Global maintenance refuses "run now" with the reason, and is shown in the config view.
     let (code, m) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": true}"));
     assert_eq!((code, m["global"].as_bool()), (200, Some(true)), "{m}");
-    let (code, m) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": true, \"machine\": \"m7\"}"));
+    let (code, m) = d.call(
+        "POST",
+        "/api/v1/maintenance",
+        Some("{\"on\": true, \"machine\": \"m7\"}"),
+    );
     assert_eq!((code, m["machines"].clone()), (200, json!(["m7"])));
     let (code, e) = d.call("POST", "/api/v1/jobs/other/run", None);
     assert_eq!(code, 409);
     assert!(e["error"].as_str().unwrap().contains("maintenance"), "{e}");
     let (_, config) = d.call("GET", "/config", None);
-    assert_eq!(config["maintenance"], json!({"global": true, "machines": ["m7"]}));
+    assert_eq!(
+        config["maintenance"],
+        json!({"global": true, "machines": ["m7"]})
+    );
 
     let (_, diag) = d.call("GET", "/api/v1/diagnostics", None);
-    assert_eq!((diag["errors"].as_u64(), diag["jobs"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (diag["errors"].as_u64(), diag["jobs"].as_u64()),
+        (Some(0), Some(2))
+    );
     let (_, v) = d.call("GET", "/version", None);
     assert_eq!(v["version"], saltpeter::VERSION);
     let metrics = crate::support::http("GET", &format!("{}/metrics", d.api()), None, &[]).1;
@@ -126,26 +165,39 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
     let mut d = Daemon::start_with(dir.path(), "", state);
     d.wait_api();
     let (_, m) = d.call("GET", "/api/v1/maintenance", None);
-    assert_eq!((m["global"].as_bool(), m["machines"].clone()), (Some(true), json!(["m7"])));
+    assert_eq!(
+        (m["global"].as_bool(), m["machines"].clone()),
+        (Some(true), json!(["m7"]))
+    );
     let (_, run) = d.call("GET", &format!("/api/v1/runs/{instance}"), None);
-    assert_eq!(run["instance"], instance.as_str(), "the run is still in the history");
+    assert_eq!(
+        run["instance"],
+        instance.as_str(),
+        "the run is still in the history"
+    );
 }
 
-fn ws_connect(port: u16, origin: Option<&str>) -> Result<WebSocket<TcpStream>, u16> {
-    let mut req = format!("ws://127.0.0.1:{port}/ws").into_client_request().unwrap();
+pub fn ws_connect(port: u16, origin: Option<&str>) -> Result<WebSocket<TcpStream>, u16> {
+    let mut req = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .unwrap();
     if let Some(o) = origin {
         req.headers_mut().insert("origin", o.parse().unwrap());
     }
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     match tungstenite::client(req, stream) {
         Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => Err(r.status().as_u16()),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
         Err(e) => panic!("{e}"),
     }
 }
 
-fn next_json(ws: &mut WebSocket<TcpStream>) -> Value {
+pub fn next_json(ws: &mut WebSocket<TcpStream>) -> Value {
     loop {
         match ws.read().expect("a message") {
             Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
@@ -174,24 +226,52 @@ fn tokens_guard_commands_and_foreign_origins_are_refused() {
     let url = format!("{}/api/v1/jobs/long/run", d.api());
     let (code, e) = http("POST", &url, None, &[]);
     assert_eq!(code, 401, "{e}");
-    let (code, _) = http("POST", &url, None, &[("authorization", "Bearer wrong-token-000000000")]);
+    let (code, _) = http(
+        "POST",
+        &url,
+        None,
+        &[("authorization", "Bearer wrong-token-000000000")],
+    );
     assert_eq!(code, 401);
-    let (code, e) = http("POST", &url, None, &[("authorization", "Bearer viewer-secret-1234567")]);
+    let (code, e) = http(
+        "POST",
+        &url,
+        None,
+        &[("authorization", "Bearer viewer-secret-1234567")],
+    );
     assert_eq!(code, 403);
     assert!(e["error"].as_str().unwrap().contains("read-only"));
-    let (code, _) = http("POST", &url, None, &[("authorization", "Bearer operator-secret-123456")]);
+    let (code, _) = http(
+        "POST",
+        &url,
+        None,
+        &[("authorization", "Bearer operator-secret-123456")],
+    );
     assert_eq!(code, 202);
     // Reads stay open.
     assert_eq!(d.call("GET", "/api/v1/jobs", None).0, 200);
 
-    assert_eq!(ws_connect(d.api_port, Some("https://evil.example")).err(), Some(403));
+    assert_eq!(
+        ws_connect(d.api_port, Some("https://evil.example")).err(),
+        Some(403)
+    );
     assert!(ws_connect(d.api_port, Some("https://ui.example")).is_ok());
-    assert!(ws_connect(d.api_port, Some(&format!("http://127.0.0.1:{}", d.api_port))).is_ok());
+    assert!(
+        ws_connect(
+            d.api_port,
+            Some(&format!("http://127.0.0.1:{}", d.api_port))
+        )
+        .is_ok()
+    );
     // Without a token the UI WebSocket may watch but not act.
     let mut ws = ws_connect(d.api_port, None).unwrap();
-    ws.send(Message::text(json!({"run": "other"}).to_string())).unwrap();
+    ws.send(Message::text(json!({"run": "other"}).to_string()))
+        .unwrap();
     let e = next_of_type(&mut ws, "error");
-    assert!(e["error"].as_str().unwrap().contains("operator token"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("operator token"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -206,8 +286,14 @@ fn the_original_ui_protocol_message_sequence() {
     assert_eq!(config["type"], "config");
     assert_eq!(config["sp_version"], saltpeter::VERSION);
     let long = &config["config"]["crons"]["long"];
-    assert_eq!((long["command"].as_str(), long["group"].as_str()), (Some("echo hi"), Some("jobs")));
-    assert_eq!((long["year"].as_str(), long["hour"].as_str()), (Some("2099"), Some("0")));
+    assert_eq!(
+        (long["command"].as_str(), long["group"].as_str()),
+        (Some("echo hi"), Some("jobs"))
+    );
+    assert_eq!(
+        (long["year"].as_str(), long["hour"].as_str()),
+        (Some("2099"), Some("0"))
+    );
     assert_eq!(long["env"]["API_SECRET"], "<redacted>");
     assert_eq!(config["config"]["maintenance"]["global"], false);
     let status = next_json(&mut ws);
@@ -216,16 +302,21 @@ fn the_original_ui_protocol_message_sequence() {
     assert_eq!(next_json(&mut ws), json!({"timeline": {}}));
 
     // Subscribing answers at once with status and the job's details.
-    ws.send(Message::text(json!({"subscribe": ["long"]}).to_string())).unwrap();
+    ws.send(Message::text(json!({"subscribe": ["long"]}).to_string()))
+        .unwrap();
     assert_eq!(next_json(&mut ws)["type"], "status");
     let details = next_json(&mut ws);
-    assert_eq!((details["type"].as_str(), details["cron"].as_str()), (Some("details"), Some("long")));
+    assert_eq!(
+        (details["type"].as_str(), details["cron"].as_str()),
+        (Some("details"), Some("long"))
+    );
     assert_eq!(details["data"]["next_run"], "2099-01-01T00:00:00Z");
     assert_eq!(details["data"]["group"], "jobs");
     assert!(details["data"]["targets"].is_array() && details["data"]["results"].is_object());
 
     // "Run now" from the UI: the run shows in `status.running` under its job's name.
-    ws.send(Message::text(json!({"run": "long"}).to_string())).unwrap();
+    ws.send(Message::text(json!({"run": "long"}).to_string()))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let running = loop {
         assert!(Instant::now() < deadline, "the run never showed as running");
@@ -252,7 +343,10 @@ fn the_original_ui_protocol_message_sequence() {
     }
     // Garbage is ignored and the connection keeps serving.
     ws.send(Message::text("{not json")).unwrap();
-    ws.send(Message::text(json!({"killCron": "long"}).to_string())).unwrap();
+    ws.send(Message::text(json!({"killCron": "long"}).to_string()))
+        .unwrap();
     assert_eq!(next_of_type(&mut ws, "status")["type"], "status");
-    wait_for("the API to keep answering", || d.call("GET", "/version", None).0 == 200);
+    wait_for("the API to keep answering", || {
+        d.call("GET", "/version", None).0 == 200
+    });
 }

@@ -1,9 +1,12 @@
 //! The daemon end to end on a real Salt lab: a due job is published natively, confirmed by
 //! Salt (Phase 1) and followed over the wrapper protocol (Phase 2) to one exit code per target:
-//! success, a missing wrapper (127), a non-executable one (126), and a job timeout (124).
+//! success, a missing wrapper (127), a non-executable one (126), and a job timeout (124); and the
+//! commands through the API: run now, kill (143), overlap, maintenance, a master that goes away.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 use crate::lab::lab;
 use crate::support::{Daemon, write};
@@ -223,4 +226,196 @@ fn a_target_without_a_key_and_a_paused_wrapper() {
         log.contains("[SALTPETER ERROR: Job lost connection - no heartbeat for 15 seconds]"),
         "{log}"
     );
+}
+
+/// Polls a run until `done` says so.
+fn poll_run(d: &Daemon, instance: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (_, run) = d.call("GET", &format!("/api/v1/runs/{instance}"), None);
+        if done(&run) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "{what}: {run:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn target<'a>(run: &'a Value, machine: &str) -> &'a Value {
+    run["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["machine"] == machine))
+        .unwrap_or(&Value::Null)
+}
+
+fn far(name: &str, extra: &str) -> String {
+    job(name, extra).replace("sec: '*/20'", "sec: 0\n  year: 2099")
+}
+
+#[test]
+fn run_now_kill_overlap_maintenance_and_a_master_away_through_the_api() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
+        lab.master_config(),
+        env!("CARGO_BIN_EXE_sp-wrapper"),
+        dir.path().join("log").display()
+    );
+    write(dir.path(), "01-settings.yaml", &settings);
+    let jobs = [
+        far("long", "  command: echo started; sleep 601\n"),
+        far("emoji", "  command: printf 'h\u{e9}llo \u{1F600}\\n'\n"),
+        far("echoer", "  command: echo back\n"),
+        job("overlapper", "  command: sleep 9\n").replace("sec: '*/20'", "sec: '*/4'"),
+    ]
+    .concat();
+    write(dir.path(), "jobs.yaml", &jobs);
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let minions = lab.minions();
+
+    // Run now; every target confirmed; a second click is refused.
+    let (code, r) = d.call("POST", "/api/v1/jobs/long/run", None);
+    assert_eq!(code, 202, "{r}");
+    let long = r["instance"].as_str().unwrap().to_string();
+    poll_run(&d, &long, "all targets confirmed", |run| {
+        minions.iter().all(|m| target(run, m)["state"] == "running")
+    });
+    let (code, _) = d.call("POST", "/api/v1/jobs/long/run", None);
+    assert_eq!(code, 409);
+
+    // Kill one target, then the whole run: 143 each, and the processes are gone.
+    let (code, _) = d.call(
+        "POST",
+        &format!("/api/v1/runs/{long}/kill?machine=minion-1"),
+        None,
+    );
+    assert_eq!(code, 200);
+    let run = poll_run(&d, &long, "minion-1 killed", |run| {
+        target(run, "minion-1")["exit_code"] == 143
+    });
+    assert_eq!(target(&run, "minion-2")["state"], "running");
+    assert_eq!(
+        target(&run, "minion-1")["meaning"],
+        "killed by user request"
+    );
+    let (code, _) = d.call("POST", "/api/v1/jobs/long/kill", None);
+    assert_eq!(code, 200);
+    let run = poll_run(&d, &long, "the run killed", |run| run["running"] == false);
+    for m in &minions {
+        assert_eq!(target(&run, m)["exit_code"], 143, "{run:#}");
+    }
+    assert_eq!(run["success"], false);
+    let gone = Instant::now() + Duration::from_secs(10);
+    while std::process::Command::new("pgrep")
+        .args(["-f", "sleep 601"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            Instant::now() < gone,
+            "a killed job's process is still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its output, whole and followed (server-sent events end with the exit code).
+    let (_, out) = d.call(
+        "GET",
+        &format!("/api/v1/runs/{long}/targets/minion-2/output"),
+        None,
+    );
+    assert!(
+        out["text"].as_str().unwrap().starts_with("started\n"),
+        "{out}"
+    );
+    assert_eq!(out["complete"], true);
+    let url = format!(
+        "{}/api/v1/runs/{long}/targets/minion-2/output/stream",
+        d.api()
+    );
+    let (code, sse) = crate::support::http("GET", &url, None, &[]);
+    let sse = sse.as_str().unwrap_or_default().to_string();
+    assert_eq!(code, 200);
+    assert!(
+        sse.contains("event: output") && sse.contains("started"),
+        "{sse}"
+    );
+    assert!(
+        sse.contains("event: end") && sse.contains("\"exit_code\":143"),
+        "{sse}"
+    );
+
+    // The original UI: output positions in JavaScript string units, integer retcode.
+    let mut ws = crate::api::ws_connect(d.api_port, None).unwrap();
+    ws.send(tungstenite::Message::text(
+        json!({"subscribe": ["emoji"]}).to_string(),
+    ))
+    .unwrap();
+    ws.send(tungstenite::Message::text(
+        json!({"run": "emoji"}).to_string(),
+    ))
+    .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let mut chunk = None;
+    let mut retcode = None;
+    while chunk.is_none() || retcode.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no output_chunk / retcode for emoji"
+        );
+        let m = crate::api::next_json(&mut ws);
+        if m["type"] == "output_chunk" && m["machine"] == "minion-1" && m["chunk"] != "" {
+            chunk = Some(m.clone());
+        }
+        if m["type"] == "details" {
+            let rc = &m["data"]["results"]["minion-1"]["retcode"];
+            if rc.is_i64() {
+                retcode = rc.as_i64();
+            }
+        }
+    }
+    let chunk = chunk.unwrap();
+    let text = chunk["chunk"].as_str().unwrap();
+    assert_eq!(text, "h\u{e9}llo \u{1F600}\n");
+    assert_eq!(chunk["position"], 0);
+    assert_eq!(
+        chunk["total_length"].as_u64(),
+        Some(text.encode_utf16().count() as u64)
+    );
+    assert_eq!(retcode, Some(0));
+
+    // Overlap: a slot due while the last run still runs is skipped and recorded.
+    d.expect_line("this slot of overlapper is skipped (overlap)", WITHIN);
+    let (_, j) = d.call("GET", "/api/v1/jobs/overlapper", None);
+    assert_eq!(j["skipped"][0]["reason"], "overlap", "{j:#}");
+
+    // Global maintenance: due slots are skipped, run now is refused; running jobs go on.
+    let (code, _) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": true}"));
+    assert_eq!(code, 200);
+    d.expect_line("Maintenance mode active: overlapper not started", WITHIN);
+    let (code, e) = d.call("POST", "/api/v1/jobs/echoer/run", None);
+    assert_eq!(code, 409, "{e}");
+    let (code, _) = d.call("POST", "/api/v1/maintenance", Some("{\"on\": false}"));
+    assert_eq!(code, 200);
+
+    // The master stops right after the publish and stays away 20 s: nothing fails.
+    let (code, r) = d.call("POST", "/api/v1/jobs/echoer/run", None);
+    assert_eq!(code, 202, "{r}");
+    let echoer = r["instance"].as_str().unwrap().to_string();
+    d.expect_line(&format!("Firing {echoer}!"), WITHIN);
+    // Salt accepted the publish; the returns are still to come.
+    d.expect_line(
+        "Waiting for Salt to confirm wrapper execution for job",
+        WITHIN,
+    );
+    lab.ctl(&["stop-master"]);
+    std::thread::sleep(Duration::from_secs(20));
+    lab.ctl(&["start-master"]);
+    let run = poll_run(&d, &echoer, "echoer done", |run| run["running"] == false);
+    for m in &minions {
+        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
+    }
+    crate::salt_lab::wait_all_answer(lab);
 }

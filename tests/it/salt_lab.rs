@@ -39,7 +39,7 @@ fn returns(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
 }
 
 /// Waits until every lab minion answers test.ping again (after a restart).
-fn wait_all_answer(lab: &Lab) {
+pub fn wait_all_answer(lab: &Lab) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (code, lines, _) = salt(lab, &["--timeout", "3", "*", "test.ping"]);
