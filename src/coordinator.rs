@@ -13,9 +13,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::agents::{Hub, HubCommand, HubEvent, HubEventKind};
+use crate::api::Metrics;
 use crate::config::{Job, Settings, TargetType, Targets};
 use crate::control::Refusal;
 use crate::engine::{Action, Mono, Run, RunSpec, WrapperEvent};
+use crate::history::{History, InFlight};
 use crate::joblog;
 use crate::journal::{RunEvent, Trigger};
 use crate::salt::bus::BusMessage;
@@ -175,8 +177,11 @@ pub struct Coordinator {
     salt: mpsc::UnboundedSender<SaltRequest>,
     salt_settings: Option<SaltSettings>,
     bus_down: bool,
-    /// Every step of every run, for the history store.
-    journal: mpsc::UnboundedSender<RunEvent>,
+    /// Every step of every run goes to the history store (in order) and the metrics.
+    history: History,
+    metrics: Metrics,
+    /// Hub commands that must wait until the store has committed what came before them.
+    after_commit: mpsc::UnboundedSender<HubCommand>,
 }
 
 impl Coordinator {
@@ -184,9 +189,28 @@ impl Coordinator {
         hub: Hub,
         salt: mpsc::UnboundedSender<SaltRequest>,
         salt_settings: Option<SaltSettings>,
-        journal: mpsc::UnboundedSender<RunEvent>,
+        history: History,
+        metrics: Metrics,
     ) -> Coordinator {
+        let (after_commit, mut pending) = mpsc::unbounded_channel::<HubCommand>();
+        let (store, to_hub) = (history.clone(), hub.clone());
+        tokio::spawn(async move {
+            // In order, and one commit for every burst.
+            while let Some(first) = pending.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = pending.try_recv() {
+                    batch.push(more);
+                }
+                if store.flush().await.is_err() {
+                    return;
+                }
+                for command in batch {
+                    to_hub.send(command).await;
+                }
+            }
+        });
         Coordinator {
+            after_commit,
             origin: Instant::now(),
             runs: HashMap::new(),
             jids: HashMap::new(),
@@ -197,13 +221,80 @@ impl Coordinator {
             salt,
             salt_settings,
             bus_down: false,
-            journal,
+            history,
+            metrics,
         }
     }
 
     fn record(&self, event: RunEvent) {
-        // The store outlives the loop; a closed journal only means shutdown.
-        let _ = self.journal.send(event);
+        self.metrics.observe(&event);
+        self.history.record(event);
+    }
+
+    /// Takes over a run that was in flight when the daemon stopped: its wrappers reconnect to
+    /// the hub (registered already, see [`crate::agents::Adopted`]), confirmed targets get a
+    /// fresh heartbeat clock, unconfirmed ones are looked for in Salt's job cache and probed.
+    pub async fn adopt(&mut self, run: &InFlight, job: Option<&Arc<Job>>, settings: &Settings) {
+        let now = self.now();
+        let spec = RunSpec {
+            job: run.job.clone(),
+            instance: run.instance.clone(),
+            timeout: job.and_then(|j| j.timeout_secs).map(Duration::from_secs),
+            heartbeat_timeout: Duration::from_secs(15),
+            timeout_grace: Duration::from_secs(30),
+            success_threshold: job.and_then(|j| j.success_threshold),
+            legacy: job.is_some_and(|j| !j.use_wrapper),
+        };
+        let jid = run.jid.clone().unwrap_or_else(|| "-".into());
+        let machines: Vec<String> = run.open.iter().map(|t| t.machine.clone()).collect();
+        let mut engine = Run::new(spec);
+        for (m, code) in &run.done {
+            engine.handle_recovered(m, *code);
+        }
+        engine.handle_published(&jid, &machines, &[], now);
+        for t in run.open.iter().filter(|t| t.confirmed) {
+            engine.handle_wrapper(&t.machine, WrapperEvent::Heartbeat, now);
+        }
+        let unconfirmed = engine.unconfirmed();
+        info!(
+            instance = %run.instance,
+            confirmed = machines.len() - unconfirmed.len(),
+            unconfirmed = unconfirmed.len(),
+            "resuming a run that was in flight before the restart"
+        );
+        let gather = (!unconfirmed.is_empty() && run.jid.is_some())
+            .then(|| Gather::new(&jid, &unconfirmed, &[], now, GATHER_INTERVAL, PROBE_TIMEOUT));
+        let template = match job {
+            Some(j) if j.use_wrapper => launch(j, &run.instance, settings, &run.token),
+            Some(j) => launch_legacy(j, &run.instance),
+            None => Publish::new(Tgt::List(machines.clone()), "list", "cmd.run_all"),
+        };
+        self.runs.insert(
+            run.instance.clone(),
+            RunCtx {
+                run: engine,
+                jid: jid.clone(),
+                gather,
+                logdir: settings.logdir.clone().into(),
+                template,
+                batches: VecDeque::new(),
+                resolving: None,
+                pick: 0,
+                batch_size: 0,
+                maintenance: Vec::new(),
+                streamed: HashMap::new(),
+            },
+        );
+        if run.jid.is_some() {
+            self.jids.insert(jid.clone(), run.instance.clone());
+            // Returns that landed while the daemon was down are in the job cache.
+            if let Some(s) = self.salt_settings.clone() {
+                for ret in jobcache::returns(&s.cachedir, &s.hash_type, &jid).unwrap_or_default() {
+                    self.salt_return(&run.instance, ret).await;
+                }
+            }
+        }
+        self.settle(&run.instance).await;
     }
 
     /// Instances in flight, with their job names.
@@ -353,7 +444,12 @@ impl Coordinator {
                 }
                 let mut machines = p.minions.clone();
                 machines.extend(p.missing.iter().cloned());
-                let _ = self.journal.send(RunEvent::Published {
+                self.metrics.observe(&RunEvent::Published {
+                    instance: reply.instance.clone(),
+                    jid: p.jid.clone(),
+                    machines: machines.clone(),
+                });
+                self.history.record(RunEvent::Published {
                     instance: reply.instance.clone(),
                     jid: p.jid.clone(),
                     machines,
@@ -432,7 +528,7 @@ impl Coordinator {
                     why: "Target under maintenance",
                 };
                 job_log(&ctx.logdir, &job, &record);
-                let _ = self.journal.send(RunEvent::MachineSkipped {
+                self.history.record(RunEvent::MachineSkipped {
                     instance: instance.into(),
                     machine: m.clone(),
                 });
@@ -546,7 +642,7 @@ impl Coordinator {
         let (instance, machine) = (event.instance.clone(), event.machine.clone());
         let wrapper_event = match event.kind {
             HubEventKind::Started { pid, version } => {
-                let _ = self.journal.send(RunEvent::WrapperStarted {
+                self.history.record(RunEvent::WrapperStarted {
                     instance,
                     machine,
                     pid,
@@ -554,17 +650,18 @@ impl Coordinator {
                 });
                 WrapperEvent::Started { pid, version }
             }
-            HubEventKind::Output { data, .. } => {
+            HubEventKind::Output { data, seq } => {
                 *ctx.streamed.entry(machine.clone()).or_default() += data.len();
-                let _ = self.journal.send(RunEvent::Output {
+                self.history.record(RunEvent::Output {
                     instance,
                     machine,
                     data: data.clone(),
+                    seq: Some(seq),
                 });
                 WrapperEvent::Output(data)
             }
             HubEventKind::Heartbeat => {
-                let _ = self.journal.send(RunEvent::Heartbeat {
+                self.history.record(RunEvent::Heartbeat {
                     instance,
                     machine,
                     at: crate::clock::now(),
@@ -716,12 +813,12 @@ impl Coordinator {
                         .await;
                 }
                 Action::ConfirmComplete { machine } => {
-                    self.hub
-                        .send(HubCommand::ConfirmComplete {
-                            instance: instance.into(),
-                            machine,
-                        })
-                        .await;
+                    // The wrapper forgets its result once acknowledged: only after the result
+                    // is committed (a crash in between must not lose it).
+                    let _ = self.after_commit.send(HubCommand::ConfirmComplete {
+                        instance: instance.into(),
+                        machine,
+                    });
                 }
                 Action::TargetConfirmed { machine } => self.record(RunEvent::Confirmed {
                     instance: instance.into(),
@@ -744,6 +841,7 @@ impl Coordinator {
                             instance: instance.into(),
                             machine: machine.clone(),
                             data: rest.to_string(),
+                            seq: None,
                         });
                     }
                     self.record(RunEvent::TargetEnded {
@@ -772,11 +870,10 @@ impl Coordinator {
                         at: crate::clock::now(),
                     });
                     job_log(&logdir, &job, &joblog::Record::End { instance });
-                    self.hub
-                        .send(HubCommand::Unregister {
-                            instance: instance.into(),
-                        })
-                        .await;
+                    // After the confirmations queued before it.
+                    let _ = self.after_commit.send(HubCommand::Unregister {
+                        instance: instance.into(),
+                    });
                     self.runs.remove(instance);
                     self.resolves.retain(|_, i| i != instance);
                     self.jids.retain(|_, i| i != instance);

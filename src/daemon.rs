@@ -20,7 +20,7 @@ use crate::clock::{self, Wake, WallTimer};
 use crate::config::{self, Concurrency, Config, Diagnostic, Job, Loader, Severity};
 use crate::control::{Command, Control, Refusal, RunRef};
 use crate::coordinator::Coordinator;
-use crate::history::{History, MaintenanceState, Retention};
+use crate::history::{History, InFlight, MaintenanceState, Retention};
 use crate::joblog;
 use crate::journal::{RunEvent, SkipReason, Trigger};
 use crate::salt::SaltSettings;
@@ -65,6 +65,8 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
         },
     )?;
     let switched = history.maintenance().await.unwrap_or_default();
+    // Runs in flight when the daemon last stopped: their wrappers are reconnecting.
+    let adopted = history.in_flight().await.unwrap_or_default();
     let mut planner = Planner::new();
     let changes = planner.set_jobs(&config.jobs, clock::now());
     info!(jobs = changes.added.len(), dir = %dir.display(), "Saltpeter {} started", crate::VERSION);
@@ -82,7 +84,7 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut timer = WallTimer::new().map_err(DaemonError::Timer)?;
-    let (hub, mut hub_events) = start_hub(&settings).await?;
+    let (hub, mut hub_events) = start_hub(&settings, &adopted).await?;
     // Salt: the master's settings, its event bus (subscribed before anything is published), and
     // a worker that publishes so a slow master never stalls this loop.
     let salt_settings = match SaltSettings::from_config(&settings.salt) {
@@ -105,15 +107,18 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     ));
     // Every step of every run goes to the history store.
     let metrics = api::Metrics::default();
-    let (journal_tx, mut journal_rx) = mpsc::unbounded_channel();
-    let (sink, counters) = (history.clone(), metrics.clone());
-    tokio::spawn(async move {
-        while let Some(event) = journal_rx.recv().await {
-            counters.observe(&event);
-            sink.record(event);
-        }
-    });
-    let coordinator = Coordinator::new(hub, salt_req_tx, salt_settings, journal_tx.clone());
+    let mut coordinator = Coordinator::new(
+        hub,
+        salt_req_tx,
+        salt_settings,
+        history.clone(),
+        metrics.clone(),
+    );
+    for run in &adopted {
+        coordinator
+            .adopt(run, config.jobs.get(&run.job), &settings)
+            .await;
+    }
     let (control, mut commands) = Control::new(256);
     let mut daemon = Daemon {
         dir,
@@ -125,7 +130,6 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
         instances: InstanceIds::default(),
         coordinator,
         history: history.clone(),
-        journal: journal_tx,
         snapshot: None,
         metrics: metrics.clone(),
     };
@@ -213,7 +217,6 @@ struct Daemon {
     instances: InstanceIds,
     coordinator: Coordinator,
     history: History,
-    journal: mpsc::UnboundedSender<RunEvent>,
     snapshot: Option<watch::Sender<Arc<api::Snapshot>>>,
     metrics: api::Metrics,
 }
@@ -248,12 +251,14 @@ impl Daemon {
     }
 
     fn skip(&self, job: &str, reason: SkipReason, detail: String) {
-        let _ = self.journal.send(RunEvent::Skipped {
+        let event = RunEvent::Skipped {
             job: job.into(),
             reason,
             detail,
             at: clock::now(),
-        });
+        };
+        self.metrics.observe(&event);
+        self.history.record(event);
     }
 
     /// A due slot: started unless maintenance or the overlap rule says otherwise.
@@ -441,6 +446,7 @@ impl Daemon {
 /// certificate is configured.
 async fn start_hub(
     settings: &config::Settings,
+    adopted: &[InFlight],
 ) -> Result<
     (
         crate::agents::Hub,
@@ -467,8 +473,22 @@ async fn start_hub(
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!("machines hub listening on {scheme}://{addr}");
+    let adopted = adopted
+        .iter()
+        .map(|r| crate::agents::Adopted {
+            instance: r.instance.clone(),
+            job_name: r.job.clone(),
+            token: Some(r.token.clone()),
+            targets: r
+                .open
+                .iter()
+                .map(|t| (t.machine.clone(), t.next_seq))
+                .collect(),
+        })
+        .collect();
     let options = crate::agents::HubOptions {
         tls,
+        adopted,
         ..crate::agents::HubOptions::default()
     };
     Ok(crate::agents::spawn(listener, options))

@@ -84,6 +84,8 @@ pub enum RunEvent {
         instance: String,
         machine: String,
         data: String,
+        /// The wrapper's message number (`None` for text saltpeter or Salt added).
+        seq: Option<i64>,
     },
     TargetEnded {
         instance: String,

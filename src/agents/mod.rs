@@ -33,6 +33,19 @@ pub struct HubOptions {
     pub max_output_rate: u64,
     /// Serve `wss://` with this certificate ([`server_tls`]).
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Runs in flight before a restart, registered before the first connection is accepted
+    /// so their wrappers never hear `JOB_NOT_FOUND`.
+    pub adopted: Vec<Adopted>,
+}
+
+/// A run taken over from before a restart.
+#[derive(Clone, Debug)]
+pub struct Adopted {
+    pub instance: String,
+    pub job_name: String,
+    pub token: Option<String>,
+    /// Each target without a result, and the output seq stored next.
+    pub targets: Vec<(String, i64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +81,7 @@ pub fn server_tls(
 impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
+            adopted: Vec::new(),
             allow_legacy_wrappers: true,
             max_output_rate: 64 * 1024 * 1024,
             tls: None,
@@ -147,12 +161,30 @@ pub fn spawn(listener: TcpListener, options: HubOptions) -> (Hub, mpsc::Receiver
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (event_tx, event_rx) = mpsc::channel(16 * 1024);
     let (in_tx, in_rx) = mpsc::channel(16 * 1024);
-    let registry = Registry {
+    let mut registry = Registry {
         options: options.clone(),
         runs: HashMap::new(),
         conns: HashMap::new(),
         events: event_tx,
     };
+    for a in &options.adopted {
+        let targets = a
+            .targets
+            .iter()
+            .map(|(m, next_seq)| {
+                let mut t = Target::new();
+                t.next_seq = *next_seq;
+                (m.clone(), t)
+            })
+            .collect();
+        let run = Run {
+            job_name: a.job_name.clone(),
+            token: a.token.clone(),
+            targets,
+            open: false,
+        };
+        registry.runs.insert(a.instance.clone(), run);
+    }
     tokio::spawn(registry.run(cmd_rx, in_rx));
     tokio::spawn(accept_loop(listener, in_tx, options));
     (Hub { commands: cmd_tx }, event_rx)
@@ -590,8 +622,22 @@ impl Registry {
         };
         let mut replies = Vec::new();
         let mut event = None;
+        let mut gap_event = None;
         match msg {
-            WrapperMsg::Connect { .. } => {
+            WrapperMsg::Connect { resume, .. } => {
+                // The wrapper had more acknowledged than this daemon stored (acknowledged in
+                // the last moments before a crash): continue after it, and say so.
+                if let Some(r) = resume
+                    && r >= t.next_seq
+                {
+                    warn!(%instance, %machine, from = t.next_seq, to = r, "output acknowledged before a restart was not stored");
+                    let gap = format!(
+                        "\n[saltpeter: output messages {}..={r} were lost in a daemon restart]\n",
+                        t.next_seq
+                    );
+                    t.next_seq = r + 1;
+                    gap_event = Some(HubEventKind::Output { data: gap, seq: r });
+                }
                 replies.push(if protocol >= 1 {
                     DaemonMsg::Ack {
                         ack_type: AckType::Connect,
@@ -660,6 +706,9 @@ impl Registry {
         }
         for reply in &replies {
             self.send(id, reply);
+        }
+        if let Some(kind) = gap_event {
+            self.emit(&instance, &machine, kind).await;
         }
         if let Some(kind) = event {
             self.emit(&instance, &machine, kind).await;

@@ -289,6 +289,13 @@ impl Run {
         self.check_end(now);
     }
 
+    /// After a restart: `machine` had ended with `code` before (recorded already, so no
+    /// action); it counts toward the run's outcome.
+    pub fn handle_recovered(&mut self, machine: &str, code: i64) {
+        self.target(machine).state = State::Done;
+        self.codes.insert(machine.to_string(), code);
+    }
+
     /// `machine` answered neither the job nor Salt's probe.
     pub fn handle_target_down(&mut self, machine: &str, now: Mono) {
         let legacy = self.spec.legacy;

@@ -122,8 +122,19 @@ pub struct InFlight {
     pub job: String,
     pub token: String,
     pub jid: Option<String>,
-    /// Targets without a result, and whether each was confirmed.
-    pub open: Vec<(String, bool)>,
+    pub open: Vec<OpenTarget>,
+    /// Targets that had their result, with its exit code.
+    pub done: Vec<(String, i64)>,
+}
+
+/// A target without a result in a run that had not ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenTarget {
+    pub machine: String,
+    /// Past Phase 1 (its wrapper runs).
+    pub confirmed: bool,
+    /// The next output message expected from its wrapper.
+    pub next_seq: i64,
 }
 
 /// A target's start or result, for the timeline of recent runs.
@@ -226,6 +237,7 @@ impl History {
             retention,
             outputs: HashMap::new(),
             dirty: Vec::new(),
+            next_seqs: HashMap::new(),
             live: live.clone(),
         };
         std::thread::Builder::new()
@@ -362,6 +374,8 @@ struct Store {
     /// Output of targets written to in this process, keyed by (instance, machine).
     outputs: HashMap<(String, String), Capped>,
     dirty: Vec<(String, String)>,
+    /// The next output seq of targets written to, flushed with their output.
+    next_seqs: HashMap<(String, String), i64>,
     live: broadcast::Sender<Arc<RunEvent>>,
 }
 
@@ -504,7 +518,12 @@ impl Store {
                 instance,
                 machine,
                 data,
+                seq,
             } => {
+                if let Some(seq) = seq {
+                    self.next_seqs
+                        .insert((instance.clone(), machine.clone()), seq + 1);
+                }
                 let key = (instance.clone(), machine.clone());
                 if !self.outputs.contains_key(&key) {
                     self.ensure_target(instance, machine)?;
@@ -547,6 +566,7 @@ impl Store {
                     params![instance, ms(*at), success, *succeeded as i64, *total as i64],
                 )?;
                 self.outputs.retain(|(i, _), _| i != instance);
+                self.next_seqs.retain(|(i, _), _| i != instance);
                 self.prune_job_of(instance)?;
             }
             RunEvent::Skipped {
@@ -595,9 +615,11 @@ impl Store {
             let Some(out) = self.outputs.get(&key) else {
                 continue;
             };
+            let next_seq = self.next_seqs.get(&key).copied();
             if let Err(e) = self.conn.execute(
-                "UPDATE targets SET head = ?3, tail = ?4, dropped = ?5 WHERE instance = ?1 AND machine = ?2",
-                params![key.0, key.1, out.head, out.tail, out.dropped as i64],
+                "UPDATE targets SET head = ?3, tail = ?4, dropped = ?5, next_seq = COALESCE(?6, next_seq)
+                 WHERE instance = ?1 AND machine = ?2",
+                params![key.0, key.1, out.head, out.tail, out.dropped as i64, next_seq],
             ) {
                 tracing::error!(error = %e, "history: cannot store output");
             }
@@ -889,18 +911,30 @@ impl Store {
                     token: r.get(2)?,
                     jid: r.get(3)?,
                     open: Vec::new(),
+                    done: Vec::new(),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::new();
         for mut run in runs {
             let mut st = self.conn.prepare(
-                "SELECT machine, state FROM targets WHERE instance = ?1 AND state IN ('expected', 'running')",
+                "SELECT machine, state, next_seq FROM targets
+                 WHERE instance = ?1 AND state IN ('expected', 'running') ORDER BY machine",
             )?;
             run.open = st
                 .query_map(params![run.instance], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)? == "running"))
+                    Ok(OpenTarget {
+                        machine: r.get(0)?,
+                        confirmed: r.get::<_, String>(1)? == "running",
+                        next_seq: r.get(2)?,
+                    })
                 })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st = self.conn.prepare(
+                "SELECT machine, code FROM targets WHERE instance = ?1 AND state = 'done' AND code IS NOT NULL",
+            )?;
+            run.done = st
+                .query_map(params![run.instance], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             out.push(run);
         }

@@ -47,6 +47,9 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE TABLE maintenance (
         machine TEXT PRIMARY KEY
      );",
+    // 2: the next output message expected from each target's wrapper, so a restarted daemon
+    // resumes the stream where the database has it.
+    "ALTER TABLE targets ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -46,11 +46,13 @@ fn run_events(instance: &str, job: &str, at: i64) -> Vec<RunEvent> {
             instance: i.clone(),
             machine: "a".into(),
             data: "hello ".into(),
+            seq: Some(0),
         },
         RunEvent::Output {
             instance: i.clone(),
             machine: "a".into(),
             data: "world\n".into(),
+            seq: Some(1),
         },
         RunEvent::TargetEnded {
             instance: i.clone(),
@@ -132,15 +134,19 @@ async fn history_survives_reopening_and_in_flight_runs_are_found() {
     let h = open(&dir, Retention::default());
     let open_runs = h.in_flight().await.unwrap();
     assert_eq!(open_runs.len(), 1);
-    assert_eq!(
-        open_runs[0].open,
-        vec![("a".to_string(), true), ("b".to_string(), false)]
-    );
+    let open: Vec<(&str, bool, i64)> = open_runs[0]
+        .open
+        .iter()
+        .map(|t| (t.machine.as_str(), t.confirmed, t.next_seq))
+        .collect();
+    // `a` streamed message 0 ("hello "): its wrapper resumes at 1.
+    assert_eq!(open, [("a", true, 1), ("b", false, 0)]);
     // Output appended after the restart continues the stored stream.
     h.record(RunEvent::Output {
         instance: "j_1".into(),
         machine: "a".into(),
         data: "again".into(),
+        seq: None,
     });
     let (slice, done) = h.output("j_1", "a", 0).await.unwrap().unwrap();
     assert_eq!((slice.text.as_str(), done), ("hello again", false));
@@ -243,4 +249,30 @@ fn an_old_database_is_migrated_and_a_newer_one_refused() {
     c.pragma_update(None, "user_version", 99).unwrap();
     let err = schema::migrate(&mut c).unwrap_err();
     assert!(err.to_string().contains("newer saltpeter"), "{err}");
+}
+
+#[test]
+fn a_version_1_database_keeps_its_rows_through_later_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute_batch(
+            "INSERT INTO runs (instance, job, trigger, started_ms, token) VALUES ('j_1', 'j', 'schedule', 1, 't');
+             INSERT INTO targets (instance, machine, state, head) VALUES ('j_1', 'a', 'running', 'old output');",
+        )
+        .unwrap();
+    }
+    let mut c = Connection::open(&path).unwrap();
+    schema::migrate(&mut c).unwrap();
+    let (head, next): (String, i64) = c
+        .query_row(
+            "SELECT head, next_seq FROM targets WHERE instance = 'j_1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((head.as_str(), next), ("old output", 0));
 }

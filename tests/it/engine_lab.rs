@@ -419,3 +419,57 @@ fn run_now_kill_overlap_maintenance_and_a_master_away_through_the_api() {
     }
     crate::salt_lab::wait_all_answer(lab);
 }
+
+#[test]
+fn a_run_survives_the_daemon_being_killed_and_restarted() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
+        lab.master_config(),
+        env!("CARGO_BIN_EXE_sp-wrapper"),
+        dir.path().join("log").display()
+    );
+    write(dir.path(), "01-settings.yaml", &settings);
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 1; done";
+    write(
+        dir.path(),
+        "jobs.yaml",
+        &far("steady", &format!("  command: {script}\n")),
+    );
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let (code, r) = d.call("POST", "/api/v1/jobs/steady/run", None);
+    assert_eq!(code, 202, "{r}");
+    let instance = r["instance"].as_str().unwrap().to_string();
+    let minions = lab.minions();
+    poll_run(&d, &instance, "output flowing", |run| {
+        minions.iter().all(|m| {
+            target(run, m)["state"] == "running"
+                && target(run, m)["output_bytes"].as_u64() > Some(0)
+        })
+    });
+
+    // SIGKILL: nothing is flushed on the way out. The wrappers keep running and spooling.
+    let mut d = d.crash_and_restart(dir.path());
+    d.wait_api();
+    let run = poll_run(
+        &d,
+        &instance,
+        "the run completing after the restart",
+        |run| run["running"] == false,
+    );
+    assert_eq!(run["success"], true, "{run:#}");
+    let expected: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+    for m in &minions {
+        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
+        let (_, out) = d.call(
+            "GET",
+            &format!("/api/v1/runs/{instance}/targets/{m}/output"),
+            None,
+        );
+        assert_eq!(out["text"].as_str(), Some(expected.as_str()), "{m}: {out}");
+    }
+    let seen = d.seen.join("\n");
+    assert!(!seen.contains("JOB_NOT_FOUND"), "{seen}");
+}

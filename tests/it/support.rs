@@ -56,7 +56,19 @@ impl Daemon {
     /// With more `saltpeter_config` lines (indented by two spaces) and a given state directory
     /// (to restart on the same database).
     pub fn start_with(dir: &Path, settings: &str, state: tempfile::TempDir) -> Daemon {
-        let [hub_port, api_port] = [free_port(), free_port()];
+        Daemon::launch(dir, settings, state, [free_port(), free_port()])
+    }
+
+    /// Kills this daemon with SIGKILL and starts another on the same ports and database.
+    pub fn crash_and_restart(mut self, dir: &Path) -> Daemon {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        Daemon::launch(dir, "", state, [self.hub_port, self.api_port])
+    }
+
+    fn launch(dir: &Path, settings: &str, state: tempfile::TempDir, ports: [u16; 2]) -> Daemon {
+        let [hub_port, api_port] = ports;
         let ports = format!(
             "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {hub_port}\n  api_ws_bind_addr: 127.0.0.1\n  api_ws_port: {api_port}\n  database: {}\n{settings}",
             state.path().join("history.db").display()
