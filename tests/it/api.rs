@@ -350,3 +350,75 @@ fn the_original_ui_protocol_message_sequence() {
         d.call("GET", "/version", None).0 == 200
     });
 }
+
+fn cli(d: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let out = crate::support::bin()
+        .args(args)
+        .args(["--api", &d.api()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_clients_speak_to_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "");
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let (code, out, err) = cli(&d, &["run-now", "long"]);
+    assert_eq!(code, 0, "{err}");
+    let instance = out.trim().strip_prefix("started ").unwrap().to_string();
+    let (code, _, err) = cli(&d, &["run-now", "long"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is still running (concurrency: forbid) (HTTP 409)"),
+        "{err}"
+    );
+    let (code, out, _) = cli(&d, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("running {instance}")), "{out}");
+    let (code, out, _) = cli(&d, &["runs", "long", "--json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["runs"][0]["instance"], instance.as_str());
+    let (code, out, _) = cli(&d, &["runs", "long"]);
+    assert!(
+        code == 0 && out.contains(&instance) && out.contains("manual") && out.contains("running"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&d, &["kill", "long"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("killing {instance}").as_str()),
+        "{err}"
+    );
+    let (code, _, err) = cli(&d, &["kill", "nope_123"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = cli(&d, &["maintenance", "on", "--machine", "m1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("machines under maintenance: m1"), "{out}");
+    let (code, out, _) = cli(&d, &["maintenance", "off", "--machine", "m1"]);
+    assert!(
+        code == 0 && out.contains("machines under maintenance: none"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&d, &["output", "nope_1"]);
+    assert_eq!(code, 1, "{err}");
+
+    // No daemon there: exit 2 with the address it tried.
+    let out = crate::support::bin()
+        .args([
+            "status",
+            "--api",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the saltpeter API"));
+}

@@ -417,6 +417,24 @@ fn run_now_kill_overlap_maintenance_and_a_master_away_through_the_api() {
     for m in &minions {
         assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
     }
+    // The CLI follows a target's output to its end.
+    let out = crate::support::bin()
+        .args(["output", &echoer, "minion-1", "--follow", "--api", &d.api()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        (out.status.code(), stdout.as_ref()),
+        (Some(0), "back\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{echoer}:minion-1 ended: exit code 0 (success)")),
+        "{stderr}"
+    );
     crate::salt_lab::wait_all_answer(lab);
 }
 

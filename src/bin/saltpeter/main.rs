@@ -1,6 +1,8 @@
-//! The `saltpeter` command: the daemon (`run`) and the operator's tools (`check`, `next`,
-//! `import-crontab`, `tap`, `salt`). Parses arguments, calls the library, maps outcomes to exit codes.
+//! The `saltpeter` command: the daemon (`run`), the operator's tools (`check`, `next`,
+//! `import-crontab`, `tap`, `salt`) and the API clients (`status`, `runs`, `output`, `run-now`,
+//! `kill`, `maintenance`). Parses arguments, calls the library, maps outcomes to exit codes.
 
+mod client;
 mod salt_cmd;
 mod tap;
 
@@ -98,6 +100,55 @@ enum Command {
         /// Put `--` before arguments that start with `-`.
         args: Vec<String>,
     },
+    /// The running daemon at a glance: version, maintenance, runs in flight.
+    Status {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// A job's recorded runs, newest first.
+    Runs {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        job: String,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
+    /// A run's output: every target's, or one's; `--follow` streams it until the target ends
+    /// (exit code 3 when a followed target failed).
+    Output {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        /// The run's instance id (`<job>_<id>`, see `saltpeter runs`).
+        run: String,
+        /// One target (minion id).
+        target: Option<String>,
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Start a job now (refused during maintenance or while it runs, unless it may overlap).
+    RunNow {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        job: String,
+    },
+    /// Kill a run (by instance id, or a job's running instance), or one target of it.
+    Kill {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        /// A run's instance id or a job's name.
+        run_or_job: String,
+        #[arg(long, value_name = "MINION")]
+        target: Option<String>,
+    },
+    /// Switch maintenance: global (nothing new starts) or for one machine (left out of runs).
+    Maintenance {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long, value_name = "MINION")]
+        machine: Option<String>,
+    },
     /// Convert a crontab into saltpeter job YAML on standard output.
     ImportCrontab {
         /// The crontab file (`-` for standard input).
@@ -140,6 +191,25 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir } => check(&dir),
+        Command::Status { api } => client::status(&api),
+        Command::Runs { api, job, limit } => client::runs(&api, &job, limit),
+        Command::Output {
+            api,
+            run,
+            target,
+            follow,
+        } => client::output(&api, &run, target.as_deref(), follow),
+        Command::RunNow { api, job } => client::run_now(&api, &job),
+        Command::Kill {
+            api,
+            run_or_job,
+            target,
+        } => client::kill(&api, &run_or_job, target.as_deref()),
+        Command::Maintenance {
+            api,
+            state,
+            machine,
+        } => client::maintenance(&api, state == "on", machine.as_deref()),
         Command::Tap {
             salt_config,
             tags,
