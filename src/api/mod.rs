@@ -1,4 +1,4 @@
-//! The HTTP side: the versioned REST API (`/api/v1`, described by `proto/api/openapi.yaml`),
+//! The HTTP side: the versioned REST API (`/api/v1`, described by `proto/api/openapi.json`),
 //! the original Saltpeter's endpoints and UI WebSocket (so its React UI keeps working), the
 //! embedded web UI, and Prometheus metrics. It reads the history store and a snapshot of the
 //! config, and acts only through [`Control`] commands.

@@ -1,6 +1,6 @@
 //! `/api/v1`: jobs, runs, targets' output (whole, from an offset, or followed live as
 //! server-sent events), run now, kill, maintenance, reload, diagnostics. The shapes are
-//! documented in `proto/api/openapi.yaml`, which the tests check responses against.
+//! documented in `proto/api/openapi.json`, which the tests check responses against.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,11 +21,11 @@ use crate::config::{Concurrency, Job, Targets};
 use crate::control::{MaintenanceChange, RunRef};
 use crate::history::RunRow;
 
-pub const OPENAPI: &str = include_str!("../../proto/api/openapi.yaml");
+pub const OPENAPI: &str = include_str!("../../proto/api/openapi.json");
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
-        .route("/api/v1/openapi.yaml", get(openapi))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{job}", get(job))
         .route("/api/v1/jobs/{job}/runs", get(runs))

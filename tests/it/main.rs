@@ -6,6 +6,7 @@ mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdow
 mod engine_lab; // the daemon end to end on a real Salt lab: Phase 1, Phase 2, exit codes
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
+mod openapi; // the REST API against proto/api/openapi.json: routes and response schemas
 mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt
 mod proto_wrapper; // the wrapper protocol against its fixtures in proto/wrapper
 mod salt_lab; // the native Salt client against a real master and minions
