@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, integration and golden tests, with the Salt tests run against a
 # real lab master and minions for each supported Salt version (3007.16, then 3006.29 for the
-# Salt tests only). Installs Salt into a cache on first use (about a minute per version).
+# Salt tests only). Installs Salt into a cache on first use (about a minute per version), and
+# Chromium plus playwright-core for the web UI test.
 #   SALTPETER_SALT_VERSIONS="3007.16 3006.29"   which versions (the first runs everything)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 versions=(${SALTPETER_SALT_VERSIONS:-3007.16 3006.29})
+
+# The web UI test drives Debian's Chromium with playwright-core (pinned in tests/ui).
+if ! command -v chromium > /dev/null; then
+  echo "== installing Chromium (Debian's package)"
+  if [[ $(id -u) -eq 0 ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null ||
+      { apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null; }
+  else
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null
+  fi
+fi
+if [[ ! -d tests/ui/node_modules/playwright-core ]]; then
+  echo "== installing playwright-core for the UI test"
+  npm install --prefix tests/ui --no-audit --no-fund --loglevel=error
+fi
 labs=()
 cleanup() {
   for dir in "${labs[@]}"; do contrib/lab/lab.sh stop --dir "$dir" || true; done

@@ -48,6 +48,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/diagnostics", get(diagnostics))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/timeline", get(timeline))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -429,6 +430,23 @@ async fn diagnostics(State(state): State<AppState>) -> Json<Value> {
         "jobs": snap.config.jobs.len(),
         "loaded_at": snap.changed.to_string(),
     }))
+}
+
+#[derive(Deserialize)]
+struct TimelineQuery {
+    /// How far back, in minutes (default 60, at most 7 days).
+    minutes: Option<i64>,
+}
+
+/// Targets' starts and results of recent runs, oldest first.
+async fn timeline(
+    State(state): State<AppState>,
+    Query(q): Query<TimelineQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let minutes = q.minutes.unwrap_or(60).clamp(1, 7 * 24 * 60);
+    let to = crate::clock::now().as_millisecond();
+    let items = state.history.timeline(to - minutes * 60_000, to).await?;
+    Ok(Json(json!({ "minutes": minutes, "items": items })))
 }
 
 /// The daemon at a glance: version, maintenance, runs in flight.

@@ -163,6 +163,7 @@ fn responses_match_the_documented_schemas() {
         ("/api/v1/diagnostics", "/api/v1/diagnostics".into(), "get", None, 200),
         ("/api/v1/reload", "/api/v1/reload".into(), "post", None, 200),
         ("/api/v1/status", "/api/v1/status".into(), "get", None, 200),
+        ("/api/v1/timeline", "/api/v1/timeline?minutes=5".into(), "get", None, 200),
         ("/version", "/version".into(), "get", None, 200),
         ("/config", "/config".into(), "get", None, 200),
         ("/running", "/running".into(), "get", None, 200),
