@@ -20,7 +20,7 @@ if ! command -v chromium > /dev/null; then
 fi
 if [[ ! -d tests/ui/node_modules/playwright-core ]]; then
   echo "== installing playwright-core for the UI test"
-  npm install --prefix tests/ui --no-audit --no-fund --loglevel=error
+  npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error
 fi
 labs=()
 cleanup() {

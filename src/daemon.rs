@@ -186,7 +186,11 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
             }
             Some(message) = bus_rx.recv() => {
                 match &message {
-                    BusMessage::Event(_) => daemon.metrics.bus_event(),
+                    BusMessage::Event(e) => {
+                        let stamp = crate::salt::wire::get(&e.data, "_stamp")
+                            .and_then(|v| crate::salt::wire::parse_stamp(&crate::salt::wire::value_text(v)));
+                        daemon.metrics.bus_event(stamp);
+                    }
                     BusMessage::Connected(_) => daemon.metrics.bus_state(true),
                     BusMessage::Disconnected { .. } => daemon.metrics.bus_state(false),
                     _ => {}

@@ -60,6 +60,8 @@ struct Inner {
     wrappers: i64,
     bus_connected: bool,
     bus_last_event: Option<Timestamp>,
+    /// How late the last event arrived (its `_stamp` to now).
+    bus_lag: Option<f64>,
     /// Runs in flight: instance → (job, start).
     started: HashMap<String, (String, Timestamp)>,
     confirmed: HashMap<(String, String), Timestamp>,
@@ -137,8 +139,15 @@ impl Metrics {
         self.with(|m| m.bus_connected = connected);
     }
 
-    pub fn bus_event(&self) {
-        self.with(|m| m.bus_last_event = Some(crate::clock::now()));
+    /// An event arrived; `stamp` is when the master stamped it.
+    pub fn bus_event(&self, stamp: Option<Timestamp>) {
+        let now = crate::clock::now();
+        self.with(|m| {
+            m.bus_last_event = Some(now);
+            if let Some(s) = stamp {
+                m.bus_lag = Some(secs(now.duration_since(s)));
+            }
+        });
     }
 
     /// The exposition text; `db_bytes` is the database's size.
@@ -236,6 +245,11 @@ impl Metrics {
             );
             let _ = writeln!(out, "# TYPE saltpeter_database_bytes gauge");
             let _ = writeln!(out, "saltpeter_database_bytes {db_bytes}");
+            if let Some(lag) = m.bus_lag {
+                let _ = writeln!(out, "# HELP saltpeter_event_bus_lag_seconds How late the last Salt event arrived (its _stamp to receipt).");
+                let _ = writeln!(out, "# TYPE saltpeter_event_bus_lag_seconds gauge");
+                let _ = writeln!(out, "saltpeter_event_bus_lag_seconds {lag}");
+            }
             out
         })
     }

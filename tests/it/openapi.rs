@@ -20,7 +20,13 @@ fn properties(spec: &Value, schema: &Value, out: &mut Vec<String>) {
     for s in schema["allOf"].as_array().into_iter().flatten() {
         properties(spec, s, out);
     }
-    out.extend(schema["properties"].as_object().into_iter().flatten().map(|(k, _)| k.clone()));
+    out.extend(
+        schema["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone()),
+    );
 }
 
 /// Checks `v` against an OpenAPI 3.0 schema (the subset the document uses).
@@ -28,7 +34,14 @@ fn check(spec: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<Str
     check_inner(spec, schema, v, at, errors, true);
 }
 
-fn check_inner(spec: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>, closed: bool) {
+fn check_inner(
+    spec: &Value,
+    schema: &Value,
+    v: &Value,
+    at: &str,
+    errors: &mut Vec<String>,
+    closed: bool,
+) {
     let schema = resolve(spec, schema);
     if v.is_null() && schema["nullable"] == true {
         return;
@@ -120,7 +133,10 @@ fn every_route_is_documented() {
     }
     assert!(routes.len() >= 19, "{routes:?}");
     for r in &routes {
-        assert!(paths.contains_key(r), "route {r} is not in proto/api/openapi.json");
+        assert!(
+            paths.contains_key(r),
+            "route {r} is not in proto/api/openapi.json"
+        );
     }
     for p in paths.keys() {
         assert!(routes.contains(p), "{p} is documented but not served");
@@ -152,31 +168,106 @@ fn responses_match_the_documented_schemas() {
     let instance = started["instance"].as_str().unwrap().to_string();
     let cases: Vec<(&str, String, &str, Option<&str>, u16)> = vec![
         ("/api/v1/jobs", "/api/v1/jobs".into(), "get", None, 200),
-        ("/api/v1/jobs/{job}", "/api/v1/jobs/j".into(), "get", None, 200),
-        ("/api/v1/jobs/{job}", "/api/v1/jobs/zz".into(), "get", None, 404),
-        ("/api/v1/jobs/{job}/runs", "/api/v1/jobs/j/runs?limit=1".into(), "get", None, 200),
-        ("/api/v1/runs/{instance}", format!("/api/v1/runs/{instance}"), "get", None, 200),
-        ("/api/v1/jobs/{job}/run", "/api/v1/jobs/j/run".into(), "post", None, 409),
-        ("/api/v1/maintenance", "/api/v1/maintenance".into(), "get", None, 200),
-        ("/api/v1/maintenance", "/api/v1/maintenance".into(), "post", Some("{\"on\": false}"), 200),
-        ("/api/v1/maintenance", "/api/v1/maintenance".into(), "post", Some("[1]"), 422),
-        ("/api/v1/diagnostics", "/api/v1/diagnostics".into(), "get", None, 200),
+        (
+            "/api/v1/jobs/{job}",
+            "/api/v1/jobs/j".into(),
+            "get",
+            None,
+            200,
+        ),
+        (
+            "/api/v1/jobs/{job}",
+            "/api/v1/jobs/zz".into(),
+            "get",
+            None,
+            404,
+        ),
+        (
+            "/api/v1/jobs/{job}/runs",
+            "/api/v1/jobs/j/runs?limit=1".into(),
+            "get",
+            None,
+            200,
+        ),
+        (
+            "/api/v1/runs/{instance}",
+            format!("/api/v1/runs/{instance}"),
+            "get",
+            None,
+            200,
+        ),
+        (
+            "/api/v1/jobs/{job}/run",
+            "/api/v1/jobs/j/run".into(),
+            "post",
+            None,
+            409,
+        ),
+        (
+            "/api/v1/maintenance",
+            "/api/v1/maintenance".into(),
+            "get",
+            None,
+            200,
+        ),
+        (
+            "/api/v1/maintenance",
+            "/api/v1/maintenance".into(),
+            "post",
+            Some("{\"on\": false}"),
+            200,
+        ),
+        (
+            "/api/v1/maintenance",
+            "/api/v1/maintenance".into(),
+            "post",
+            Some("[1]"),
+            422,
+        ),
+        (
+            "/api/v1/diagnostics",
+            "/api/v1/diagnostics".into(),
+            "get",
+            None,
+            200,
+        ),
         ("/api/v1/reload", "/api/v1/reload".into(), "post", None, 200),
         ("/api/v1/status", "/api/v1/status".into(), "get", None, 200),
-        ("/api/v1/timeline", "/api/v1/timeline?minutes=5".into(), "get", None, 200),
+        (
+            "/api/v1/timeline",
+            "/api/v1/timeline?minutes=5".into(),
+            "get",
+            None,
+            200,
+        ),
         ("/version", "/version".into(), "get", None, 200),
         ("/config", "/config".into(), "get", None, 200),
         ("/running", "/running".into(), "get", None, 200),
         ("/ws", "/ws".into(), "get", None, 426),
-        ("/api/v1/runs/{instance}/kill", format!("/api/v1/runs/{instance}/kill"), "post", None, 200),
-        ("/api/v1/jobs/{job}/kill", "/api/v1/jobs/zz/kill".into(), "post", None, 404),
+        (
+            "/api/v1/runs/{instance}/kill",
+            format!("/api/v1/runs/{instance}/kill"),
+            "post",
+            None,
+            200,
+        ),
+        (
+            "/api/v1/jobs/{job}/kill",
+            "/api/v1/jobs/zz/kill".into(),
+            "post",
+            None,
+            404,
+        ),
     ];
     let mut errors = Vec::new();
     for (doc_path, url, method, body, status) in cases {
         let (got, v) = d.call(&method.to_uppercase(), &url, body);
         assert_eq!(got, status, "{method} {url}: {v}");
         let documented = &spec["paths"][doc_path][method]["responses"][status.to_string()];
-        assert!(documented.is_object(), "{method} {doc_path} {status} is not documented");
+        assert!(
+            documented.is_object(),
+            "{method} {doc_path} {status} is not documented"
+        );
         let schema = &documented["content"]["application/json"]["schema"];
         check(&spec, schema, &v, &format!("{method} {url}"), &mut errors);
     }

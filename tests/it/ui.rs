@@ -52,7 +52,13 @@ fn the_web_ui_runs_a_job_shows_live_output_and_kills_a_run_in_chromium() {
         shots.display()
     );
     assert!(stdout.contains("ui: all good"), "{stdout}");
-    for shot in ["jobs.png", "run-ok.png", "killed.png", "timeline.png", "jobs-phone.png"] {
+    for shot in [
+        "jobs.png",
+        "run-ok.png",
+        "killed.png",
+        "timeline.png",
+        "jobs-phone.png",
+    ] {
         assert!(shots.join(shot).exists(), "{shot} was not taken");
     }
 }

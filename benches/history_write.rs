@@ -1,0 +1,90 @@
+//! Benchmark of the history store under a run of 1,000 targets streaming output: events stored
+//! per second (batched transactions), and how long an API-style query waits meanwhile (the UI
+//! staying responsive). Run with `cargo bench --bench history_write`.
+
+use std::time::{Duration, Instant};
+
+use saltpeter::history::{History, Retention};
+use saltpeter::journal::{RunEvent, Trigger};
+
+const TARGETS: usize = 1000;
+const CHUNKS: usize = 100;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(&dir.path().join("bench.db"), Retention::default()).unwrap();
+    let instance = "bench_1".to_string();
+    h.record(RunEvent::Started {
+        instance: instance.clone(),
+        job: "bench".into(),
+        trigger: Trigger::Manual,
+        scheduled: None,
+        at: jiff::Timestamp::now(),
+        token: "t".into(),
+    });
+    let machines: Vec<String> = (0..TARGETS).map(|i| format!("minion-{i:04}")).collect();
+    h.record(RunEvent::Published {
+        instance: instance.clone(),
+        jid: "1".into(),
+        machines: machines.clone(),
+    });
+    let line = "x".repeat(119) + "\n";
+    let writer = {
+        let h = h.clone();
+        let instance = instance.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            for seq in 0..CHUNKS {
+                for m in &machines {
+                    h.record(RunEvent::Output {
+                        instance: instance.clone(),
+                        machine: m.clone(),
+                        data: line.clone(),
+                        seq: Some(seq as i64),
+                    });
+                }
+            }
+            started.elapsed()
+        })
+    };
+    // Meanwhile: what the UI asks every second, timed.
+    let mut waits = Vec::new();
+    let started = Instant::now();
+    rt.block_on(async {
+        while !writer.is_finished() {
+            let t = Instant::now();
+            h.run(&instance).await.unwrap();
+            waits.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        h.flush().await.unwrap();
+    });
+    let total = started.elapsed();
+    let sent = writer.join().unwrap();
+    let events = TARGETS * CHUNKS;
+    waits.sort();
+    let pct = |p: f64| waits[((waits.len() - 1) as f64 * p) as usize];
+    let size = rt.block_on(h.size()).unwrap();
+    println!(
+        "{events} output events ({TARGETS} targets x {CHUNKS} chunks of 120 B): recorded in {:.0} ms, all committed in {:.0} ms = {:.0} events/s ({:.1} MB/s)",
+        sent.as_secs_f64() * 1000.0,
+        total.as_secs_f64() * 1000.0,
+        events as f64 / total.as_secs_f64(),
+        (events * 120) as f64 / total.as_secs_f64() / 1e6
+    );
+    println!(
+        "a run query with 1,000 targets meanwhile ({} queries): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; database {} MB",
+        waits.len(),
+        pct(0.5).as_secs_f64() * 1000.0,
+        pct(0.99).as_secs_f64() * 1000.0,
+        waits.last().unwrap().as_secs_f64() * 1000.0,
+        size / 1_000_000
+    );
+}
