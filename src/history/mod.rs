@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::journal::RunEvent;
-use output::{Capped, Slice};
+use output::{CapState, Slice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -371,8 +371,8 @@ impl History {
 struct Store {
     conn: Connection,
     retention: Retention,
-    /// Output of targets written to in this process, keyed by (instance, machine).
-    outputs: HashMap<(String, String), Capped>,
+    /// The output cap's state of targets written to, keyed by (instance, machine).
+    outputs: HashMap<(String, String), CapState>,
     dirty: Vec<(String, String)>,
     /// The next output seq of targets written to, flushed with their output.
     next_seqs: HashMap<(String, String), i64>,
@@ -395,7 +395,8 @@ impl Store {
         while let Ok(first) = rx.recv() {
             // One transaction per burst: a thousand targets' output is a few commits a second.
             let mut batch = vec![first];
-            while batch.len() < 10_000 {
+            // Bounded so a query never waits behind more than a few milliseconds of writes.
+            while batch.len() < 5_000 {
                 match rx.try_recv() {
                     Ok(m) => batch.push(m),
                     Err(_) => break,
@@ -527,14 +528,26 @@ impl Store {
                 let key = (instance.clone(), machine.clone());
                 if !self.outputs.contains_key(&key) {
                     self.ensure_target(instance, machine)?;
-                    let loaded = self.load_output(instance, machine)?.unwrap_or_default();
+                    let loaded = self.load_output(instance, machine)?;
                     self.outputs.insert(key.clone(), loaded);
                 }
-                let cap = self.retention.output_cap;
-                self.outputs
+                let cap = self.retention.output_cap as u64;
+                let (pos, drop) = self
+                    .outputs
                     .get_mut(&key)
                     .expect("inserted")
-                    .push(data, cap);
+                    .push(data.len() as u64, cap);
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO chunks (instance, machine, pos, data) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![instance, machine, pos as i64, data])?;
+                for p in drop {
+                    self.conn.execute(
+                        "DELETE FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos = ?3",
+                        params![instance, machine, p as i64],
+                    )?;
+                }
                 if !self.dirty.contains(&key) {
                     self.dirty.push(key);
                 }
@@ -594,20 +607,75 @@ impl Store {
         Ok(())
     }
 
-    fn load_output(&self, instance: &str, machine: &str) -> rusqlite::Result<Option<Capped>> {
-        self.conn
+    /// The cap's state of a target written to before (by an earlier process).
+    fn load_output(&self, instance: &str, machine: &str) -> rusqlite::Result<CapState> {
+        let (total, dropped): (i64, i64) = self
+            .conn
             .query_row(
-                "SELECT head, tail, dropped FROM targets WHERE instance = ?1 AND machine = ?2",
+                "SELECT output_bytes, dropped FROM targets WHERE instance = ?1 AND machine = ?2",
                 params![instance, machine],
-                |r| {
-                    Ok(Capped {
-                        head: r.get(0)?,
-                        tail: r.get(1)?,
-                        dropped: r.get::<_, i64>(2)? as u64,
-                    })
-                },
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()
+            .optional()?
+            .unwrap_or((0, 0));
+        let mut state = CapState {
+            total: total as u64,
+            dropped: dropped as u64,
+            ..CapState::default()
+        };
+        let mut st = self.conn.prepare(
+            "SELECT pos, length(CAST(data AS BLOB)) FROM chunks WHERE instance = ?1 AND machine = ?2 ORDER BY pos",
+        )?;
+        let chunks = st
+            .query_map(params![instance, machine], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // Head chunks are the contiguous ones from 0 inside the first half of the cap.
+        let half = self.retention.output_cap as u64 / 2;
+        let mut head_open = true;
+        for (pos, len) in chunks {
+            if head_open && pos == state.head && pos < half {
+                state.head += len;
+            } else {
+                head_open = false;
+                state.tail.push_back((pos, len));
+            }
+        }
+        Ok(state)
+    }
+
+    /// A target's output from `from`, and whether the target has ended.
+    fn read_output(
+        &self,
+        instance: &str,
+        machine: &str,
+        from: u64,
+    ) -> rusqlite::Result<Option<(Slice, bool)>> {
+        let Some((total, state)) = self
+            .conn
+            .query_row(
+                "SELECT output_bytes, state FROM targets WHERE instance = ?1 AND machine = ?2",
+                params![instance, machine],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        // From the chunk that holds `from` on (the index bounds the scan).
+        let mut st = self.conn.prepare(
+            "SELECT pos, data FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos >=
+               COALESCE((SELECT MAX(pos) FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos <= ?3), 0)
+             ORDER BY pos",
+        )?;
+        let chunks = st
+            .query_map(params![instance, machine, from as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let done = state == "done" || state == "maintenance";
+        Ok(Some((output::assemble(&chunks, from, total), done)))
     }
 
     fn flush_outputs(&mut self) {
@@ -616,11 +684,19 @@ impl Store {
                 continue;
             };
             let next_seq = self.next_seqs.get(&key).copied();
-            if let Err(e) = self.conn.execute(
-                "UPDATE targets SET head = ?3, tail = ?4, dropped = ?5, next_seq = COALESCE(?6, next_seq)
+            let update = self.conn.prepare_cached(
+                "UPDATE targets SET output_bytes = ?3, dropped = ?4, next_seq = COALESCE(?5, next_seq)
                  WHERE instance = ?1 AND machine = ?2",
-                params![key.0, key.1, out.head, out.tail, out.dropped as i64, next_seq],
-            ) {
+            );
+            if let Err(e) = update.and_then(|mut st| {
+                st.execute(params![
+                    key.0,
+                    key.1,
+                    out.total as i64,
+                    out.dropped as i64,
+                    next_seq
+                ])
+            }) {
                 tracing::error!(error = %e, "history: cannot store output");
             }
         }
@@ -678,34 +754,13 @@ impl Store {
                 machine,
                 offset,
                 reply: tx,
-            } => {
-                let found = self
-                    .conn
-                    .query_row(
-                        "SELECT head, tail, dropped, state FROM targets WHERE instance = ?1 AND machine = ?2",
-                        params![instance, machine],
-                        |r| {
-                            Ok((
-                                Capped {
-                                    head: r.get(0)?,
-                                    tail: r.get(1)?,
-                                    dropped: r.get::<_, i64>(2)? as u64,
-                                },
-                                r.get::<_, String>(3)?,
-                            ))
-                        },
-                    )
-                    .optional()
+            } => reply(
+                tx,
+                self.read_output(&instance, &machine, offset)
                     .inspect_err(log)
                     .ok()
-                    .flatten();
-                reply(
-                    tx,
-                    found.map(|(c, state)| {
-                        (c.read(offset), state == "done" || state == "maintenance")
-                    }),
-                )
-            }
+                    .flatten(),
+            ),
             Query::Skips {
                 job,
                 limit,
@@ -874,7 +929,7 @@ impl Store {
         };
         let mut st = self.conn.prepare(
             "SELECT machine, state, code, note, confirmed_ms, ended_ms, wrapper_version, pid,
-                    heartbeat_ms, length(CAST(head AS BLOB)) + dropped + length(CAST(tail AS BLOB)), dropped
+                    heartbeat_ms, output_bytes, dropped
              FROM targets WHERE instance = ?1 ORDER BY machine",
         )?;
         let targets = st

@@ -1,13 +1,9 @@
-//! One target's output under a byte cap: the head and the tail are kept, the middle is dropped
-//! and counted. Offsets are byte positions in the whole stream as the wrapper sent it.
+//! One target's output under a byte cap, as stored chunks: each piece of output is one chunk at
+//! its byte offset in the whole stream; the first half of the cap stays (the head), the newest
+//! chunks fill the rest (the tail), and chunks in between are dropped and counted. Pure: the
+//! store carries out the inserts and deletes this decides, and reads go through [`assemble`].
 
-/// The head and tail of a stream capped at `cap` bytes; `total = head + dropped + tail`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Capped {
-    pub head: String,
-    pub tail: String,
-    pub dropped: u64,
-}
+use std::collections::VecDeque;
 
 /// What a reader gets from an offset on.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -17,73 +13,82 @@ pub struct Slice {
     /// The offset to ask for next.
     pub next: u64,
     pub text: String,
-    /// Bytes between `offset` and `next` that were dropped by the cap (shown as a marker line).
+    /// Bytes between `offset` and `next` that were dropped by the cap (a marker line stands
+    /// for them).
     pub dropped_bytes: u64,
 }
 
-impl Capped {
-    pub fn total(&self) -> u64 {
-        self.head.len() as u64 + self.dropped + self.tail.len() as u64
-    }
+/// The capping state of one target's stored chunks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CapState {
+    /// Bytes received in all (the next chunk's offset).
+    pub total: u64,
+    /// Bytes dropped so far.
+    pub dropped: u64,
+    /// Bytes kept in head chunks (those starting in the first half of the cap).
+    pub head: u64,
+    /// Tail chunks still stored, oldest first: (offset, length).
+    pub tail: VecDeque<(u64, u64)>,
+}
 
-    /// Appends `data`, keeping at most `cap` bytes: the first half and the latest rest.
-    pub fn push(&mut self, data: &str, cap: usize) {
-        if self.dropped == 0 && self.tail.is_empty() {
-            if self.head.len() + data.len() <= cap {
-                self.head.push_str(data);
-                return;
-            }
-            self.head.push_str(data);
-            let cut = floor_boundary(&self.head, cap / 2);
-            self.tail = self.head.split_off(cut);
-        } else {
-            self.tail.push_str(data);
+impl CapState {
+    /// A chunk of `len` bytes arrives: its offset, and the offsets of older chunks to delete.
+    pub fn push(&mut self, len: u64, cap: u64) -> (u64, Vec<u64>) {
+        let offset = self.total;
+        self.total += len;
+        if offset < cap / 2 && self.dropped == 0 && self.tail.is_empty() {
+            self.head += len;
+            return (offset, Vec::new());
         }
-        let room = cap.saturating_sub(self.head.len());
-        if self.tail.len() > room {
-            let cut = ceil_boundary(&self.tail, self.tail.len() - room);
-            self.dropped += cut as u64;
-            self.tail.drain(..cut);
+        self.tail.push_back((offset, len));
+        let room = cap.saturating_sub(self.head);
+        let mut tail_bytes: u64 = self.tail.iter().map(|(_, l)| l).sum();
+        let mut drop = Vec::new();
+        // The newest chunk always stays, even alone over the cap.
+        while tail_bytes > room && self.tail.len() > 1 {
+            let (o, l) = self.tail.pop_front().expect("len > 1");
+            tail_bytes -= l;
+            self.dropped += l;
+            drop.push(o);
         }
+        (offset, drop)
     }
+}
 
-    /// Everything from `offset` on; a gap left by the cap is a marker line.
-    pub fn read(&self, offset: u64) -> Slice {
-        let head_len = self.head.len() as u64;
-        let tail_start = head_len + self.dropped;
-        let marker = |n: u64| format!("\n[... {n} bytes dropped by saltpeter's output cap ...]\n");
-        let next = self.total();
-        if offset < head_len {
-            let from = floor_boundary(&self.head, offset as usize);
-            let mut text = self.head[from..].to_string();
-            if self.dropped > 0 {
-                text.push_str(&marker(self.dropped));
-            }
-            text.push_str(&self.tail);
-            Slice {
-                offset: from as u64,
-                next,
-                text,
-                dropped_bytes: self.dropped,
-            }
-        } else if offset < tail_start {
-            let skipped = tail_start - offset;
-            Slice {
-                offset,
-                next,
-                text: format!("{}{}", marker(skipped), self.tail),
-                dropped_bytes: skipped,
-            }
-        } else {
-            let at = ((offset - tail_start) as usize).min(self.tail.len());
-            let from = floor_boundary(&self.tail, at);
-            Slice {
-                offset: tail_start + from as u64,
-                next,
-                text: self.tail[from..].to_string(),
-                dropped_bytes: 0,
-            }
+/// The text from `from` on, given the stored chunks (offset, text) in offset order; gaps left
+/// by the cap become a marker line. `total` is the stream's length.
+pub fn assemble(chunks: &[(u64, String)], from: u64, total: u64) -> Slice {
+    let mut text = String::new();
+    let mut dropped = 0;
+    let mut pos = from;
+    let mut start = None;
+    for (offset, data) in chunks {
+        let end = offset + data.len() as u64;
+        if end <= pos {
+            continue;
         }
+        if *offset > pos {
+            let gap = offset - pos;
+            dropped += gap;
+            text.push_str(&format!(
+                "\n[... {gap} bytes dropped by saltpeter's output cap ...]\n"
+            ));
+            pos = *offset;
+        }
+        let skip = floor_boundary(data, (pos - offset) as usize);
+        start.get_or_insert(offset + skip as u64);
+        text.push_str(&data[skip..]);
+        pos = end;
+    }
+    if pos < total {
+        // Dropped at the end (cannot happen: the newest chunk is kept), counted all the same.
+        dropped += total - pos;
+    }
+    Slice {
+        offset: start.unwrap_or(from.min(total)),
+        next: total.max(from.min(total)),
+        text,
+        dropped_bytes: dropped,
     }
 }
 
@@ -97,66 +102,73 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn ceil_boundary(s: &str, mut i: usize) -> usize {
-    if i >= s.len() {
-        return s.len();
-    }
-    while !s.is_char_boundary(i) {
-        i += 1;
-    }
-    i
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Pushes chunks through the cap and keeps what the store would keep.
+    fn store(chunks: &[String], cap: u64) -> (CapState, Vec<(u64, String)>) {
+        let mut state = CapState::default();
+        let mut kept: Vec<(u64, String)> = Vec::new();
+        for c in chunks {
+            let (offset, drop) = state.push(c.len() as u64, cap);
+            kept.push((offset, c.clone()));
+            kept.retain(|(o, _)| !drop.contains(o));
+        }
+        (state, kept)
+    }
+
     #[test]
     fn under_the_cap_everything_is_kept() {
-        let mut c = Capped::default();
-        c.push("hello ", 16);
-        c.push("world", 16);
-        assert_eq!((c.head.as_str(), c.dropped), ("hello world", 0));
-        assert_eq!(c.read(6).text, "world");
-        assert_eq!(c.read(6).next, 11);
+        let (state, kept) = store(&["hello ".into(), "world".into()], 64);
+        assert_eq!((state.total, state.dropped), (11, 0));
+        let s = assemble(&kept, 6, state.total);
+        assert_eq!((s.text.as_str(), s.offset, s.next), ("world", 6, 11));
     }
 
     #[test]
     fn over_the_cap_head_and_tail_are_kept_and_the_gap_counted() {
-        let mut c = Capped::default();
-        for i in 0..100 {
-            c.push(&format!("{i:04}\n"), 40);
-        }
-        assert_eq!(c.total(), 500);
-        assert!(c.head.len() + c.tail.len() <= 40);
-        assert!(c.head.starts_with("0000\n0001\n"));
-        assert!(c.tail.ends_with("0098\n0099\n"));
-        let all = c.read(0);
-        assert_eq!(all.dropped_bytes, c.dropped);
+        let lines: Vec<String> = (0..100).map(|i| format!("{i:04}\n")).collect();
+        let (state, kept) = store(&lines, 40);
+        assert_eq!(state.total, 500);
+        let all = assemble(&kept, 0, state.total);
+        assert!(all.text.starts_with("0000\n0001\n"), "{}", all.text);
+        assert!(all.text.ends_with("0098\n0099\n"));
         assert!(all.text.contains("bytes dropped"));
-        // A follower past the gap gets only the new tail.
-        assert_eq!(c.read(495).text, "0099\n");
+        assert_eq!(all.dropped_bytes, state.dropped);
+        let kept_bytes: u64 = kept.iter().map(|(_, d)| d.len() as u64).sum();
+        assert!(kept_bytes <= 40);
+        assert_eq!(kept_bytes + state.dropped, state.total);
+        // A follower past the gap gets only what is new.
+        assert_eq!(assemble(&kept, 495, state.total).text, "0099\n");
+        // One inside the gap is told how much it missed.
+        let mid = assemble(&kept, 200, state.total);
+        assert!(mid.dropped_bytes > 0 && mid.text.ends_with("0099\n"));
     }
 
     proptest! {
         #[test]
-        fn the_cap_holds_offsets_add_up_and_text_stays_valid(
-            chunks in proptest::collection::vec("[a-zé😀\n]{0,20}", 0..60),
-            cap in 4usize..64,
+        fn offsets_add_up_and_every_read_is_a_suffix_of_what_is_kept(
+            chunks in proptest::collection::vec("[a-zé😀\n]{1,20}", 0..60),
+            cap in 8u64..256,
+            from in 0u64..400,
         ) {
-            let mut c = Capped::default();
-            let mut whole = String::new();
-            for ch in &chunks {
-                c.push(ch, cap);
-                whole.push_str(ch);
+            let (state, kept) = store(&chunks, cap);
+            let whole: String = chunks.concat();
+            prop_assert_eq!(state.total, whole.len() as u64);
+            let kept_bytes: u64 = kept.iter().map(|(_, d)| d.len() as u64).sum();
+            prop_assert_eq!(kept_bytes + state.dropped, state.total);
+            for (o, d) in &kept {
+                prop_assert_eq!(&whole[*o as usize..*o as usize + d.len()], d.as_str());
             }
-            prop_assert_eq!(c.total(), whole.len() as u64);
-            prop_assert!(c.head.len() + c.tail.len() <= cap);
-            prop_assert!(whole.starts_with(&c.head));
-            prop_assert!(whole.ends_with(&c.tail));
-            if c.dropped == 0 {
-                prop_assert_eq!(format!("{}{}", c.head, c.tail), whole);
+            let s = assemble(&kept, from, state.total);
+            prop_assert_eq!(s.next, state.total.max(from.min(state.total)));
+            if state.dropped == 0 {
+                let at = (from.min(state.total)) as usize;
+                let mut at2 = at;
+                while !whole.is_char_boundary(at2) { at2 -= 1; }
+                prop_assert_eq!(s.text, whole[at2..].to_string());
             }
         }
     }

@@ -50,6 +50,22 @@ pub const MIGRATIONS: &[&str] = &[
     // 2: the next output message expected from each target's wrapper, so a restarted daemon
     // resumes the stream where the database has it.
     "ALTER TABLE targets ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 0;",
+    // 3: output as chunks at their byte position (an append costs its own size, not the whole
+    // output's); the head/tail columns move into it.
+    "CREATE TABLE chunks (
+        instance TEXT NOT NULL REFERENCES runs(instance) ON DELETE CASCADE,
+        machine TEXT NOT NULL,
+        pos INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (instance, machine, pos)
+     ) WITHOUT ROWID;
+     ALTER TABLE targets ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0;
+     INSERT INTO chunks SELECT instance, machine, 0, head FROM targets WHERE head != '';
+     INSERT INTO chunks SELECT instance, machine, length(CAST(head AS BLOB)) + dropped, tail
+        FROM targets WHERE tail != '';
+     UPDATE targets SET output_bytes = length(CAST(head AS BLOB)) + dropped + length(CAST(tail AS BLOB));
+     ALTER TABLE targets DROP COLUMN head;
+     ALTER TABLE targets DROP COLUMN tail;",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -252,7 +252,7 @@ fn an_old_database_is_migrated_and_a_newer_one_refused() {
 }
 
 #[test]
-fn a_version_1_database_keeps_its_rows_through_later_migrations() {
+fn a_version_1_database_keeps_its_output_through_later_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v1.db");
     {
@@ -267,12 +267,12 @@ fn a_version_1_database_keeps_its_rows_through_later_migrations() {
     }
     let mut c = Connection::open(&path).unwrap();
     schema::migrate(&mut c).unwrap();
-    let (head, next): (String, i64) = c
+    let (data, bytes, next): (String, i64, i64) = c
         .query_row(
-            "SELECT head, next_seq FROM targets WHERE instance = 'j_1'",
+            "SELECT c.data, t.output_bytes, t.next_seq FROM targets t JOIN chunks c USING (instance, machine)",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!((head.as_str(), next), ("old output", 0));
+    assert_eq!((data.as_str(), bytes, next), ("old output", 10, 0));
 }
