@@ -124,6 +124,56 @@ struct RunCtx {
     streamed: HashMap<String, usize>,
 }
 
+impl Coordinator {
+    /// Routes `jid`'s returns to `instance` (in `map`: launches, resolutions or probes) and
+    /// remembers it, so the run's end removes exactly its own entries.
+    fn route(&mut self, map: Route, jid: &str, instance: &str) {
+        let table = match map {
+            Route::Launch => &mut self.jids,
+            Route::Resolve => &mut self.resolves,
+            Route::Probe => &mut self.probes,
+        };
+        table.insert(jid.to_string(), instance.to_string());
+        self.routes
+            .entry(instance.to_string())
+            .or_default()
+            .push(jid.to_string());
+    }
+
+    /// The run's end: its routes, its index entry and its context go.
+    fn forget(&mut self, instance: &str) {
+        for jid in self.routes.remove(instance).unwrap_or_default() {
+            self.jids.remove(&jid);
+            self.resolves.remove(&jid);
+            self.probes.remove(&jid);
+        }
+        if let Some(ctx) = self.runs.remove(instance) {
+            let job = &ctx.run.spec().job;
+            if let Some(list) = self.by_job.get_mut(job) {
+                list.retain(|i| i != instance);
+                if list.is_empty() {
+                    self.by_job.remove(job);
+                }
+            }
+        }
+    }
+
+    fn insert_run(&mut self, instance: String, ctx: RunCtx) {
+        self.by_job
+            .entry(ctx.run.spec().job.clone())
+            .or_default()
+            .push(instance.clone());
+        self.runs.insert(instance, ctx);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Launch,
+    Resolve,
+    Probe,
+}
+
 struct Resolving {
     expected: Vec<String>,
     missing: Vec<String>,
@@ -170,6 +220,10 @@ pub struct Coordinator {
     probes: HashMap<String, String>,
     /// Target-resolution `test.ping` jid → instance.
     resolves: HashMap<String, String>,
+    /// Instance → every jid routed to it (so a run's end costs its own size, not all runs').
+    routes: HashMap<String, Vec<String>>,
+    /// Job → its instances in flight (the overlap check is a lookup).
+    by_job: HashMap<String, Vec<String>>,
     jid_gen: JidGen,
     hub: Hub,
     /// Unbounded on purpose: a burst of due jobs must never stall the loop (each request is
@@ -216,6 +270,8 @@ impl Coordinator {
             jids: HashMap::new(),
             probes: HashMap::new(),
             resolves: HashMap::new(),
+            routes: HashMap::new(),
+            by_job: HashMap::new(),
             jid_gen: JidGen::default(),
             hub,
             salt,
@@ -269,7 +325,7 @@ impl Coordinator {
             Some(j) => launch_legacy(j, &run.instance),
             None => Publish::new(Tgt::List(machines.clone()), "list", "cmd.run_all"),
         };
-        self.runs.insert(
+        self.insert_run(
             run.instance.clone(),
             RunCtx {
                 run: engine,
@@ -286,7 +342,7 @@ impl Coordinator {
             },
         );
         if run.jid.is_some() {
-            self.jids.insert(jid.clone(), run.instance.clone());
+            self.route(Route::Launch, &jid, &run.instance);
             // Returns that landed while the daemon was down are in the job cache.
             if let Some(s) = self.salt_settings.clone() {
                 for ret in jobcache::returns(&s.cachedir, &s.hash_type, &jid).unwrap_or_default() {
@@ -316,10 +372,7 @@ impl Coordinator {
 
     /// The instance of `job` in flight, if any.
     pub fn running_instance(&self, job: &str) -> Option<String> {
-        self.runs
-            .values()
-            .find(|r| r.run.spec().job == job)
-            .map(|r| r.run.spec().instance.clone())
+        self.by_job.get(job).and_then(|l| l.first().cloned())
     }
 
     /// Starts a run of `job` as `instance` (`<job>_<id>`). `maintenance` are the machines under
@@ -366,7 +419,7 @@ impl Coordinator {
             launch_legacy(job, &instance)
         };
         let resolve = job.number_of_targets > 0 || job.batch_size > 0 || !maintenance.is_empty();
-        self.runs.insert(
+        self.insert_run(
             instance.clone(),
             RunCtx {
                 run: Run::new(spec),
@@ -393,7 +446,7 @@ impl Coordinator {
             // Find the responsive targets first, as the original's test.ping did.
             let mut ping = Publish::new(template.tgt.clone(), &template.tgt_type, "test.ping");
             ping.jid = self.jid_gen.next(crate::clock::now());
-            self.resolves.insert(ping.jid.clone(), instance.clone());
+            self.route(Route::Resolve, &ping.jid, &instance);
             let _ = self.salt.send(SaltRequest {
                 instance,
                 publish: ping,
@@ -416,7 +469,8 @@ impl Coordinator {
         }
         publish.jid = self.jid_gen.next(crate::clock::now());
         ctx.jid = publish.jid.clone();
-        self.jids.insert(publish.jid.clone(), instance.to_string());
+        let jid = publish.jid.clone();
+        self.route(Route::Launch, &jid, instance);
         let _ = self.salt.send(SaltRequest {
             instance: instance.into(),
             publish,
@@ -486,7 +540,7 @@ impl Coordinator {
             }
             (Purpose::Term, _) => {}
             (Purpose::Probe(minions), Ok(p)) => {
-                self.probes.insert(p.jid, reply.instance.clone());
+                self.route(Route::Probe, &p.jid, &reply.instance);
                 debug!(instance = %reply.instance, ?minions, "probing silent minions");
             }
             (Purpose::Probe(minions), Err(_)) => {
@@ -770,7 +824,8 @@ impl Coordinator {
             let mut probe = Publish::new(Tgt::List(minions.clone()), "list", "saltutil.find_job");
             probe.args = vec![Value::from(jid.as_str())];
             probe.jid = self.jid_gen.next(crate::clock::now());
-            self.probes.insert(probe.jid.clone(), instance.to_string());
+            let jid = probe.jid.clone();
+            self.route(Route::Probe, &jid, instance);
             let _ = self.salt.send(SaltRequest {
                 instance: instance.into(),
                 publish: probe,
@@ -874,10 +929,7 @@ impl Coordinator {
                     let _ = self.after_commit.send(HubCommand::Unregister {
                         instance: instance.into(),
                     });
-                    self.runs.remove(instance);
-                    self.resolves.retain(|_, i| i != instance);
-                    self.jids.retain(|_, i| i != instance);
-                    self.probes.retain(|_, i| i != instance);
+                    self.forget(instance);
                 }
             }
         }
