@@ -401,3 +401,23 @@ fn batches_run_one_after_the_other_and_a_kill_stops_the_rest() {
         }))
     );
 }
+
+#[test]
+fn results_recorded_before_a_restart_count_toward_the_outcome() {
+    let mut run = Run::new(spec(None));
+    run.handle_recovered("a", 127);
+    run.handle_published("j", &names(&["b"]), &[], Duration::ZERO);
+    run.handle_wrapper("b", WrapperEvent::Heartbeat, S);
+    run.handle_wrapper("b", WrapperEvent::Completed { retcode: 0 }, 2 * S);
+    let actions = drain(&mut run);
+    // Only `b` is reported now; `a` was recorded before the restart.
+    assert_eq!(ended(&actions), [("b".to_string(), 0)]);
+    assert_eq!(
+        actions.last(),
+        Some(&Action::RunEnded(RunOutcome {
+            success: false,
+            succeeded: 1,
+            total: 2
+        }))
+    );
+}

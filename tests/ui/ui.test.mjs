@@ -26,6 +26,8 @@ try {
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", e => errors.push(String(e)));
+  // Content-Security-Policy violations and failed requests show up as console errors.
+  page.on("console", m => { if (m.type() === "error") errors.push(m.text()); });
   page.on("dialog", d => d.accept());
 
   step("the jobs table lists the lab's jobs");
@@ -73,6 +75,8 @@ try {
   await page.goto(base + "/#/timeline");
   await page.waitForSelector("#timeline .bar.ok", { timeout: 15000 });
   await page.waitForSelector("#timeline .bar.bad");
+  const width = await page.$eval("#timeline .bar.ok", b => b.getBoundingClientRect().width);
+  if (!(width >= 1)) await fail(page, `timeline bars are not laid out (width ${width})`);
   await page.screenshot({ path: `${shots}/timeline.png`, fullPage: true });
 
   step("readable on a phone");
