@@ -3,6 +3,9 @@
 //! does not exist, so only the daemon's own path is measured (each run then fails at once).
 //! Run with `cargo bench --bench fire_lateness` (SALTPETER_BENCH_JOBS sets the count).
 
+#[path = "../tests/common/reaped.rs"]
+mod reaped;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -44,13 +47,15 @@ fn main() {
         );
     }
     std::fs::write(dir.path().join("jobs.yaml"), text).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_saltpeter"))
-        .args(["run", "-c"])
-        .arg(dir.path())
-        .env("SALTPETER_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = reaped::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_saltpeter"))
+            .args(["run", "-c"])
+            .arg(dir.path())
+            .env("SALTPETER_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut late: Vec<u64> = Vec::with_capacity(jobs);
     for line in BufReader::new(daemon.stdout.take().unwrap())
         .lines()
@@ -66,8 +71,7 @@ fn main() {
             break;
         }
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     late.sort();
     let q = |f: f64| late[((late.len() as f64 * f) as usize).min(late.len() - 1)];
     println!(

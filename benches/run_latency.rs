@@ -7,6 +7,9 @@
 #[path = "../tests/common/lab_env.rs"]
 mod lab_env;
 
+#[path = "../tests/common/reaped.rs"]
+mod reaped;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -38,13 +41,15 @@ fn main() {
         dir.path().join("state/history.db").display()
     );
     std::fs::write(dir.path().join("bench.yaml"), config).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_saltpeter"))
-        .args(["run", "-c"])
-        .arg(dir.path())
-        .env("SALTPETER_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = reaped::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_saltpeter"))
+            .args(["run", "-c"])
+            .arg(dir.path())
+            .env("SALTPETER_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let lines = BufReader::new(daemon.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok);
@@ -114,8 +119,7 @@ fn main() {
             }
         }
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|x, y| x.partial_cmp(y).unwrap());
         v[v.len() / 2]

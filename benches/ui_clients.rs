@@ -6,6 +6,9 @@
 #[path = "../tests/common/lab_env.rs"]
 mod lab_env;
 
+#[path = "../tests/common/reaped.rs"]
+mod reaped;
+
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -71,13 +74,15 @@ fn main() {
         dir.path().join("state/history.db").display()
     );
     std::fs::write(dir.path().join("bench.yaml"), config).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_saltpeter"))
-        .args(["run", "-c"])
-        .arg(dir.path())
-        .env("SALTPETER_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let daemon = reaped::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_saltpeter"))
+            .args(["run", "-c"])
+            .arg(dir.path())
+            .env("SALTPETER_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let pid = daemon.id();
     let base = format!("http://127.0.0.1:{api}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -140,6 +145,5 @@ fn main() {
         received.load(Ordering::Relaxed) as f64 / 1e6
     );
     // Leftover wrappers finish their jobs and give up delivering on their own.
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 }

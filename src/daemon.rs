@@ -330,7 +330,12 @@ impl Daemon {
     ) -> String {
         let now = clock::now();
         let instance = format!("{}_{}", job.name, self.instances.next(&job.name, now));
-        info!(job = %job.name, trigger = trigger.as_str(), late_ms, "Firing {instance}!");
+        match slot {
+            Some(slot) => {
+                info!(job = %job.name, trigger = trigger.as_str(), slot = %slot, late_ms, "Firing {instance}!")
+            }
+            None => info!(job = %job.name, trigger = trigger.as_str(), "Firing {instance}!"),
+        }
         let maintenance = self.maintenance().machines;
         self.coordinator
             .fire(
