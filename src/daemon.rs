@@ -139,12 +139,7 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
         info!("api_ws: false; the HTTP API and web UI are off");
     } else {
         let addr = format!("{}:{}", settings.api_ws_bind_addr, settings.api_ws_port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
+        let listener = bind(&addr).await?;
         info!("API and web UI on http://{addr}");
         let state = api::AppState::new(control, history, snapshot_rx, &settings, metrics);
         tokio::spawn(api::serve(listener, state));
@@ -467,12 +462,7 @@ async fn start_hub(
         "{}:{}",
         settings.machines_ws_bind_addr, settings.machines_ws_port
     );
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
+    let listener = bind(&addr).await?;
     let tls = match (
         &settings.machines_ws_tls_cert,
         &settings.machines_ws_tls_key,
@@ -501,6 +491,15 @@ async fn start_hub(
         ..crate::agents::HubOptions::default()
     };
     Ok(crate::agents::spawn(listener, options))
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

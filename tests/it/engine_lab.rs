@@ -28,12 +28,7 @@ fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
     std::fs::write(&noexec, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
     let logdir = dir.path().join("log");
-    let settings = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
-        lab.master_config(),
-        env!("CARGO_BIN_EXE_sp-wrapper"),
-        logdir.display()
-    );
+    let settings = lab.daemon_settings(&logdir);
     write(dir.path(), "01-settings.yaml", &settings);
     let jobs = [
         job("ok", "  command: echo \"hello from $SP_MACHINE_ID\"\n"),
@@ -130,12 +125,8 @@ fn jobs_run_through_salt_and_the_wrapper_with_honest_exit_codes() {
 fn subsets_batches_and_machines_under_maintenance() {
     let (lab, _guard) = lab();
     let dir = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\nsaltpeter_maintenance:\n  machines: [minion-3]\n",
-        lab.master_config(),
-        env!("CARGO_BIN_EXE_sp-wrapper"),
-        dir.path().join("log").display()
-    );
+    let settings = lab.daemon_settings(&dir.path().join("log"))
+        + "saltpeter_maintenance:\n  machines: [minion-3]\n";
     write(dir.path(), "01-settings.yaml", &settings);
     let jobs = [
         job("pick", "  command: echo picked\n  number_of_targets: 1\n"),
@@ -194,12 +185,7 @@ fn subsets_batches_and_machines_under_maintenance() {
 fn a_target_without_a_key_and_a_paused_wrapper() {
     let (lab, _guard) = lab();
     let dir = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
-        lab.master_config(),
-        env!("CARGO_BIN_EXE_sp-wrapper"),
-        dir.path().join("log").display()
-    );
+    let settings = lab.daemon_settings(&dir.path().join("log"));
     write(dir.path(), "01-settings.yaml", &settings);
     // `ghost-9` has no key; `paused` stops its own wrapper (the shell's parent) after start.
     let jobs = [
@@ -256,12 +242,7 @@ fn far(name: &str, extra: &str) -> String {
 fn run_now_kill_overlap_maintenance_and_a_master_away_through_the_api() {
     let (lab, _guard) = lab();
     let dir = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
-        lab.master_config(),
-        env!("CARGO_BIN_EXE_sp-wrapper"),
-        dir.path().join("log").display()
-    );
+    let settings = lab.daemon_settings(&dir.path().join("log"));
     write(dir.path(), "01-settings.yaml", &settings);
     let jobs = [
         far("long", "  command: echo started; sleep 601\n"),
@@ -442,12 +423,7 @@ fn run_now_kill_overlap_maintenance_and_a_master_away_through_the_api() {
 fn a_run_survives_the_daemon_being_killed_and_restarted() {
     let (lab, _guard) = lab();
     let dir = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
-        lab.master_config(),
-        env!("CARGO_BIN_EXE_sp-wrapper"),
-        dir.path().join("log").display()
-    );
+    let settings = lab.daemon_settings(&dir.path().join("log"));
     write(dir.path(), "01-settings.yaml", &settings);
     let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 1; done";
     write(

@@ -26,6 +26,17 @@ impl Lab {
             .collect()
     }
 
+    /// `saltpeter_config` for a daemon on this lab: its master, this build's wrapper, wrappers
+    /// calling back on loopback, job logs under `logdir`.
+    pub fn daemon_settings(&self, logdir: &Path) -> String {
+        format!(
+            "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
+            self.master_config(),
+            env!("CARGO_BIN_EXE_sp-wrapper"),
+            logdir.display()
+        )
+    }
+
     fn script() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/lab/lab.sh")
     }

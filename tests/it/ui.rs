@@ -15,12 +15,7 @@ fn the_web_ui_runs_a_job_shows_live_output_and_kills_a_run_in_chromium() {
         "playwright-core is missing: contrib/test.sh installs it (npm install --prefix tests/ui)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "saltpeter_config:\n  salt_master_config: {}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n",
-        lab.master_config(),
-        env!("CARGO_BIN_EXE_sp-wrapper"),
-        dir.path().join("log").display()
-    );
+    let settings = lab.daemon_settings(&dir.path().join("log"));
     write(dir.path(), "01-settings.yaml", &settings);
     let job = |name: &str, command: &str| {
         format!(
