@@ -715,3 +715,60 @@ async fn the_lock_is_released_when_the_job_ends_even_if_the_daemon_is_away() {
     let o = h.outcome("second", "m1", Duration::from_secs(20)).await;
     assert_eq!((o.retcode, o.output.as_str()), (Some(0), "second\n"));
 }
+
+/// After a daemon restart: the run is known before any connection (no `JOB_NOT_FOUND`), the
+/// stream resumes at the stored seq, and output the wrapper saw acknowledged but the daemon
+/// never stored is reported as a gap, not passed over in silence.
+#[tokio::test]
+async fn an_adopted_run_resumes_at_the_stored_seq_and_reports_a_gap() {
+    use futures_util::{SinkExt, StreamExt};
+    let options = HubOptions {
+        adopted: vec![agents::Adopted {
+            instance: "adopted_1".into(),
+            job_name: "job".into(),
+            token: Some("secret".into()),
+            targets: vec![("m1".into(), 3)],
+        }],
+        ..HubOptions::default()
+    };
+    let mut h = Harness::new(options).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}", h.port))
+        .await
+        .unwrap();
+    let head = r#""job_name": "job", "job_instance": "adopted_1", "machine": "m1", "timestamp": "2025-12-23T10:00:00.123456+00:00", "protocol": 1, "token": "secret""#;
+    // The wrapper had seq 0..=5 acknowledged; the database holds 0..=2.
+    for line in [
+        format!(r#"{{"type": "connect", {head}, "resume": 5}}"#),
+        format!(r#"{{"type": "output", {head}, "stream": "stdout", "data": "after\n", "seq": 6}}"#),
+        format!(r#"{{"type": "complete", {head}, "retcode": 0, "seq": 7}}"#),
+    ] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(line))
+            .await
+            .unwrap();
+    }
+    let o = h.outcome("adopted_1", "m1", Duration::from_secs(10)).await;
+    assert_eq!(
+        (o.retcode, o.output.as_str()),
+        (
+            Some(0),
+            "\n[saltpeter: output messages 3..=5 were lost in a daemon restart]\nafter\n"
+        )
+    );
+    let mut acks = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            acks.push(match DaemonMsg::decode(&t).unwrap() {
+                DaemonMsg::Ack { ack_type, seq, .. } => format!("ack {ack_type:?} {seq:?}"),
+                other => format!("{other:?}"),
+            });
+        }
+    }
+    assert_eq!(
+        acks,
+        [
+            "ack Connect Some(5)",
+            "ack Output Some(6)",
+            "ack Complete Some(7)"
+        ]
+    );
+}
