@@ -13,13 +13,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::agents::{Hub, HubCommand, HubEvent, HubEventKind};
-use crate::api::Metrics;
 use crate::config::{Job, Settings, TargetType, Targets};
 use crate::control::Refusal;
 use crate::engine::{Action, Mono, Run, RunSpec, WrapperEvent};
 use crate::history::{History, InFlight};
 use crate::joblog;
 use crate::journal::{RunEvent, Trigger};
+use crate::metrics::Metrics;
 use crate::salt::bus::BusMessage;
 use crate::salt::gather::{Gather, GatherAction, MinionState};
 use crate::salt::wire::{self, JidGen};

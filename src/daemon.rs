@@ -23,6 +23,7 @@ use crate::coordinator::Coordinator;
 use crate::history::{History, InFlight, MaintenanceState, Retention};
 use crate::joblog;
 use crate::journal::{RunEvent, SkipReason, Trigger};
+use crate::metrics::Metrics;
 use crate::salt::SaltSettings;
 use crate::salt::bus::BusMessage;
 use crate::scheduler::{Fire, InstanceIds, Planner};
@@ -106,7 +107,7 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
         salt_reply_tx,
     ));
     // Every step of every run goes to the history store.
-    let metrics = api::Metrics::default();
+    let metrics = Metrics::default();
     let mut coordinator = Coordinator::new(
         hub,
         salt_req_tx,
@@ -217,7 +218,7 @@ struct Daemon {
     coordinator: Coordinator,
     history: History,
     snapshot: Option<watch::Sender<Arc<api::Snapshot>>>,
-    metrics: api::Metrics,
+    metrics: Metrics,
 }
 
 impl Daemon {

@@ -25,6 +25,8 @@ pub mod history;
 pub mod joblog;
 #[cfg(feature = "daemon")]
 pub mod journal;
+#[cfg(feature = "daemon")]
+pub mod metrics;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod salt;

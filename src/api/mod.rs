@@ -23,8 +23,7 @@ use tokio::sync::watch;
 use crate::config::{ApiToken, Config, Diagnostic, Maintenance, Settings};
 use crate::control::{Control, Refusal};
 use crate::history::{History, HistoryError, MaintenanceState};
-
-pub use metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// What the API shows of the daemon's config, replaced on every reload or maintenance switch.
 #[derive(Clone, Debug)]

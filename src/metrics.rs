@@ -1,0 +1,330 @@
+//! Prometheus metrics, counted from the run journal plus a few gauges the daemon sets, rendered
+//! in the text exposition format (the API serves them at `GET /metrics`). Must not know: HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+
+use crate::journal::RunEvent;
+
+/// Histogram bucket bounds, in seconds.
+const LATENESS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const PHASE_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; bounds.len()];
+        }
+        for (i, b) in bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, bounds: &[f64]) {
+        for (i, b) in bounds.iter().enumerate() {
+            let n = self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: BTreeMap<(String, bool), u64>,
+    results: BTreeMap<(String, i64), u64>,
+    skipped: BTreeMap<(String, &'static str), u64>,
+    lateness: Histogram,
+    phase1: Histogram,
+    phase2: Histogram,
+    wrappers: i64,
+    bus_connected: bool,
+    bus_last_event: Option<Timestamp>,
+    /// How late the last event arrived (its `_stamp` to now).
+    bus_lag: Option<f64>,
+    /// Runs in flight: instance → (job, start).
+    started: HashMap<String, (String, Timestamp)>,
+    confirmed: HashMap<(String, String), Timestamp>,
+}
+
+/// Shared counters; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Counts one journal event.
+    pub fn observe(&self, event: &RunEvent) {
+        self.with(|m| match event {
+            RunEvent::Started {
+                instance, job, at, ..
+            } => {
+                m.started.insert(instance.clone(), (job.clone(), *at));
+            }
+            RunEvent::Confirmed {
+                instance,
+                machine,
+                at,
+            } => {
+                if let Some((_, start)) = m.started.get(instance) {
+                    m.phase1
+                        .observe(PHASE_BUCKETS, secs(at.duration_since(*start)));
+                }
+                m.confirmed.insert((instance.clone(), machine.clone()), *at);
+            }
+            RunEvent::TargetEnded {
+                instance,
+                machine,
+                code,
+                at,
+                ..
+            } => {
+                if let Some(c) = m.confirmed.remove(&(instance.clone(), machine.clone())) {
+                    m.phase2.observe(PHASE_BUCKETS, secs(at.duration_since(c)));
+                }
+                let job = job_of(m, instance);
+                *m.results.entry((job, *code)).or_default() += 1;
+            }
+            RunEvent::RunEnded {
+                instance, success, ..
+            } => {
+                let job = job_of(m, instance);
+                m.started.remove(instance);
+                m.confirmed.retain(|(i, _), _| i != instance);
+                *m.runs.entry((job, *success)).or_default() += 1;
+            }
+            RunEvent::Skipped { job, reason, .. } => {
+                *m.skipped.entry((job.clone(), reason.as_str())).or_default() += 1;
+            }
+            _ => {}
+        });
+    }
+
+    /// How late a scheduled fire was.
+    pub fn fire_lateness(&self, late: std::time::Duration) {
+        self.with(|m| m.lateness.observe(LATENESS_BUCKETS, late.as_secs_f64()));
+    }
+
+    pub fn wrapper_connected(&self, connected: bool) {
+        self.with(|m| m.wrappers += if connected { 1 } else { -1 });
+    }
+
+    pub fn bus_state(&self, connected: bool) {
+        self.with(|m| m.bus_connected = connected);
+    }
+
+    /// An event arrived; `stamp` is when the master stamped it.
+    pub fn bus_event(&self, stamp: Option<Timestamp>) {
+        let now = crate::clock::now();
+        self.with(|m| {
+            m.bus_last_event = Some(now);
+            if let Some(s) = stamp {
+                m.bus_lag = Some(secs(now.duration_since(s)));
+            }
+        });
+    }
+
+    /// The exposition text; `db_bytes` is the database's size.
+    pub fn render(&self, db_bytes: u64) -> String {
+        self.with(|m| {
+            let mut out = String::new();
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_runs_total Runs ended, by job and success."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_runs_total counter");
+            for ((job, ok), n) in &m.runs {
+                let _ = writeln!(
+                    out,
+                    "saltpeter_runs_total{{job=\"{}\",success=\"{ok}\"}} {n}",
+                    label(job)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_target_results_total Target results, by job and exit code."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_target_results_total counter");
+            for ((job, code), n) in &m.results {
+                let _ = writeln!(
+                    out,
+                    "saltpeter_target_results_total{{job=\"{}\",code=\"{code}\"}} {n}",
+                    label(job)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_skipped_slots_total Due slots not started, by job and reason."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_skipped_slots_total counter");
+            for ((job, reason), n) in &m.skipped {
+                let _ = writeln!(
+                    out,
+                    "saltpeter_skipped_slots_total{{job=\"{}\",reason=\"{reason}\"}} {n}",
+                    label(job)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_fire_lateness_seconds Actual minus scheduled fire time."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_fire_lateness_seconds histogram");
+            m.lateness.render(
+                &mut out,
+                "saltpeter_fire_lateness_seconds",
+                LATENESS_BUCKETS,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_phase1_seconds From firing to Salt's confirmation of a target."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_phase1_seconds histogram");
+            m.phase1
+                .render(&mut out, "saltpeter_phase1_seconds", PHASE_BUCKETS);
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_phase2_seconds From a target's confirmation to its result."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_phase2_seconds histogram");
+            m.phase2
+                .render(&mut out, "saltpeter_phase2_seconds", PHASE_BUCKETS);
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_wrappers_connected Wrapper connections open now."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_wrappers_connected gauge");
+            let _ = writeln!(out, "saltpeter_wrappers_connected {}", m.wrappers.max(0));
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_event_bus_connected Whether the Salt event bus is subscribed."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_event_bus_connected gauge");
+            let _ = writeln!(
+                out,
+                "saltpeter_event_bus_connected {}",
+                u8::from(m.bus_connected)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_event_bus_idle_seconds Seconds since the last Salt event arrived."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_event_bus_idle_seconds gauge");
+            if let Some(at) = m.bus_last_event {
+                let idle = secs(crate::clock::now().duration_since(at));
+                let _ = writeln!(out, "saltpeter_event_bus_idle_seconds {idle}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_database_bytes Size of the history database."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_database_bytes gauge");
+            let _ = writeln!(out, "saltpeter_database_bytes {db_bytes}");
+            if let Some(lag) = m.bus_lag {
+                let _ = writeln!(out, "# HELP saltpeter_event_bus_lag_seconds How late the last Salt event arrived (its _stamp to receipt).");
+                let _ = writeln!(out, "# TYPE saltpeter_event_bus_lag_seconds gauge");
+                let _ = writeln!(out, "saltpeter_event_bus_lag_seconds {lag}");
+            }
+            out
+        })
+    }
+}
+
+fn secs(d: jiff::SignedDuration) -> f64 {
+    d.as_secs_f64().max(0.0)
+}
+
+/// The job of a run in flight (runs started before a restart count under their instance).
+fn job_of(m: &Inner, instance: &str) -> String {
+    m.started
+        .get(instance)
+        .map_or_else(|| instance.to_string(), |(job, _)| job.clone())
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{SkipReason, Trigger};
+
+    #[test]
+    fn journal_events_become_counters_and_histograms() {
+        let m = Metrics::default();
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        m.observe(&RunEvent::Started {
+            instance: "my_job_1800000000_0".into(),
+            job: "my_job".into(),
+            trigger: Trigger::Schedule,
+            scheduled: None,
+            at: t(0),
+            token: String::new(),
+        });
+        m.observe(&RunEvent::Confirmed {
+            instance: "my_job_1800000000_0".into(),
+            machine: "a".into(),
+            at: t(1),
+        });
+        m.observe(&RunEvent::TargetEnded {
+            instance: "my_job_1800000000_0".into(),
+            machine: "a".into(),
+            code: 124,
+            note: None,
+            at: t(4),
+        });
+        m.observe(&RunEvent::RunEnded {
+            instance: "my_job_1800000000_0".into(),
+            success: false,
+            succeeded: 0,
+            total: 1,
+            at: t(4),
+        });
+        m.observe(&RunEvent::Skipped {
+            job: "my_job".into(),
+            reason: SkipReason::Overlap,
+            detail: String::new(),
+            at: t(5),
+        });
+        m.fire_lateness(std::time::Duration::from_millis(3));
+        let text = m.render(4096);
+        for line in [
+            "saltpeter_runs_total{job=\"my_job\",success=\"false\"} 1",
+            "saltpeter_target_results_total{job=\"my_job\",code=\"124\"} 1",
+            "saltpeter_skipped_slots_total{job=\"my_job\",reason=\"overlap\"} 1",
+            "saltpeter_fire_lateness_seconds_bucket{le=\"0.005\"} 1",
+            "saltpeter_fire_lateness_seconds_bucket{le=\"0.001\"} 0",
+            "saltpeter_phase1_seconds_sum 1",
+            "saltpeter_phase2_seconds_sum 3",
+            "saltpeter_database_bytes 4096",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
