@@ -167,6 +167,20 @@ impl Coordinator {
     }
 }
 
+/// Where every step of every run goes: the history store (in order) and the metrics. A field
+/// of its own, so events can be recorded while a run's context is borrowed.
+struct Journal {
+    history: History,
+    metrics: Metrics,
+}
+
+impl Journal {
+    fn record(&self, event: RunEvent) {
+        self.metrics.observe(&event);
+        self.history.record(event);
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Route {
     Launch,
@@ -231,9 +245,7 @@ pub struct Coordinator {
     salt: mpsc::UnboundedSender<SaltRequest>,
     salt_settings: Option<SaltSettings>,
     bus_down: bool,
-    /// Every step of every run goes to the history store (in order) and the metrics.
-    history: History,
-    metrics: Metrics,
+    journal: Journal,
     /// Hub commands that must wait until the store has committed what came before them.
     after_commit: mpsc::UnboundedSender<HubCommand>,
 }
@@ -277,14 +289,13 @@ impl Coordinator {
             salt,
             salt_settings,
             bus_down: false,
-            history,
-            metrics,
+            journal: Journal { history, metrics },
         }
     }
 
-    fn record(&self, event: RunEvent) {
-        self.metrics.observe(&event);
-        self.history.record(event);
+    /// Records one step of a run (or a skipped slot) in the history and the metrics.
+    pub fn record(&self, event: RunEvent) {
+        self.journal.record(event);
     }
 
     /// Takes over a run that was in flight when the daemon stopped: its wrappers reconnect to
@@ -292,15 +303,7 @@ impl Coordinator {
     /// fresh heartbeat clock, unconfirmed ones are looked for in Salt's job cache and probed.
     pub async fn adopt(&mut self, run: &InFlight, job: Option<&Arc<Job>>, settings: &Settings) {
         let now = self.now();
-        let spec = RunSpec {
-            job: run.job.clone(),
-            instance: run.instance.clone(),
-            timeout: job.and_then(|j| j.timeout_secs).map(Duration::from_secs),
-            heartbeat_timeout: Duration::from_secs(15),
-            timeout_grace: Duration::from_secs(30),
-            success_threshold: job.and_then(|j| j.success_threshold),
-            legacy: job.is_some_and(|j| !j.use_wrapper),
-        };
+        let spec = run_spec(&run.job, &run.instance, job.map(|j| &**j));
         let jid = run.jid.clone().unwrap_or_else(|| "-".into());
         let machines: Vec<String> = run.open.iter().map(|t| t.machine.clone()).collect();
         let mut engine = Run::new(spec);
@@ -344,30 +347,13 @@ impl Coordinator {
         if run.jid.is_some() {
             self.route(Route::Launch, &jid, &run.instance);
             // Returns that landed while the daemon was down are in the job cache.
-            if let Some(s) = self.salt_settings.clone() {
-                for ret in jobcache::returns(&s.cachedir, &s.hash_type, &jid).unwrap_or_default() {
-                    self.salt_return(&run.instance, ret).await;
-                }
-            }
+            self.recover_jid(&jid, &run.instance).await;
         }
         self.settle(&run.instance).await;
     }
 
-    /// Instances in flight, with their job names.
-    pub fn running(&self) -> Vec<(String, String)> {
-        self.runs
-            .iter()
-            .map(|(i, c)| (i.clone(), c.run.spec().job.clone()))
-            .collect()
-    }
-
     fn now(&self) -> Mono {
         self.origin.elapsed()
-    }
-
-    /// Whether an instance of `job` is running (for the overlap rule).
-    pub fn is_running(&self, job: &str) -> bool {
-        self.running_instance(job).is_some()
     }
 
     /// The instance of `job` in flight, if any.
@@ -395,15 +381,7 @@ impl Coordinator {
             at: crate::clock::now(),
             token: token.clone(),
         });
-        let spec = RunSpec {
-            job: job.name.clone(),
-            instance: instance.clone(),
-            timeout: job.timeout_secs.map(Duration::from_secs),
-            heartbeat_timeout: Duration::from_secs(15),
-            timeout_grace: Duration::from_secs(30),
-            success_threshold: job.success_threshold,
-            legacy: !job.use_wrapper,
-        };
+        let spec = run_spec(&job.name, &instance, Some(job));
         // Registered before publishing: wrappers (and returns) can beat the publish reply.
         self.hub
             .send(HubCommand::Register {
@@ -498,12 +476,7 @@ impl Coordinator {
                 }
                 let mut machines = p.minions.clone();
                 machines.extend(p.missing.iter().cloned());
-                self.metrics.observe(&RunEvent::Published {
-                    instance: reply.instance.clone(),
-                    jid: p.jid.clone(),
-                    machines: machines.clone(),
-                });
-                self.history.record(RunEvent::Published {
+                self.journal.record(RunEvent::Published {
                     instance: reply.instance.clone(),
                     jid: p.jid.clone(),
                     machines,
@@ -582,7 +555,7 @@ impl Coordinator {
                     why: "Target under maintenance",
                 };
                 job_log(&ctx.logdir, &job, &record);
-                self.history.record(RunEvent::MachineSkipped {
+                self.journal.record(RunEvent::MachineSkipped {
                     instance: instance.into(),
                     machine: m.clone(),
                 });
@@ -657,18 +630,24 @@ impl Coordinator {
 
     /// Returns the bus did not deliver are in the master's job cache.
     async fn recover(&mut self) {
-        let Some(s) = self.salt_settings.clone() else {
-            return;
-        };
         let pending: Vec<(String, String)> = self
             .jids
             .iter()
             .map(|(j, i)| (j.clone(), i.clone()))
             .collect();
         for (jid, instance) in pending {
-            for ret in jobcache::returns(&s.cachedir, &s.hash_type, &jid).unwrap_or_default() {
-                self.salt_return(&instance, ret).await;
-            }
+            self.recover_jid(&jid, &instance).await;
+        }
+    }
+
+    /// Feeds `instance` the returns of `jid` found in the master's job cache.
+    async fn recover_jid(&mut self, jid: &str, instance: &str) {
+        let Some(s) = &self.salt_settings else {
+            return;
+        };
+        let returns = jobcache::returns(&s.cachedir, &s.hash_type, jid).unwrap_or_default();
+        for ret in returns {
+            self.salt_return(instance, ret).await;
         }
     }
 
@@ -696,7 +675,7 @@ impl Coordinator {
         let (instance, machine) = (event.instance.clone(), event.machine.clone());
         let wrapper_event = match event.kind {
             HubEventKind::Started { pid, version } => {
-                self.history.record(RunEvent::WrapperStarted {
+                self.journal.record(RunEvent::WrapperStarted {
                     instance,
                     machine,
                     pid,
@@ -706,7 +685,7 @@ impl Coordinator {
             }
             HubEventKind::Output { data, seq } => {
                 *ctx.streamed.entry(machine.clone()).or_default() += data.len();
-                self.history.record(RunEvent::Output {
+                self.journal.record(RunEvent::Output {
                     instance,
                     machine,
                     data: data.clone(),
@@ -715,7 +694,7 @@ impl Coordinator {
                 WrapperEvent::Output(data)
             }
             HubEventKind::Heartbeat => {
-                self.history.record(RunEvent::Heartbeat {
+                self.journal.record(RunEvent::Heartbeat {
                     instance,
                     machine,
                     at: crate::clock::now(),
@@ -794,9 +773,9 @@ impl Coordinator {
         // Minions Salt gave up on: down, unless their wrapper already proved otherwise.
         let mut probes = Vec::new();
         if let Some(g) = ctx.gather.as_mut() {
+            // Only minions still unconfirmed need asking.
+            let open: Vec<String> = ctx.run.unconfirmed();
             while let Some(GatherAction::Probe(minions)) = g.poll_action() {
-                // Only minions still unconfirmed need asking.
-                let open: Vec<String> = ctx.run.unconfirmed();
                 let minions: Vec<String> =
                     minions.into_iter().filter(|m| open.contains(m)).collect();
                 if minions.is_empty() {
@@ -821,8 +800,7 @@ impl Coordinator {
             actions.push(a);
         }
         for minions in probes {
-            let mut probe = Publish::new(Tgt::List(minions.clone()), "list", "saltutil.find_job");
-            probe.args = vec![Value::from(jid.as_str())];
+            let mut probe = Publish::about_job(minions.clone(), "saltutil.find_job", &jid);
             probe.jid = self.jid_gen.next(crate::clock::now());
             let jid = probe.jid.clone();
             self.route(Route::Probe, &jid, instance);
@@ -836,8 +814,7 @@ impl Coordinator {
             match action {
                 Action::Log(line) => info!("{line}"),
                 Action::TermJob { machines } => {
-                    let mut term = Publish::new(Tgt::List(machines), "list", "saltutil.term_job");
-                    term.args = vec![Value::from(jid.as_str())];
+                    let mut term = Publish::about_job(machines, "saltutil.term_job", &jid);
                     term.jid = self.jid_gen.next(crate::clock::now());
                     let request = SaltRequest {
                         instance: instance.into(),
@@ -933,6 +910,19 @@ impl Coordinator {
                 }
             }
         }
+    }
+}
+
+/// A run's limits from its job (the defaults when the job left the config while it ran).
+fn run_spec(job_name: &str, instance: &str, job: Option<&Job>) -> RunSpec {
+    RunSpec {
+        job: job_name.into(),
+        instance: instance.into(),
+        timeout: job.and_then(|j| j.timeout_secs).map(Duration::from_secs),
+        heartbeat_timeout: Duration::from_secs(15),
+        timeout_grace: Duration::from_secs(30),
+        success_threshold: job.and_then(|j| j.success_threshold),
+        legacy: job.is_some_and(|j| !j.use_wrapper),
     }
 }
 
@@ -1053,9 +1043,7 @@ fn shell_quote(s: &str) -> String {
 /// Fisher-Yates with the kernel's randomness (a random subset per run, as the original).
 fn shuffle(items: &mut [String]) {
     let mut bytes = vec![0u8; items.len() * 4];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
+    random_bytes(&mut bytes);
     for i in (1..items.len()).rev() {
         let r = u32::from_le_bytes([
             bytes[i * 4],
@@ -1069,10 +1057,15 @@ fn shuffle(items: &mut [String]) {
 
 /// 128 random bits, hex.
 fn random_token() -> String {
-    // One open kernel source for every run.
+    let mut bytes = [0u8; 16];
+    random_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fills `buf` from the kernel's randomness, through one source opened once.
+fn random_bytes(buf: &mut [u8]) {
     static URANDOM: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
         std::sync::OnceLock::new();
-    let mut bytes = [0u8; 16];
     let source = URANDOM.get_or_init(|| {
         std::fs::File::open("/dev/urandom")
             .ok()
@@ -1081,9 +1074,8 @@ fn random_token() -> String {
     if let Some(file) = source
         && let Ok(mut f) = file.lock()
     {
-        let _ = std::io::Read::read_exact(&mut *f, &mut bytes);
+        let _ = std::io::Read::read_exact(&mut *f, buf);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -257,8 +257,7 @@ impl Daemon {
             detail,
             at: clock::now(),
         };
-        self.metrics.observe(&event);
-        self.history.record(event);
+        self.coordinator.record(event);
     }
 
     /// A due slot: started unless maintenance or the overlap rule says otherwise.
@@ -280,28 +279,19 @@ impl Daemon {
             );
             return;
         }
-        if let Some(running) = self.coordinator.running_instance(&job.name) {
-            match job.concurrency {
-                Concurrency::Forbid => {
-                    warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
-                    crate::coordinator::job_log(
-                        &logdir,
-                        &job.name,
-                        &joblog::Record::Overlap { running: &running },
-                    );
-                    self.skip(
-                        &job.name,
-                        SkipReason::Overlap,
-                        format!("{running} is still running"),
-                    );
-                    return;
-                }
-                Concurrency::Replace => {
-                    info!(job = %job.name, "{running} is replaced by a new run (concurrency: replace)");
-                    let _ = self.coordinator.kill(&running, None).await;
-                }
-                Concurrency::Allow => {}
-            }
+        if let Err(running) = self.make_room(&job).await {
+            warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
+            crate::coordinator::job_log(
+                &logdir,
+                &job.name,
+                &joblog::Record::Overlap { running: &running },
+            );
+            self.skip(
+                &job.name,
+                SkipReason::Overlap,
+                format!("{running} is still running"),
+            );
+            return;
         }
         if fire.missed > 0 {
             warn!(job = %job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, job.name);
@@ -359,17 +349,27 @@ impl Daemon {
         if self.maintenance().global {
             return Err(Refusal::Maintenance(name.into()));
         }
-        if let Some(running) = self.coordinator.running_instance(name) {
-            match job.concurrency {
-                Concurrency::Forbid => return Err(Refusal::AlreadyRunning { running }),
-                Concurrency::Replace => {
-                    info!(job = %name, "{running} is replaced by a manual run (concurrency: replace)");
-                    let _ = self.coordinator.kill(&running, None).await;
-                }
-                Concurrency::Allow => {}
-            }
-        }
+        self.make_room(&job)
+            .await
+            .map_err(|running| Refusal::AlreadyRunning { running })?;
         Ok(self.start(&job, Trigger::Manual, None, 0).await)
+    }
+
+    /// The overlap rule before a start: `Err(running instance)` when the job forbids overlap;
+    /// with `concurrency: replace` the running instance is killed first.
+    async fn make_room(&mut self, job: &Job) -> Result<(), String> {
+        let Some(running) = self.coordinator.running_instance(&job.name) else {
+            return Ok(());
+        };
+        match job.concurrency {
+            Concurrency::Forbid => Err(running),
+            Concurrency::Replace => {
+                info!(job = %job.name, "{running} is replaced by a new run (concurrency: replace)");
+                let _ = self.coordinator.kill(&running, None).await;
+                Ok(())
+            }
+            Concurrency::Allow => Ok(()),
+        }
     }
 
     async fn handle_command(&mut self, command: Command) {

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{ApiError, AppState, Snapshot};
 use crate::config::Targets;
 use crate::control::RunRef;
-use crate::history::RunDetail;
+use crate::history::{RunDetail, RunRow};
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
@@ -140,7 +140,8 @@ async fn session(state: AppState, socket: super::ws::Socket, may_act: bool) {
     conn.serial = snap.changed.as_millisecond();
     // `config` must come first: the UI reloads itself otherwise.
     let mut first = vec![config_msg(&snap)];
-    first.push(status_msg(&state).await);
+    let last = state.history.last_runs().await.unwrap_or_default();
+    first.push(status_msg(&state, &last).await);
     first.push(json!({ "timeline": {} }));
     for m in first {
         if tx.send(Message::text(m.to_string())).await.is_err() {
@@ -170,11 +171,11 @@ fn config_msg(snap: &Snapshot) -> Value {
     json!({ "type": "config", "config": config_json(snap), "sp_version": crate::VERSION })
 }
 
-async fn status_msg(state: &AppState) -> Value {
+/// `last` is each job's latest run.
+async fn status_msg(state: &AppState, last: &HashMap<String, RunRow>) -> Value {
     let running = state.history.running().await.unwrap_or_default();
-    let last = state.history.last_runs().await.unwrap_or_default();
     let mut last_state = serde_json::Map::new();
-    for (job, r) in &last {
+    for (job, r) in last {
         let busy = running.iter().any(|x| &x.run.job == job);
         last_state.insert(
             job.clone(),
@@ -184,14 +185,21 @@ async fn status_msg(state: &AppState) -> Value {
     json!({ "type": "status", "running": running_json(&running), "last_state": last_state, "sp_version": crate::VERSION })
 }
 
-/// The periodic messages: `status`, then per subscribed job its new output and `details`, and
-/// `config` when it changed.
-async fn broadcast(state: &AppState, conn: &mut Conn) -> Vec<Value> {
-    let mut out = vec![status_msg(state).await];
+/// `status`, then per subscribed job its new output and `details` (each job's latest run is
+/// read once for all of them).
+async fn updates(state: &AppState, conn: &mut Conn) -> Vec<Value> {
+    let last = state.history.last_runs().await.unwrap_or_default();
+    let mut out = vec![status_msg(state, &last).await];
     let jobs: Vec<String> = conn.subscribed.iter().cloned().collect();
     for job in jobs {
-        out.extend(job_messages(state, conn, &job).await);
+        out.extend(job_messages(state, conn, &job, last.get(&job)).await);
     }
+    out
+}
+
+/// The periodic messages: [`updates`], and `config` when it changed.
+async fn broadcast(state: &AppState, conn: &mut Conn) -> Vec<Value> {
+    let mut out = updates(state, conn).await;
     let snap = state.snapshot();
     if snap.changed.as_millisecond() != conn.serial {
         conn.serial = snap.changed.as_millisecond();
@@ -200,14 +208,16 @@ async fn broadcast(state: &AppState, conn: &mut Conn) -> Vec<Value> {
     out
 }
 
-/// Per machine of the job's latest run: an `output_chunk` with what is new, then `details`.
-async fn job_messages(state: &AppState, conn: &mut Conn, job: &str) -> Vec<Value> {
+/// Per machine of the job's latest run (`last`): an `output_chunk` with what is new, then
+/// `details`.
+async fn job_messages(
+    state: &AppState,
+    conn: &mut Conn,
+    job: &str,
+    last: Option<&RunRow>,
+) -> Vec<Value> {
     let mut out = Vec::new();
     let snap = state.snapshot();
-    let Ok(last) = state.history.last_runs().await else {
-        return out;
-    };
-    let last = last.get(job);
     let detail = match last {
         Some(r) => state.history.run(&r.instance).await.ok().flatten(),
         None => None,
@@ -307,12 +317,7 @@ async fn handle(state: &AppState, conn: &mut Conn, text: &str) -> Vec<Value> {
     };
     if let Some(v) = msg.get("subscribe") {
         conn.subscribed.extend(names(v));
-        let mut out = vec![status_msg(state).await];
-        let jobs: Vec<String> = conn.subscribed.iter().cloned().collect();
-        for job in jobs {
-            out.extend(job_messages(state, conn, &job).await);
-        }
-        return out;
+        return updates(state, conn).await;
     }
     if let Some(v) = msg.get("unsubscribe") {
         for n in names(v) {

@@ -66,7 +66,7 @@ fn targets_json(job: &Job) -> Value {
 }
 
 /// A job as the API shows it; `env` values never leave the daemon.
-pub(super) fn job_json(job: &Job, last: Option<&RunRow>, running: &[String]) -> Value {
+fn job_json(job: &Job, last: Option<&RunRow>, running: &[String]) -> Value {
     let now = crate::clock::now();
     let mut next = Vec::new();
     let mut at = now;

@@ -13,7 +13,7 @@ use super::bus::BusMessage;
 use super::client::{PublishError, Published, SaltClient};
 use super::gather::{Gather, GatherAction, MinionState};
 use super::jobcache;
-use super::wire::{JobRet, Publish, Tgt};
+use super::wire::{JobRet, Publish};
 
 /// What happens while a job is gathered, for a caller to show as it comes.
 #[derive(Debug)]
@@ -94,9 +94,11 @@ pub async fn run(
                     gather.handle_timeout(now());
                     while let Some(GatherAction::Probe(minions)) = gather.poll_action() {
                         progress(Progress::Probing(&minions));
-                        let mut probe =
-                            Publish::new(Tgt::List(minions.clone()), "list", "saltutil.find_job");
-                        probe.args = vec![Value::from(published.jid.as_str())];
+                        let mut probe = Publish::about_job(
+                            minions.clone(),
+                            "saltutil.find_job",
+                            &published.jid,
+                        );
                         probe.user = publish.user.clone();
                         // A probe that cannot be published proves nothing about the minions.
                         match client.publish(&probe).await {

@@ -52,6 +52,14 @@ impl Publish {
             ret: String::new(),
         }
     }
+
+    /// `fun <jid>` to a list of minions: `saltutil.find_job` (is it still running there?) or
+    /// `saltutil.term_job` (stop it).
+    pub fn about_job(minions: Vec<String>, fun: &str, jid: &str) -> Publish {
+        let mut p = Publish::new(Tgt::List(minions), "list", fun);
+        p.args = vec![Value::from(jid)];
+        p
+    }
 }
 
 fn s(text: &str) -> Value {

@@ -203,10 +203,9 @@ fn a_target_without_a_key_and_a_paused_wrapper() {
     daemon.expect_line("Result for listed_", WITHIN);
     let lost = daemon.expect_line(":minion-2: exit code 253 (heartbeat lost)", WITHIN);
     assert!(lost.contains("Result for paused_"), "{lost}");
-    // The stopped wrapper is not coming back: end it.
-    let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", "-r", "T", "sp-wrapper"])
-        .status();
+    // The stopped wrapper is not coming back: end it (only this job's: other tests run
+    // wrappers of their own meanwhile).
+    kill_wrappers_of("paused");
     let log = std::fs::read_to_string(dir.path().join("log/paused.log")).unwrap();
     assert!(
         log.contains("[SALTPETER ERROR: Job lost connection - no heartbeat for 15 seconds]"),
@@ -466,4 +465,24 @@ fn a_run_survives_the_daemon_being_killed_and_restarted() {
     }
     let seen = d.seen.join("\n");
     assert!(!seen.contains("JOB_NOT_FOUND"), "{seen}");
+}
+
+/// SIGKILLs the `sp-wrapper` processes running a job named `job` (found by their environment).
+fn kill_wrappers_of(job: &str) {
+    let wanted = format!("SP_JOB_NAME={job}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_wrapper = std::fs::read_to_string(entry.path().join("comm"))
+            .is_ok_and(|c| c.trim() == "sp-wrapper");
+        let runs_job = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()));
+        if is_wrapper && runs_job {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }

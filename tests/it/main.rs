@@ -11,6 +11,6 @@ mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt
 mod proto_wrapper; // the wrapper protocol against its fixtures in proto/wrapper
 mod salt_lab; // the native Salt client against a real master and minions
 mod salt_offline; // the Salt client and commands with no master: bounded errors, clean exits
-mod support;
+mod support; // helpers: temp config dirs, running the binary and the daemon, HTTP calls
 mod ui; // the web UI in real headless Chromium against the daemon on the lab
-mod wrapper; // the real sp-wrapper against the real machines hub // helpers: temp config dirs, running the binary, reading its output
+mod wrapper; // the real sp-wrapper against the real machines hub

@@ -31,6 +31,8 @@ fn the_web_ui_runs_a_job_shows_live_output_and_kills_a_run_in_chromium() {
         .parent()
         .unwrap()
         .join("ui-screenshots");
+    // Only this run's screenshots count.
+    let _ = std::fs::remove_dir_all(&shots);
     let out = Command::new("node")
         .arg("tests/ui/ui.test.mjs")
         .arg(d.api())

@@ -458,8 +458,12 @@ async fn a_second_instance_reports_254_while_the_first_holds_the_lock() {
         &[("SP_LOCKFILE", &lock)],
     );
     // Wait until the first one runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let e = h.events.recv().await.unwrap();
+        let e = tokio::time::timeout_at(deadline, h.events.recv())
+            .await
+            .expect("the first wrapper never sent output")
+            .unwrap();
         if e.instance == "a" && matches!(e.kind, HubEventKind::Output { .. }) {
             break;
         }
