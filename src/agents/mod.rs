@@ -448,11 +448,16 @@ impl Registry {
                 );
             }
             HubCommand::Kill { instance, machine } => {
-                if let Some(t) = self
-                    .runs
-                    .get_mut(&instance)
-                    .and_then(|r| r.targets.get_mut(&machine))
-                {
+                // In an open run the target may not have connected yet: keep the kill for
+                // when it does.
+                let target = self.runs.get_mut(&instance).and_then(|r| {
+                    if r.open {
+                        Some(r.targets.entry(machine).or_insert_with(Target::new))
+                    } else {
+                        r.targets.get_mut(&machine)
+                    }
+                });
+                if let Some(t) = target {
                     t.kill = true;
                     t.last_kill = None;
                 }

@@ -6,7 +6,11 @@ use saltpeter::wrapper::{self, settings::Settings};
 
 fn main() {
     println!("Saltpeter Wrapper version {}", saltpeter::VERSION);
-    let vars: Vec<(String, String)> = std::env::vars().collect();
+    // The minion's environment is not ours: variables that are not UTF-8 are skipped, not a
+    // panic (ours are all `SP_*` text).
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     let settings = match Settings::from_vars(
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         &saltpeter::hostname(),

@@ -99,7 +99,12 @@ pub fn run(settings: Settings) -> i32 {
     {
         Ok(lock) => lock,
         Err(message) => {
-            finish_without_job(&shared, &format!("LOCKFILE ERROR: {message}\n"), 254);
+            finish_without_job(
+                &shared,
+                &format!("LOCKFILE ERROR: {message}\n"),
+                254,
+                settings.delivery_timeout,
+            );
             link::run(&settings, shared, &log);
             return 0;
         }
@@ -112,6 +117,7 @@ pub fn run(settings: Settings) -> i32 {
                 &shared,
                 &format!("[saltpeter: cannot start the job: {e}]\n"),
                 255,
+                settings.delivery_timeout,
             );
             link::run(&settings, shared, &log);
             return 0;
@@ -240,12 +246,12 @@ fn dump_output(st: &mut State, log: &Log) {
     }
 }
 
-fn finish_without_job(shared: &Shared, output: &str, code: i64) {
+fn finish_without_job(shared: &Shared, output: &str, code: i64, deliver_for: Duration) {
     let mut st = shared.state.lock().expect("state lock");
     let _ = st.spool.append(output.as_bytes());
     st.input_done = true;
     st.retcode = Some(code);
-    st.deliver_until = Some(Instant::now() + DEFAULT_DELIVERY_TIMEOUT);
+    st.deliver_until = Some(Instant::now() + deliver_for);
 }
 
 /// Copies the job's output into the spool until EOF, whatever the connection state.

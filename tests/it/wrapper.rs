@@ -336,6 +336,30 @@ async fn kill_gives_143_and_the_process_group_is_gone() {
     assert!(group_gone(o.pid.unwrap()), "process group survived");
 }
 
+/// The daemon registers runs before Salt names their targets: a kill sent before a target's
+/// wrapper connected reaches it when it does.
+#[tokio::test]
+async fn a_kill_before_the_wrapper_connects_reaches_it_when_it_does() {
+    let mut h = Harness::new(HubOptions::default()).await;
+    h.hub
+        .send(HubCommand::Register {
+            instance: "early".into(),
+            job_name: "job".into(),
+            machines: None,
+            token: None,
+        })
+        .await;
+    h.hub
+        .send(HubCommand::Kill {
+            instance: "early".into(),
+            machine: "m1".into(),
+        })
+        .await;
+    h.wrapper("early", "m1", "sleep 600", h.port, &[]);
+    let o = h.outcome("early", "m1", Duration::from_secs(30)).await;
+    assert_eq!(o.retcode, Some(143));
+}
+
 #[tokio::test]
 async fn timeout_gives_124_and_the_process_group_is_gone() {
     let mut h = Harness::new(HubOptions::default()).await;

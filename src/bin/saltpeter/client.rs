@@ -310,11 +310,15 @@ fn follow_one(api: &ApiArgs, run: &str, machine: &str) -> anyhow::Result<i64> {
         .get(&url)
         .call()
         .with_context(|| format!("cannot reach the saltpeter API at {}", api.api))?;
+    if resp.status().as_u16() != 200 {
+        let why = resp.body_mut().read_to_string().unwrap_or_default();
+        return Err(anyhow!("{run}:{machine}: HTTP {}: {why}", resp.status()));
+    }
     eprintln!("following {run}:{machine} (Ctrl-C to stop)");
     let reader = BufReader::new(resp.body_mut().as_reader());
     let mut event = String::new();
     let mut out = std::io::stdout();
-    let mut code = 0;
+    let mut code = None;
     for line in reader.lines() {
         let line = line?;
         if let Some(e) = line.strip_prefix("event: ") {
@@ -334,9 +338,10 @@ fn follow_one(api: &ApiArgs, run: &str, machine: &str) -> anyhow::Result<i64> {
                     out.flush()?;
                 }
                 "end" => {
-                    code = v["exit_code"].as_i64().unwrap_or(255);
+                    let c = v["exit_code"].as_i64().unwrap_or(255);
+                    code = Some(c);
                     eprintln!(
-                        "{run}:{machine} ended: exit code {code} ({})",
+                        "{run}:{machine} ended: exit code {c} ({})",
                         s(&v["meaning"])
                     );
                 }
@@ -344,7 +349,7 @@ fn follow_one(api: &ApiArgs, run: &str, machine: &str) -> anyhow::Result<i64> {
             }
         }
     }
-    Ok(code)
+    code.ok_or_else(|| anyhow!("the stream of {run}:{machine} ended before the target did"))
 }
 
 /// Percent-encodes a path segment.
