@@ -9,8 +9,12 @@
 //!
 //! Must not know: sockets, Salt's or the protocol's wire types, clocks, the config directory.
 //! Every method name follows quinn's convention: `handle_*` inputs, `poll_*` outputs.
+//!
+//! Cost: every input costs O(log n) in the run's targets (a hash lookup, counters for "is it
+//! over", ordered sets for the deadlines); the output itself never passes through here, so a
+//! run's memory does not grow with what its jobs print.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 /// A monotonic instant, as an offset from an arbitrary origin chosen by the driver.
@@ -73,10 +77,19 @@ pub struct TargetResult {
 /// Wrapper events, in the engine's terms.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WrapperEvent {
-    Started { pid: i64, version: String },
-    Output(String),
+    Started {
+        pid: i64,
+        version: String,
+    },
+    /// Output went to the journal; the engine only needs to know whether it ended a line
+    /// (so a note appended at the end starts on a line of its own).
+    Output {
+        ends_line: bool,
+    },
     Heartbeat,
-    Completed { retcode: i64 },
+    Completed {
+        retcode: i64,
+    },
     Error(String),
 }
 
@@ -106,7 +119,9 @@ pub enum Action {
     TargetEnded {
         machine: String,
         result: TargetResult,
-        output: String,
+        /// Text the journal has not seen: Salt's output in legacy mode, then saltpeter's own
+        /// note (on a line of its own), as the original showed them after the output.
+        text: String,
     },
     RunEnded(RunOutcome),
 }
@@ -118,7 +133,7 @@ pub struct RunOutcome {
     pub total: usize,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum State {
     /// Published; waiting for Salt's confirmation (no timeout).
     Expected,
@@ -129,12 +144,17 @@ enum State {
     Done,
 }
 
+/// A target, by its index in [`Run::names`] (deadline sets hold indices, not strings).
+type Idx = usize;
+
 #[derive(Debug)]
 struct Target {
     state: State,
-    output: String,
     kill_requested: bool,
-    started: bool,
+    /// What the journal saw last ended a line (or nothing was printed yet).
+    at_line_start: bool,
+    /// Salt's return for the launch was seen (its confirmation is logged once).
+    salt_seen: bool,
 }
 
 #[derive(Debug)]
@@ -142,13 +162,25 @@ pub struct Run {
     spec: RunSpec,
     /// The publish reply arrived: the expected set is known.
     published: bool,
-    targets: BTreeMap<String, Target>,
+    names: Vec<String>,
+    index: HashMap<String, Idx>,
+    targets: Vec<Target>,
     actions: VecDeque<Action>,
     killed: bool,
     phase2_announced: bool,
     ended: bool,
-    /// Each ended target's exit code.
-    codes: BTreeMap<String, i64>,
+    /// Targets per state: "is it over" and "who waits" are counters, not scans.
+    expected: usize,
+    confirmed: usize,
+    /// Targets of the current batch that passed Phase 1 (the "Monitoring …" line's count).
+    passed_phase1: usize,
+    /// Ended targets (including those recovered after a restart) and how many ended 0.
+    total: usize,
+    succeeded: usize,
+    /// Heartbeat deadlines: (last beat, target), one entry per confirmed target.
+    beats: BTreeSet<(Mono, Idx)>,
+    /// Daemon-side timeouts: (confirmation + timeout + grace, target).
+    limits: BTreeSet<(Mono, Idx)>,
     /// Batches still to publish after the current one.
     batches_left: usize,
 }
@@ -158,12 +190,20 @@ impl Run {
         Run {
             spec,
             published: false,
-            targets: BTreeMap::new(),
+            names: Vec::new(),
+            index: HashMap::new(),
+            targets: Vec::new(),
             actions: VecDeque::new(),
             killed: false,
             phase2_announced: false,
             ended: false,
-            codes: BTreeMap::new(),
+            expected: 0,
+            confirmed: 0,
+            passed_phase1: 0,
+            total: 0,
+            succeeded: 0,
+            beats: BTreeSet::new(),
+            limits: BTreeSet::new(),
             batches_left: 0,
         }
     }
@@ -172,15 +212,77 @@ impl Run {
         &self.spec
     }
 
-    fn target(&mut self, machine: &str) -> &mut Target {
-        self.targets
-            .entry(machine.to_string())
-            .or_insert_with(|| Target {
-                state: State::Expected,
-                output: String::new(),
-                kill_requested: false,
-                started: false,
-            })
+    /// The target's index, created (expected) on first sight.
+    fn target(&mut self, machine: &str) -> Idx {
+        if let Some(i) = self.index.get(machine) {
+            return *i;
+        }
+        let i = self.targets.len();
+        self.names.push(machine.to_string());
+        self.index.insert(machine.to_string(), i);
+        self.targets.push(Target {
+            state: State::Expected,
+            kill_requested: false,
+            at_line_start: true,
+            salt_seen: false,
+        });
+        self.expected += 1;
+        i
+    }
+
+    /// Moves target `i` to `state`, keeping the counters and deadline sets in step.
+    fn set_state(&mut self, i: Idx, state: State) {
+        let old = self.targets[i].state;
+        match old {
+            State::Expected => self.expected -= 1,
+            State::Confirmed { at, last_beat } => {
+                self.confirmed -= 1;
+                self.beats.remove(&(last_beat, i));
+                if let Some(l) = self.limit() {
+                    self.limits.remove(&(at + l, i));
+                }
+            }
+            State::Done => {}
+        }
+        match state {
+            State::Expected => self.expected += 1,
+            State::Confirmed { at, last_beat } => {
+                self.confirmed += 1;
+                self.beats.insert((last_beat, i));
+                if let Some(l) = self.limit() {
+                    self.limits.insert((at + l, i));
+                }
+            }
+            State::Done => {}
+        }
+        self.targets[i].state = state;
+    }
+
+    /// How long after confirmation the daemon ends a target itself.
+    fn limit(&self) -> Option<Duration> {
+        if self.spec.legacy {
+            return None;
+        }
+        self.spec.timeout.map(|t| t + self.spec.timeout_grace)
+    }
+
+    /// Phase 1 is over for target `i` at `now`: its heartbeat clock starts.
+    fn confirm(&mut self, i: Idx, now: Mono) {
+        self.set_state(
+            i,
+            State::Confirmed {
+                at: now,
+                last_beat: now,
+            },
+        );
+        self.passed_phase1 += 1;
+        let machine = self.names[i].clone();
+        self.actions.push_back(Action::TargetConfirmed {
+            machine: machine.clone(),
+        });
+        if self.targets[i].kill_requested {
+            self.actions.push_back(Action::SendKill { machine });
+        }
     }
 
     /// The targets were resolved before publishing (`number_of_targets`, `batch_size`,
@@ -188,8 +290,8 @@ impl Run {
     /// more publishes will follow the first, each after the previous one is done.
     pub fn handle_resolved(&mut self, down: &[String], batches: usize, now: Mono) {
         for m in down {
-            self.target(m);
-            self.end(m, codes::ERROR, Some("Target did not respond".into()), now);
+            let i = self.target(m);
+            self.end(i, codes::ERROR, Some("Target did not respond".into()), now);
         }
         self.batches_left = batches.saturating_sub(1);
     }
@@ -213,236 +315,201 @@ impl Run {
         }
         for m in minions {
             // A run killed before Salt answered kills each target as it confirms.
-            let killed = self.killed;
-            self.target(m).kill_requested |= killed;
+            let i = self.target(m);
+            self.targets[i].kill_requested |= self.killed;
         }
         for m in missing {
-            self.target(m);
-            self.end(m, codes::ERROR, Some("Target did not respond".into()), now);
+            let i = self.target(m);
+            self.end(i, codes::ERROR, Some("Target did not respond".into()), now);
         }
-        self.check_end(now);
+        self.check_end();
     }
 
     /// The publish failed for good (the driver retried): every target fails with the reason.
     pub fn handle_publish_failed(&mut self, error: &str, now: Mono) {
         self.published = true;
         self.log(format!("SALT-MASTER ERROR: {error}"));
-        let open: Vec<String> = self.open_targets();
-        for m in open {
+        for i in self.open_targets() {
             self.end(
-                &m,
+                i,
                 codes::ERROR,
                 Some(format!("SALT-MASTER ERROR: {error}")),
                 now,
             );
         }
-        self.check_end(now);
+        self.check_end();
     }
 
     /// Salt's return for the wrapper's launch on `machine`.
     pub fn handle_salt_return(&mut self, machine: &str, retcode: i64, text: &str, now: Mono) {
+        let i = self.target(machine);
         if self.spec.legacy {
             // The command's own result: output and exit code.
-            let t = self.target(machine);
+            let t = &self.targets[i];
             if t.state == State::Expected {
-                t.output = text.to_string();
                 let code = if t.kill_requested && retcode != 0 {
                     codes::KILLED
                 } else {
                     retcode
                 };
-                self.end(machine, code, None, now);
-                self.check_end(now);
+                self.end_with(i, code, None, text.to_string(), now);
+                self.check_end();
             }
             return;
         }
-        let t = self.target(machine);
-        if matches!(t.state, State::Confirmed { .. }) && retcode == 0 {
-            // The wrapper's `start` came first; Salt agrees.
-            self.log(format!("Salt confirmed wrapper started on {machine}"));
-            return;
-        }
-        if t.state != State::Expected {
-            return; // the target already ended
-        }
-        if retcode == 0 {
-            t.state = State::Confirmed {
-                at: now,
-                last_beat: now,
-            };
-            let kill = t.kill_requested;
-            self.log(format!("Salt confirmed wrapper started on {machine}"));
-            self.actions.push_back(Action::TargetConfirmed {
-                machine: machine.into(),
-            });
-            if kill {
-                self.actions.push_back(Action::SendKill {
-                    machine: machine.into(),
-                });
+        let first = !std::mem::replace(&mut self.targets[i].salt_seen, true);
+        match self.targets[i].state {
+            State::Expected if retcode == 0 => {
+                self.log(format!("Salt confirmed wrapper started on {machine}"));
+                self.confirm(i, now);
             }
-        } else {
-            self.log(format!(
-                "Wrapper execution failed on {machine} (retcode={retcode}): {text}"
-            ));
-            self.end(machine, retcode, Some(text.to_string()), now);
+            State::Expected => {
+                self.log(format!(
+                    "Wrapper execution failed on {machine} (retcode={retcode}): {text}"
+                ));
+                self.end(i, retcode, Some(text.to_string()), now);
+            }
+            // The wrapper's first message came first; Salt agrees (operators grep for this).
+            _ if retcode == 0 && first => self.log(format!(
+                "Salt confirmed wrapper started on {machine} (the wrapper had confirmed first)"
+            )),
+            _ => {}
         }
-        self.check_end(now);
+        self.check_end();
     }
 
     /// After a restart: `machine` had ended with `code` before (recorded already, so no
     /// action); it counts toward the run's outcome.
     pub fn handle_recovered(&mut self, machine: &str, code: i64) {
-        self.target(machine).state = State::Done;
-        self.codes.insert(machine.to_string(), code);
+        let i = self.target(machine);
+        if self.targets[i].state != State::Done {
+            self.set_state(i, State::Done);
+            self.count_result(code);
+        }
     }
 
     /// `machine` answered neither the job nor Salt's probe.
     pub fn handle_target_down(&mut self, machine: &str, now: Mono) {
-        let legacy = self.spec.legacy;
-        let t = self.target(machine);
+        let i = self.target(machine);
+        let t = &self.targets[i];
         if t.state == State::Expected {
             // A legacy job terminated on request leaves no return: that is the kill's result.
-            if legacy && t.kill_requested {
+            if self.spec.legacy && t.kill_requested {
                 self.end(
-                    machine,
+                    i,
                     codes::KILLED,
                     Some("[Job terminated by user request]".into()),
                     now,
                 );
             } else {
-                self.end(
-                    machine,
-                    codes::ERROR,
-                    Some("Target did not respond".into()),
-                    now,
-                );
+                self.end(i, codes::ERROR, Some("Target did not respond".into()), now);
             }
-            self.check_end(now);
+            self.check_end();
         }
     }
 
+    /// A message from `machine`'s wrapper; `now` is when the hub received it, so a backlog
+    /// in between never turns into a lost heartbeat.
     pub fn handle_wrapper(&mut self, machine: &str, event: WrapperEvent, now: Mono) {
-        let t = self.target(machine);
-        if t.state == State::Done {
-            return;
-        }
-        // Anything from the wrapper proves it runs: confirmed even if Salt's return is late.
-        if t.state == State::Expected {
-            t.state = State::Confirmed {
-                at: now,
-                last_beat: now,
-            };
-            let kill = t.kill_requested;
-            self.actions.push_back(Action::TargetConfirmed {
-                machine: machine.into(),
-            });
-            if kill {
-                self.actions.push_back(Action::SendKill {
-                    machine: machine.into(),
-                });
+        let i = self.target(machine);
+        match self.targets[i].state {
+            State::Done => return,
+            // Anything from the wrapper proves it runs: confirmed even if Salt's return is late.
+            State::Expected => self.confirm(i, now),
+            State::Confirmed { at, last_beat } => {
+                if now > last_beat {
+                    self.beats.remove(&(last_beat, i));
+                    self.beats.insert((now, i));
+                    self.targets[i].state = State::Confirmed { at, last_beat: now };
+                }
             }
         }
-        let t = self.target(machine);
-        if let State::Confirmed { last_beat, .. } = &mut t.state {
-            *last_beat = now;
-        }
         match event {
-            WrapperEvent::Started { .. } => t.started = true,
-            WrapperEvent::Output(data) => t.output.push_str(&data),
-            WrapperEvent::Heartbeat => {}
+            WrapperEvent::Started { .. } | WrapperEvent::Heartbeat => {}
+            WrapperEvent::Output { ends_line } => self.targets[i].at_line_start = ends_line,
             WrapperEvent::Completed { retcode } => {
-                self.end(machine, retcode, None, now);
+                self.end(i, retcode, None, now);
                 self.actions.push_back(Action::ConfirmComplete {
                     machine: machine.into(),
                 });
             }
-            WrapperEvent::Error(e) => self.end(
-                machine,
-                codes::ERROR,
-                Some(format!("Wrapper error: {e}")),
-                now,
-            ),
+            WrapperEvent::Error(e) => {
+                self.end(i, codes::ERROR, Some(format!("Wrapper error: {e}")), now)
+            }
         }
-        self.check_end(now);
+        self.check_end();
     }
 
     /// Kills one target (`Some`) or the whole run (`None`).
-    pub fn handle_kill(&mut self, machine: Option<&str>, now: Mono) {
-        let machines: Vec<String> = match machine {
-            Some(m) => vec![m.to_string()],
+    pub fn handle_kill(&mut self, machine: Option<&str>, _now: Mono) {
+        let machines: Vec<Idx> = match machine {
+            Some(m) => vec![self.target(m)],
             None => {
                 self.killed = true;
                 self.open_targets()
             }
         };
-        let legacy = self.spec.legacy;
         let mut term = Vec::new();
-        for m in machines {
-            let t = self.target(&m);
+        for i in machines {
+            let t = &mut self.targets[i];
             if t.state == State::Done || t.kill_requested {
                 continue;
             }
             t.kill_requested = true;
-            if legacy {
-                term.push(m);
-            } else if matches!(t.state, State::Confirmed { .. }) {
-                self.actions.push_back(Action::SendKill { machine: m });
+            let confirmed = matches!(t.state, State::Confirmed { .. });
+            if self.spec.legacy {
+                term.push(self.names[i].clone());
+            } else if confirmed {
+                self.actions.push_back(Action::SendKill {
+                    machine: self.names[i].clone(),
+                });
             }
         }
         if !term.is_empty() {
             self.actions.push_back(Action::TermJob { machines: term });
         }
-        self.check_end(now);
+        self.check_end();
     }
 
-    /// Advances to `now`: heartbeat loss and the daemon-side timeout. Early calls do nothing.
+    /// Advances to `now`: heartbeat loss and the daemon-side timeout. Early calls do nothing;
+    /// the cost is that of the targets that are due, whatever the run's size.
     pub fn handle_timeout(&mut self, now: Mono) {
+        while let Some(&(deadline, i)) = self.limits.first() {
+            if now < deadline {
+                break;
+            }
+            let secs = self.spec.timeout.map_or(0, |t| t.as_secs());
+            self.actions.push_back(Action::SendKill {
+                machine: self.names[i].clone(),
+            });
+            let note = format!("[SALTPETER ERROR: Job exceeded timeout of {secs} seconds]");
+            self.end(i, codes::TIMEOUT, Some(note), now);
+        }
         let hb = self.spec.heartbeat_timeout;
-        let limit = self.spec.timeout.map(|t| t + self.spec.timeout_grace);
-        let mut ends = Vec::new();
-        for (m, t) in &self.targets {
-            let State::Confirmed { at, last_beat } = t.state else {
-                continue;
-            };
-            if limit.is_some_and(|l| now >= at + l) {
-                let secs = self.spec.timeout.map_or(0, |t| t.as_secs());
-                ends.push((
-                    m.clone(),
-                    codes::TIMEOUT,
-                    format!("[SALTPETER ERROR: Job exceeded timeout of {secs} seconds]"),
-                    true,
-                ));
-            } else if now >= last_beat + hb {
-                let note = format!(
-                    "[SALTPETER ERROR: Job lost connection - no heartbeat for {} seconds]",
-                    hb.as_secs()
-                );
-                ends.push((m.clone(), codes::HEARTBEAT_LOST, note, false));
+        while let Some(&(last_beat, i)) = self.beats.first() {
+            if now < last_beat + hb {
+                break;
             }
+            let note = format!(
+                "[SALTPETER ERROR: Job lost connection - no heartbeat for {} seconds]",
+                hb.as_secs()
+            );
+            self.end(i, codes::HEARTBEAT_LOST, Some(note), now);
         }
-        for (m, code, note, kill) in ends {
-            if kill {
-                self.actions
-                    .push_back(Action::SendKill { machine: m.clone() });
-            }
-            self.end(&m, code, Some(note), now);
-        }
-        self.check_end(now);
+        self.check_end();
     }
 
     /// When [`Run::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Mono> {
-        let limit = self.spec.timeout.map(|t| t + self.spec.timeout_grace);
-        self.targets
-            .values()
-            .filter_map(|t| match t.state {
-                State::Confirmed { at, last_beat } => {
-                    let beat = last_beat + self.spec.heartbeat_timeout;
-                    Some(limit.map_or(beat, |l| beat.min(at + l)))
-                }
-                _ => None,
-            })
-            .min()
+        let beat = self
+            .beats
+            .first()
+            .map(|(b, _)| *b + self.spec.heartbeat_timeout);
+        let limit = self.limits.first().map(|(l, _)| *l);
+        match (beat, limit) {
+            (Some(b), Some(l)) => Some(b.min(l)),
+            (b, l) => b.or(l),
+        }
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -456,23 +523,27 @@ impl Run {
 
     /// Whether `machine` is one of this run's targets.
     pub fn has_target(&self, machine: &str) -> bool {
-        self.targets.contains_key(machine)
+        self.index.contains_key(machine)
     }
 
-    /// Targets still waiting for Salt's confirmation.
+    /// Whether `machine` is a target still waiting for Salt's confirmation.
+    pub fn is_unconfirmed(&self, machine: &str) -> bool {
+        self.index
+            .get(machine)
+            .is_some_and(|i| self.targets[*i].state == State::Expected)
+    }
+
+    /// Targets still waiting for Salt's confirmation (a scan: for a restart, not per event).
     pub fn unconfirmed(&self) -> Vec<String> {
-        self.targets
-            .iter()
-            .filter(|(_, t)| t.state == State::Expected)
-            .map(|(m, _)| m.clone())
+        (0..self.targets.len())
+            .filter(|i| self.targets[*i].state == State::Expected)
+            .map(|i| self.names[i].clone())
             .collect()
     }
 
-    fn open_targets(&self) -> Vec<String> {
-        self.targets
-            .iter()
-            .filter(|(_, t)| t.state != State::Done)
-            .map(|(m, _)| m.clone())
+    fn open_targets(&self) -> Vec<Idx> {
+        (0..self.targets.len())
+            .filter(|i| self.targets[*i].state != State::Done)
             .collect()
     }
 
@@ -480,24 +551,39 @@ impl Run {
         self.actions.push_back(Action::Log(line));
     }
 
-    fn end(&mut self, machine: &str, code: i64, note: Option<String>, now: Mono) {
-        let t = self.target(machine);
-        let confirmed_at = match t.state {
+    fn count_result(&mut self, code: i64) {
+        self.total += 1;
+        if code == 0 {
+            self.succeeded += 1;
+        }
+    }
+
+    fn end(&mut self, i: Idx, code: i64, note: Option<String>, now: Mono) {
+        self.end_with(i, code, note, String::new(), now);
+    }
+
+    /// Ends target `i`; `text` is output the journal has not seen (Salt's, in legacy mode).
+    fn end_with(&mut self, i: Idx, code: i64, note: Option<String>, mut text: String, now: Mono) {
+        let confirmed_at = match self.targets[i].state {
             State::Confirmed { at, .. } => Some(at),
             _ => None,
         };
-        t.state = State::Done;
-        self.codes.insert(machine.to_string(), code);
-        let t = self.target(machine);
-        let mut output = std::mem::take(&mut t.output);
+        let at_line_start = if text.is_empty() {
+            self.targets[i].at_line_start
+        } else {
+            text.ends_with('\n')
+        };
+        self.set_state(i, State::Done);
+        self.count_result(code);
         if let Some(n) = &note {
             // Saltpeter's own notes are part of what the user sees, as in the original.
-            if !output.is_empty() && !output.ends_with('\n') {
-                output.push('\n');
+            if !at_line_start {
+                text.push('\n');
             }
-            output.push_str(n);
-            output.push('\n');
+            text.push_str(n);
+            text.push('\n');
         }
+        let machine = self.names[i].clone();
         self.log(format!(
             "Result for {}:{machine}: exit code {code} ({})",
             self.spec.instance,
@@ -510,34 +596,30 @@ impl Run {
             ended_at: now,
         };
         self.actions.push_back(Action::TargetEnded {
-            machine: machine.into(),
+            machine,
             result,
-            output,
+            text,
         });
     }
 
-    fn check_end(&mut self, _now: Mono) {
+    fn check_end(&mut self) {
         if self.ended || !self.published {
             return;
         }
-        let expected = self.targets.values().any(|t| t.state == State::Expected);
-        let confirmed = self
-            .targets
-            .values()
-            .filter(|t| matches!(t.state, State::Confirmed { .. }))
-            .count();
-        if !expected && confirmed > 0 && !self.phase2_announced {
+        if self.expected == 0 && self.passed_phase1 > 0 && !self.phase2_announced {
             self.phase2_announced = true;
             self.log(format!(
-                "Monitoring WebSocket results for {confirmed} confirmed target(s)..."
+                "Monitoring WebSocket results for {} confirmed target(s)...",
+                self.passed_phase1
             ));
         }
-        if self.targets.values().all(|t| t.state == State::Done) {
+        if self.expected == 0 && self.confirmed == 0 {
             // Sequential batches: the next one starts when this one is done (unless killed).
             if self.batches_left > 0 && !self.killed {
                 self.batches_left -= 1;
                 self.published = false;
                 self.phase2_announced = false;
+                self.passed_phase1 = 0;
                 self.actions.push_back(Action::NextBatch);
                 return;
             }
@@ -560,8 +642,7 @@ impl Run {
     /// The run's success: the original's rule (every target 0, and at least one target), or
     /// the job's `success_threshold` fraction.
     fn outcome(&self) -> RunOutcome {
-        let total = self.codes.len();
-        let succeeded = self.codes.values().filter(|c| **c == 0).count();
+        let (total, succeeded) = (self.total, self.succeeded);
         let success = match self.spec.success_threshold {
             None => total > 0 && succeeded == total,
             Some(f) => total > 0 && succeeded as f64 >= f * total as f64,

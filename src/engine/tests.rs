@@ -64,7 +64,7 @@ fn happy_path_two_phases_and_the_originals_log_lines() {
         },
         2 * S,
     );
-    run.handle_wrapper("a", WrapperEvent::Output("hello\n".into()), 3 * S);
+    run.handle_wrapper("a", WrapperEvent::Output { ends_line: true }, 3 * S);
     run.handle_wrapper("a", WrapperEvent::Completed { retcode: 0 }, 4 * S);
     run.handle_wrapper("b", WrapperEvent::Completed { retcode: 0 }, 5 * S);
     assert!(run.is_done());
@@ -96,12 +96,13 @@ fn happy_path_two_phases_and_the_originals_log_lines() {
     let out = actions.iter().find_map(|a| match a {
         Action::TargetEnded {
             machine,
-            output,
+            text,
             result,
-        } if machine == "a" => Some((output.clone(), result.confirmed_at)),
+        } if machine == "a" => Some((text.clone(), result.confirmed_at)),
         _ => None,
     });
-    assert_eq!(out, Some(("hello\n".to_string(), Some(S))));
+    // The output itself went to the journal; nothing is left to add at the end.
+    assert_eq!(out, Some((String::new(), Some(S))));
     assert_eq!(
         actions.last(),
         Some(&Action::RunEnded(RunOutcome {
@@ -165,8 +166,8 @@ fn no_heartbeat_for_15_seconds_gives_253() {
     let actions = drain(&mut run);
     assert_eq!(ended(&actions), [("a".to_string(), 253)]);
     let output = actions.iter().find_map(|a| {
-        if let Action::TargetEnded { output, .. } = a {
-            Some(output.clone())
+        if let Action::TargetEnded { text, .. } = a {
+            Some(text.clone())
         } else {
             None
         }
@@ -357,9 +358,7 @@ fn legacy_mode_takes_salts_return_as_the_result_and_kills_through_salt() {
         ]
     );
     let out = actions.iter().find_map(|a| match a {
-        Action::TargetEnded {
-            machine, output, ..
-        } if machine == "a" => Some(output.clone()),
+        Action::TargetEnded { machine, text, .. } if machine == "a" => Some(text.clone()),
         _ => None,
     });
     assert_eq!(out.unwrap(), "legacy output");
@@ -420,4 +419,145 @@ fn results_recorded_before_a_restart_count_toward_the_outcome() {
             total: 2
         }))
     );
+}
+
+#[test]
+fn a_note_after_output_that_did_not_end_a_line_starts_a_line_of_its_own() {
+    let mut run = Run::new(spec(None));
+    run.handle_published("j", &names(&["a", "b"]), &[], Duration::ZERO);
+    run.handle_wrapper("a", WrapperEvent::Output { ends_line: false }, S);
+    run.handle_wrapper("b", WrapperEvent::Output { ends_line: true }, S);
+    run.handle_timeout(16 * S);
+    let texts: Vec<String> = drain(&mut run)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::TargetEnded { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    let note = "[SALTPETER ERROR: Job lost connection - no heartbeat for 15 seconds]\n";
+    assert_eq!(texts, [format!("\n{note}"), note.to_string()]);
+}
+
+#[test]
+fn salts_late_confirmation_is_logged_even_after_the_target_ended() {
+    let mut run = Run::new(spec(None));
+    run.handle_published("j", &names(&["a", "b", "c"]), &[], Duration::ZERO);
+    for m in ["a", "b", "c"] {
+        run.handle_wrapper(m, WrapperEvent::Heartbeat, S);
+    }
+    run.handle_wrapper("a", WrapperEvent::Completed { retcode: 0 }, 2 * S);
+    run.handle_wrapper("b", WrapperEvent::Completed { retcode: 0 }, 2 * S);
+    run.handle_salt_return("a", 0, "", 3 * S);
+    run.handle_salt_return("a", 0, "", 3 * S);
+    let lines = logs(&drain(&mut run));
+    assert!(lines.contains(&"Monitoring WebSocket results for 3 confirmed target(s)...".into()));
+    let confirmations: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("Salt confirmed"))
+        .collect();
+    assert_eq!(
+        confirmations,
+        ["Salt confirmed wrapper started on a (the wrapper had confirmed first)"]
+    );
+}
+
+#[test]
+fn a_heartbeat_is_judged_by_when_it_arrived() {
+    let mut run = Run::new(spec(None));
+    run.handle_published("j", &names(&["a"]), &[], Duration::ZERO);
+    run.handle_salt_return("a", 0, "", Duration::ZERO);
+    // Received at 14 s, handed to the engine only after a backlog: the deadline is 29 s.
+    run.handle_wrapper("a", WrapperEvent::Heartbeat, 14 * S);
+    assert_eq!(run.poll_timeout(), Some(29 * S));
+    // A stamp older than the last one (another source's clock) never moves the deadline back.
+    run.handle_wrapper("a", WrapperEvent::Heartbeat, 13 * S);
+    assert_eq!(run.poll_timeout(), Some(29 * S));
+    run.handle_timeout(28 * S);
+    assert!(
+        drain(&mut run)
+            .iter()
+            .all(|a| !matches!(a, Action::TargetEnded { .. }))
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// How one target ends.
+    #[derive(Clone, Copy, Debug)]
+    enum End {
+        Complete(i64),
+        SaltFails,
+        Down,
+        Silent,
+    }
+
+    fn end() -> impl Strategy<Value = End> {
+        prop_oneof![
+            (0i64..3).prop_map(End::Complete),
+            Just(End::SaltFails),
+            Just(End::Down),
+            Just(End::Silent),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The run ends after exactly its last target, whatever the order and the size.
+        #[test]
+        fn the_run_ends_after_exactly_the_last_target(
+            ends in proptest::collection::vec(end(), 1..5_000),
+            seed in any::<u64>(),
+        ) {
+            let n = ends.len();
+            let machines: Vec<String> = (0..n).map(|i| format!("m{i:05}")).collect();
+            let mut run = Run::new(spec(None));
+            run.handle_published("j", &machines, &[], Duration::ZERO);
+            // Silent targets are confirmed and then lose their heartbeat at 15 s.
+            for (m, e) in machines.iter().zip(&ends) {
+                if matches!(e, End::Silent) {
+                    run.handle_salt_return(m, 0, "", Duration::ZERO);
+                }
+            }
+            // A permutation from the seed (an LCG: deterministic per case).
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut x = seed | 1;
+            for i in (1..n).rev() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (x >> 33) as usize % (i + 1));
+            }
+            let silent = ends.iter().filter(|e| matches!(e, End::Silent)).count();
+            let mut finished = 0;
+            for (k, &i) in order.iter().filter(|i| !matches!(ends[**i], End::Silent)).enumerate() {
+                let m = &machines[i];
+                let now = S + Duration::from_millis(k as u64);
+                match ends[i] {
+                    End::Complete(code) => run.handle_wrapper(m, WrapperEvent::Completed { retcode: code }, now),
+                    End::SaltFails => run.handle_salt_return(m, 127, "not found", now),
+                    End::Down => run.handle_target_down(m, now),
+                    End::Silent => unreachable!(),
+                }
+                finished += 1;
+                let ran_out = finished == n - silent && silent == 0;
+                prop_assert_eq!(run.is_done(), ran_out, "after {} of {} targets", finished, n);
+            }
+            if silent > 0 {
+                prop_assert!(!run.is_done());
+                run.handle_timeout(15 * S);
+                prop_assert!(run.is_done());
+            }
+            let actions = drain(&mut run);
+            let ended_runs = actions.iter().filter(|a| matches!(a, Action::RunEnded(_))).count();
+            prop_assert_eq!(ended_runs, 1);
+            prop_assert_eq!(ended(&actions).len(), n);
+            let ok = ends.iter().filter(|e| matches!(e, End::Complete(0))).count();
+            prop_assert_eq!(actions.last(), Some(&Action::RunEnded(RunOutcome {
+                success: ok == n,
+                succeeded: ok,
+                total: n,
+            })));
+        }
+    }
 }

@@ -52,6 +52,10 @@ pub enum PublishError {
     BadLoad { message: String },
     #[error("the Salt master answered with an error: {message}")]
     Master { message: String },
+    #[error(
+        "the Salt master's settings could not be read: {reason} (see saltpeter_config.salt_master_config)"
+    )]
+    Unconfigured { reason: String },
     #[error("undecodable reply from the Salt master: {0}")]
     Decode(#[from] WireError),
 }

@@ -2,8 +2,12 @@
 //! wait `timeout` for returns; then probe the silent minions with `saltutil.find_job`; a minion
 //! that reports the job running is waited for again, one that answers neither is down.
 //! Driven by inputs and `now` (a monotonic offset), so its tests need no clock.
+//!
+//! Before it gives up on a minion it asks its driver to read Salt's job cache once (a return
+//! the event bus lost is no reason to call a minion down). Cost: a return is a map update and a
+//! deadline touches only the minions still open.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use super::wire::JobRet;
@@ -35,6 +39,12 @@ pub enum GatherAction {
     /// Publish `saltutil.find_job <jid>` to these minions and feed their answers to
     /// [`Gather::handle_probe_reply`].
     Probe(Vec<String>),
+    /// Read this job's returns from the master's job cache, feed them to
+    /// [`Gather::handle_return`], then call [`Gather::handle_timeout`] again: some minions are
+    /// about to be given up on.
+    CheckCache,
+    /// This minion will not return (reported once, when it is given up on).
+    GaveUp { minion: String, why: NoReturn },
 }
 
 #[derive(Debug)]
@@ -43,8 +53,12 @@ pub struct Gather {
     timeout: Duration,
     gather_timeout: Duration,
     minions: BTreeMap<String, MinionState>,
+    /// Minions still waiting or probed: "is it done" is `is_empty`, a deadline visits only these.
+    open: BTreeSet<String>,
     /// Minions whose probe said "not running": ended at the deadline unless a return comes.
-    not_running: Vec<String>,
+    not_running: BTreeSet<String>,
+    /// The job cache was read for this deadline already.
+    cache_checked: bool,
     deadline: Option<Duration>,
     actions: VecDeque<GatherAction>,
 }
@@ -67,12 +81,19 @@ impl Gather {
         for m in missing {
             states.insert(m.clone(), MinionState::NoReturn(NoReturn::NoKey));
         }
+        let open = minions
+            .iter()
+            .filter(|m| !missing.contains(m))
+            .cloned()
+            .collect();
         let mut gather = Gather {
             jid: jid.to_string(),
             timeout,
             gather_timeout,
             minions: states,
-            not_running: Vec::new(),
+            open,
+            not_running: BTreeSet::new(),
+            cache_checked: false,
             deadline: None,
             actions: VecDeque::new(),
         };
@@ -92,6 +113,7 @@ impl Gather {
         if ret.jid != self.jid {
             return false;
         }
+        self.open.remove(&ret.id);
         match self.minions.get_mut(&ret.id) {
             Some(MinionState::Returned(_)) => false,
             Some(state) => {
@@ -117,8 +139,15 @@ impl Gather {
         }
         *state = MinionState::Waiting;
         if !running {
-            self.not_running.push(minion.to_string());
+            self.not_running.insert(minion.to_string());
         }
+    }
+
+    /// The driver learned by other means that `minion` runs the job (its wrapper spoke): it is
+    /// no longer waited for, probed or given up on.
+    pub fn handle_settled(&mut self, minion: &str) {
+        self.open.remove(minion);
+        self.not_running.remove(minion);
     }
 
     /// The probe could not be published (the master is away): those minions wait again; a
@@ -135,24 +164,44 @@ impl Gather {
         }
     }
 
-    /// Advances to `now`. A call before the deadline does nothing.
+    /// Advances to `now`. A call before the deadline does nothing. Before anyone is given up
+    /// on, the driver is asked once to check the job cache ([`GatherAction::CheckCache`]).
     pub fn handle_timeout(&mut self, now: Duration) {
         if self.deadline.is_none_or(|d| now < d) {
             return;
         }
+        let gives_up = self
+            .open
+            .iter()
+            .any(|m| self.minions[m] == MinionState::Probed || self.not_running.contains(m));
+        if gives_up && !self.cache_checked {
+            self.cache_checked = true;
+            self.actions.push_back(GatherAction::CheckCache);
+            return;
+        }
+        self.cache_checked = false;
         let mut probe = Vec::new();
-        for (minion, state) in &mut self.minions {
-            match state {
-                MinionState::Probed => *state = MinionState::NoReturn(NoReturn::NotResponding),
-                MinionState::Waiting if self.not_running.contains(minion) => {
-                    *state = MinionState::NoReturn(NoReturn::JobNotRunning)
+        let open = std::mem::take(&mut self.open);
+        for minion in open {
+            let state = self
+                .minions
+                .get_mut(&minion)
+                .expect("open minions are known");
+            let why = match state {
+                MinionState::Probed => NoReturn::NotResponding,
+                MinionState::Waiting if self.not_running.contains(&minion) => {
+                    NoReturn::JobNotRunning
                 }
                 MinionState::Waiting => {
                     *state = MinionState::Probed;
                     probe.push(minion.clone());
+                    self.open.insert(minion);
+                    continue;
                 }
-                _ => {}
-            }
+                _ => continue,
+            };
+            *state = MinionState::NoReturn(why);
+            self.actions.push_back(GatherAction::GaveUp { minion, why });
         }
         self.not_running.clear();
         self.deadline = None;
@@ -172,9 +221,7 @@ impl Gather {
     }
 
     pub fn is_done(&self) -> bool {
-        self.minions
-            .values()
-            .all(|s| matches!(s, MinionState::Returned(_) | MinionState::NoReturn(_)))
+        self.open.is_empty()
     }
 
     pub fn minions(&self) -> &BTreeMap<String, MinionState> {
@@ -251,6 +298,25 @@ mod tests {
         g.handle_probe_reply("b", true); // still running
         g.handle_probe_reply("c", false); // not running and no return (yet)
         g.handle_timeout(15 * S);
+        // Before giving up on anyone, the job cache is read once.
+        assert_eq!(g.poll_action(), Some(GatherAction::CheckCache));
+        assert_eq!(g.poll_action(), None);
+        assert_eq!(g.minions()["d"], MinionState::Probed);
+        g.handle_timeout(15 * S);
+        assert_eq!(
+            g.poll_action(),
+            Some(GatherAction::GaveUp {
+                minion: "c".into(),
+                why: NoReturn::JobNotRunning
+            })
+        );
+        assert_eq!(
+            g.poll_action(),
+            Some(GatherAction::GaveUp {
+                minion: "d".into(),
+                why: NoReturn::NotResponding
+            })
+        );
         assert_eq!(
             g.minions()["d"],
             MinionState::NoReturn(NoReturn::NotResponding)
@@ -280,6 +346,20 @@ mod tests {
             "probed again, not given up"
         );
         assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
+    }
+
+    #[test]
+    fn a_return_found_in_the_job_cache_saves_a_silent_minion() {
+        let mut g = Gather::new("1", &names(&["a"]), &[], Duration::ZERO, 5 * S, 10 * S);
+        g.handle_timeout(5 * S);
+        assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
+        g.handle_timeout(15 * S);
+        assert_eq!(g.poll_action(), Some(GatherAction::CheckCache));
+        // The bus lost it; the cache has it.
+        assert!(g.handle_return(ret("1", "a")));
+        g.handle_timeout(15 * S);
+        assert_eq!(g.poll_action(), None, "nobody given up");
+        assert!(g.is_done());
     }
 
     #[test]

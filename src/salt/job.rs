@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rmpv::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -88,24 +87,30 @@ pub async fn run(
             Some(at) => match tokio::time::timeout_at(at, bus.recv()).await {
                 Ok(m) => m,
                 Err(_) => {
-                    // Before probing or giving up on anyone, take what the job cache has: a
-                    // return whose event was lost is there.
-                    recover(client, &mut gather, &mut progress);
                     gather.handle_timeout(now());
-                    while let Some(GatherAction::Probe(minions)) = gather.poll_action() {
-                        progress(Progress::Probing(&minions));
-                        let mut probe = Publish::about_job(
-                            minions.clone(),
-                            "saltutil.find_job",
-                            &published.jid,
-                        );
-                        probe.user = publish.user.clone();
-                        // A probe that cannot be published proves nothing about the minions.
-                        match client.publish(&probe).await {
-                            Ok(p) => {
-                                probes.insert(p.jid, minions);
+                    while let Some(action) = gather.poll_action() {
+                        match action {
+                            // Before giving up on anyone, take what the job cache has: a
+                            // return whose event was lost is there.
+                            GatherAction::CheckCache => recover(client, &mut gather, &mut progress),
+                            GatherAction::GaveUp { .. } => {}
+                            GatherAction::Probe(minions) => {
+                                progress(Progress::Probing(&minions));
+                                let mut probe = Publish::about_job(
+                                    minions.clone(),
+                                    "saltutil.find_job",
+                                    &published.jid,
+                                );
+                                probe.user = publish.user.clone();
+                                // A probe that cannot be published proves nothing about the
+                                // minions.
+                                match client.publish(&probe).await {
+                                    Ok(p) => {
+                                        probes.insert(p.jid, minions);
+                                    }
+                                    Err(_) => gather.handle_probe_failed(&minions),
+                                }
                             }
-                            Err(_) => gather.handle_probe_failed(&minions),
                         }
                     }
                     continue;
@@ -124,8 +129,7 @@ pub async fn run(
                         });
                     }
                 } else if probes.get(&ret.jid).is_some_and(|m| m.contains(&ret.id)) {
-                    let running = matches!(&ret.ret, Value::Map(m) if !m.is_empty());
-                    gather.handle_probe_reply(&ret.id, running);
+                    gather.handle_probe_reply(&ret.id, ret.reports_running());
                 }
             }
             BusMessage::Disconnected { reason, .. } => {

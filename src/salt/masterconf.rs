@@ -21,6 +21,8 @@ pub struct SaltSettings {
     pub ipc_mode: String,
     pub tcp_master_pub_port: u16,
     pub hash_type: String,
+    /// The master's request workers (`worker_threads`): how many publishes it serves at once.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,7 @@ impl SaltSettings {
             ipc_mode: "ipc".into(),
             tcp_master_pub_port: 4512,
             hash_type: "sha256".into(),
+            worker_threads: 5,
         }
     }
 
@@ -121,6 +124,10 @@ impl SaltSettings {
                         settings.tcp_master_pub_port = port("tcp_master_pub_port")?
                     }
                     "hash_type" => settings.hash_type = text,
+                    // A bad value is Salt's to refuse; ours is only a pool size.
+                    "worker_threads" => {
+                        settings.worker_threads = text.parse().unwrap_or(5).clamp(1, 64)
+                    }
                     "root_dir" => root_dir = text.into(),
                     _ => {}
                 }

@@ -11,10 +11,12 @@
 pub mod args;
 pub mod bus;
 pub mod client;
+pub mod command;
 pub mod gather;
 pub mod job;
 pub mod jobcache;
 pub mod masterconf;
+pub mod publisher;
 pub mod wire;
 
 pub use client::{PublishError, Published, SaltClient};

@@ -522,6 +522,60 @@ pub struct JobRet {
     pub out: Option<String>,
 }
 
+impl JobRet {
+    /// The exit code: `retcode`, else 1 when Salt says it failed, else 0.
+    pub fn exit_code(&self) -> i64 {
+        self.retcode
+            .unwrap_or(if self.success == Some(false) { 1 } else { 0 })
+    }
+
+    /// The text of a return for people: `cmd.run_all`'s stderr (else stdout), or the return
+    /// itself as text (Salt's own error strings, `cmd.run`'s output).
+    pub fn text(&self) -> String {
+        let field = |k: &str| get(&self.ret, k).map(value_text).filter(|s| !s.is_empty());
+        match &self.ret {
+            Value::Map(_) => field("stderr")
+                .or_else(|| field("stdout"))
+                .unwrap_or_default(),
+            other => value_text(other),
+        }
+    }
+
+    /// A `saltutil.find_job` answer saying the job still runs there (a non-empty map).
+    pub fn reports_running(&self) -> bool {
+        matches!(&self.ret, Value::Map(m) if !m.is_empty())
+    }
+
+    /// The return as people read it: text as is, anything else as indented JSON.
+    pub fn pretty(&self) -> String {
+        match &self.ret {
+            Value::String(_) | Value::Binary(_) => value_text(&self.ret),
+            other => serde_json::to_string_pretty(&to_json(other)).unwrap_or_default(),
+        }
+    }
+
+    /// The bus event this return came (or would have come) as.
+    pub fn to_event(&self) -> Event {
+        let data = Value::Map(vec![
+            (s("id"), s(&self.id)),
+            (s("jid"), s(&self.jid)),
+            (s("fun"), s(&self.fun)),
+            (s("return"), self.ret.clone()),
+            (s("retcode"), self.retcode.map_or(Value::Nil, Value::from)),
+            (s("success"), self.success.map_or(Value::Nil, Value::from)),
+        ]);
+        Event {
+            tag: format!("salt/job/{}/ret/{}", self.jid, self.id),
+            data,
+        }
+    }
+
+    /// A `test.ping` answer of `True`.
+    pub fn is_true(&self) -> bool {
+        self.ret == Value::Boolean(true)
+    }
+}
+
 impl Event {
     /// The jid of a `salt/job/<jid>/...` event.
     pub fn jid(&self) -> Option<&str> {
@@ -569,6 +623,43 @@ impl Event {
             stamp: get(d, "_stamp").and_then(|v| parse_stamp(&value_text(v))),
             out: get(d, "out").map(value_text),
         })
+    }
+
+    /// The event a minion's return makes on the bus, in the shape Salt gives it: `ret` is a
+    /// `cmd.run_all` map (`retcode`, `stdout`, `stderr`) when `stdout` is given, else the plain
+    /// value `true` (a `test.ping`, or a `find_job` answer that is a non-empty map when
+    /// `running`). For fakes and tests of what consumes the bus.
+    pub fn job_return(
+        jid: &str,
+        minion: &str,
+        fun: &str,
+        retcode: i64,
+        stdout: Option<&str>,
+        running: bool,
+    ) -> Event {
+        let ret = match (stdout, running) {
+            (Some(out), _) => Value::Map(vec![
+                (s("pid"), Value::from(1)),
+                (s("retcode"), Value::from(retcode)),
+                (s("stdout"), s(out)),
+                (s("stderr"), s("")),
+            ]),
+            (None, true) => Value::Map(vec![(s("jid"), s(jid))]),
+            (None, false) if fun == "saltutil.find_job" => Value::Map(vec![]),
+            (None, false) => Value::Boolean(true),
+        };
+        let data = Value::Map(vec![
+            (s("id"), s(minion)),
+            (s("jid"), s(jid)),
+            (s("fun"), s(fun)),
+            (s("return"), ret),
+            (s("retcode"), Value::from(retcode)),
+            (s("success"), Value::Boolean(retcode == 0)),
+        ]);
+        Event {
+            tag: format!("salt/job/{jid}/ret/{minion}"),
+            data,
+        }
     }
 
     /// The event as JSON: `{"tag": ..., "data": ...}`.

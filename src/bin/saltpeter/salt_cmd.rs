@@ -137,12 +137,7 @@ fn show(out: &mut impl Write, p: &Progress<'_>, json_out: bool) -> std::io::Resu
                     ""
                 };
                 writeln!(out, "{}:{code}{note}", ret.id)?;
-                let text = match &ret.ret {
-                    rmpv::Value::String(_) | rmpv::Value::Binary(_) => wire::value_text(&ret.ret),
-                    other => {
-                        serde_json::to_string_pretty(&wire::to_json(other)).unwrap_or_default()
-                    }
-                };
+                let text = ret.pretty();
                 for line in text.lines() {
                     writeln!(out, "    {line}")?;
                 }

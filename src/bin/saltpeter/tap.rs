@@ -53,7 +53,7 @@ pub async fn run(args: TapArgs) -> anyhow::Result<ExitCode> {
                     for ret in jobcache::returns(&settings.cachedir, &settings.hash_type, jid)
                         .unwrap_or_default()
                     {
-                        events.push((recovered_event(&ret), true));
+                        events.push((ret.to_event(), true));
                     }
                 }
                 connected_once = true;
@@ -86,27 +86,6 @@ pub async fn run(args: TapArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-    }
-}
-
-fn recovered_event(ret: &saltpeter::salt::JobRet) -> Event {
-    let data = rmpv::Value::Map(vec![
-        ("id".into(), ret.id.as_str().into()),
-        ("jid".into(), ret.jid.as_str().into()),
-        ("fun".into(), ret.fun.as_str().into()),
-        ("return".into(), ret.ret.clone()),
-        (
-            "retcode".into(),
-            ret.retcode.map_or(rmpv::Value::Nil, rmpv::Value::from),
-        ),
-        (
-            "success".into(),
-            ret.success.map_or(rmpv::Value::Nil, rmpv::Value::from),
-        ),
-    ]);
-    Event {
-        tag: format!("salt/job/{}/ret/{}", ret.jid, ret.id),
-        data,
     }
 }
 
