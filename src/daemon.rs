@@ -99,26 +99,28 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     if let Some(s) = &salt_settings {
         tokio::spawn(crate::salt::bus::subscribe(s.event_source(), bus_tx));
     }
-    let (salt_req_tx, salt_req_rx) = mpsc::unbounded_channel();
+    // As many publishes at once as the master has request workers: a burst of due jobs is
+    // published in parallel, and a probe never waits behind a launch that is retrying.
     let (salt_reply_tx, mut salt_reply_rx) = mpsc::channel(1024);
-    tokio::spawn(crate::coordinator::salt_worker(
-        salt_settings.clone(),
-        salt_req_rx,
+    let pool = salt_settings.as_ref().map_or(1, |s| s.worker_threads);
+    let publisher = crate::salt::publisher::Publisher::spawn(
+        salt_settings
+            .clone()
+            .ok_or_else(|| "see the error at start-up".to_string()),
+        pool,
         salt_reply_tx,
-    ));
+    );
     // Every step of every run goes to the history store.
     let metrics = Metrics::default();
     let mut coordinator = Coordinator::new(
         hub,
-        salt_req_tx,
+        publisher,
         salt_settings,
         history.clone(),
         metrics.clone(),
     );
     for run in &adopted {
-        coordinator
-            .adopt(run, config.jobs.get(&run.job), &settings)
-            .await;
+        coordinator.adopt(run, config.jobs.get(&run.job), &settings);
     }
     let (control, mut commands) = Control::new(256);
     let mut daemon = Daemon {
@@ -147,8 +149,47 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
     }
 
     loop {
+        // A slow store is backpressure on wrappers (they spool), never memory here.
+        daemon.history.writable().await;
         let deadline = daemon.planner.next_deadline();
+        let run_deadline = daemon.coordinator.next_deadline();
         tokio::select! {
+            // In this order: what has arrived is handled before any deadline is judged, so a
+            // backlog of wrapper messages never turns into a lost heartbeat.
+            biased;
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(event) = hub_events.recv() => {
+                match event.kind {
+                    HubEventKind::Connected { .. } => daemon.metrics.wrapper_connected(true),
+                    HubEventKind::Disconnected => daemon.metrics.wrapper_connected(false),
+                    _ => {}
+                }
+                daemon.coordinator.handle_hub(event);
+            }
+            Some(message) = bus_rx.recv() => {
+                if let BusMessage::Event(e) = &message {
+                    let stamp = crate::salt::wire::get(&e.data, "_stamp")
+                        .and_then(|v| crate::salt::wire::parse_stamp(&crate::salt::wire::value_text(v)));
+                    daemon.metrics.bus_event(stamp);
+                }
+                match &message {
+                    BusMessage::Connected(_) => daemon.metrics.bus_state(true),
+                    BusMessage::Disconnected { .. } => daemon.metrics.bus_state(false),
+                    _ => {}
+                }
+                daemon.coordinator.handle_bus(message);
+            }
+            Some(reply) = salt_reply_rx.recv() => daemon.coordinator.handle_salt_reply(reply),
+            Some(command) = commands.recv() => daemon.handle_command(command).await,
+            Some(()) = reload_rx.recv() => {
+                info!("config directory changed; reloading");
+                daemon.reload();
+            }
+            _ = hup.recv() => {
+                info!("SIGHUP; reloading");
+                daemon.reload();
+            }
             wake = timer.sleep_until(deadline) => {
                 let now = clock::now();
                 match wake {
@@ -160,43 +201,10 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
                     Err(e) => error!(error = %e, "wall-clock timer failed"),
                 }
                 for fire in daemon.planner.due(now) {
-                    daemon.fire_due(&fire, now).await;
+                    daemon.fire_due(&fire, now);
                 }
             }
-            Some(()) = reload_rx.recv() => {
-                info!("config directory changed; reloading");
-                daemon.reload();
-            }
-            _ = hup.recv() => {
-                info!("SIGHUP; reloading");
-                daemon.reload();
-            }
-            Some(command) = commands.recv() => daemon.handle_command(command).await,
-            Some(event) = hub_events.recv() => {
-                match event.kind {
-                    HubEventKind::Connected { .. } => daemon.metrics.wrapper_connected(true),
-                    HubEventKind::Disconnected => daemon.metrics.wrapper_connected(false),
-                    _ => {}
-                }
-                daemon.coordinator.handle_hub(event).await;
-            }
-            Some(message) = bus_rx.recv() => {
-                match &message {
-                    BusMessage::Event(e) => {
-                        let stamp = crate::salt::wire::get(&e.data, "_stamp")
-                            .and_then(|v| crate::salt::wire::parse_stamp(&crate::salt::wire::value_text(v)));
-                        daemon.metrics.bus_event(stamp);
-                    }
-                    BusMessage::Connected(_) => daemon.metrics.bus_state(true),
-                    BusMessage::Disconnected { .. } => daemon.metrics.bus_state(false),
-                    _ => {}
-                }
-                daemon.coordinator.handle_bus(message).await;
-            }
-            Some(reply) = salt_reply_rx.recv() => daemon.coordinator.handle_salt_reply(reply).await,
-            _ = sleep_until_opt(daemon.coordinator.next_deadline()) => daemon.coordinator.handle_timeout().await,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = sleep_until_opt(run_deadline) => daemon.coordinator.handle_timeout(),
         }
     }
     info!("Saltpeter stopping");
@@ -261,7 +269,7 @@ impl Daemon {
     }
 
     /// A due slot: started unless maintenance or the overlap rule says otherwise.
-    async fn fire_due(&mut self, fire: &Fire, now: jiff::Timestamp) {
+    fn fire_due(&mut self, fire: &Fire, now: jiff::Timestamp) {
         let job = fire.job.clone();
         let logdir = PathBuf::from(&self.config.settings.logdir);
         if self.maintenance().global {
@@ -271,7 +279,7 @@ impl Daemon {
                 machine: "",
                 why: "Global maintenance mode active",
             };
-            crate::coordinator::job_log(&logdir, &job.name, &record);
+            self.coordinator.job_log(&logdir, &job.name, &record);
             self.skip(
                 &job.name,
                 SkipReason::Maintenance,
@@ -279,9 +287,9 @@ impl Daemon {
             );
             return;
         }
-        if let Err(running) = self.make_room(&job).await {
+        if let Err(running) = self.make_room(&job) {
             warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
-            crate::coordinator::job_log(
+            self.coordinator.job_log(
                 &logdir,
                 &job.name,
                 &joblog::Record::Overlap { running: &running },
@@ -304,10 +312,10 @@ impl Daemon {
         let late = now.duration_since(fire.slot);
         self.metrics.fire_lateness(late.unsigned_abs());
         let late_ms = late.as_millis();
-        self.start(&job, trigger, Some(fire.slot), late_ms).await;
+        self.start(&job, trigger, Some(fire.slot), late_ms);
     }
 
-    async fn start(
+    fn start(
         &mut self,
         job: &Arc<Job>,
         trigger: Trigger,
@@ -323,23 +331,21 @@ impl Daemon {
             None => info!(job = %job.name, trigger = trigger.as_str(), "Firing {instance}!"),
         }
         let maintenance = self.maintenance().machines;
-        self.coordinator
-            .fire(
-                job,
-                instance.clone(),
-                &self.config.settings,
-                &maintenance,
-                trigger,
-                slot,
-            )
-            .await;
+        self.coordinator.fire(
+            job,
+            instance.clone(),
+            &self.config.settings,
+            &maintenance,
+            trigger,
+            slot,
+        );
         instance
     }
 
     /// "Run now": refused during global maintenance and while an instance runs (unless the
     /// job allows overlap or replaces). The loop runs one command at a time, so two clicks
     /// cannot both start.
-    async fn run_now(&mut self, name: &str) -> Result<String, Refusal> {
+    fn run_now(&mut self, name: &str) -> Result<String, Refusal> {
         let job = self
             .config
             .jobs
@@ -350,14 +356,13 @@ impl Daemon {
             return Err(Refusal::Maintenance(name.into()));
         }
         self.make_room(&job)
-            .await
             .map_err(|running| Refusal::AlreadyRunning { running })?;
-        Ok(self.start(&job, Trigger::Manual, None, 0).await)
+        Ok(self.start(&job, Trigger::Manual, None, 0))
     }
 
     /// The overlap rule before a start: `Err(running instance)` when the job forbids overlap;
     /// with `concurrency: replace` the running instance is killed first.
-    async fn make_room(&mut self, job: &Job) -> Result<(), String> {
+    fn make_room(&mut self, job: &Job) -> Result<(), String> {
         let Some(running) = self.coordinator.running_instance(&job.name) else {
             return Ok(());
         };
@@ -365,7 +370,7 @@ impl Daemon {
             Concurrency::Forbid => Err(running),
             Concurrency::Replace => {
                 info!(job = %job.name, "{running} is replaced by a new run (concurrency: replace)");
-                let _ = self.coordinator.kill(&running, None).await;
+                let _ = self.coordinator.kill(&running, None);
                 Ok(())
             }
             Concurrency::Allow => Ok(()),
@@ -375,7 +380,7 @@ impl Daemon {
     async fn handle_command(&mut self, command: Command) {
         match command {
             Command::RunNow { job, reply } => {
-                let result = self.run_now(&job).await;
+                let result = self.run_now(&job);
                 match &result {
                     Ok(instance) => info!(job = %job, "run now: {instance} started"),
                     Err(why) => warn!(job = %job, "run now refused: {why}"),
@@ -395,10 +400,7 @@ impl Daemon {
                     None => Err(Refusal::NotRunning("(no instance of that job)".into())),
                     Some(i) => {
                         info!(instance = %i, machine = ?machine, "kill requested");
-                        self.coordinator
-                            .kill(&i, machine.as_deref())
-                            .await
-                            .map(|()| i)
+                        self.coordinator.kill(&i, machine.as_deref()).map(|()| i)
                     }
                 };
                 let _ = reply.send(result);
@@ -489,6 +491,7 @@ async fn start_hub(
     let options = crate::agents::HubOptions {
         tls,
         adopted,
+        max_output_rate: settings.machines_ws_max_output_rate,
         ..crate::agents::HubOptions::default()
     };
     Ok(crate::agents::spawn(listener, options))

@@ -54,6 +54,34 @@ pub fn collapse_carriage_returns(text: &str) -> String {
         .join("\n")
 }
 
+/// A target's result, for a `machine_result` record written in pieces ([`result_head`], the
+/// output with [`collapse_carriage_returns`], [`result_tail`]).
+#[derive(Clone, Debug)]
+pub struct Result<'a> {
+    pub instance: &'a str,
+    pub machine: &'a str,
+    pub code: i64,
+    pub at: Timestamp,
+}
+
+/// What precedes the output in a `machine_result` record.
+pub fn result_head(r: &Result<'_>) -> String {
+    format!(
+        "########## {} from {} ################\n**** Exit Code {} ******\n",
+        r.machine, r.instance, r.code
+    )
+}
+
+/// What follows the output in a `machine_result` record (with the record's final newline).
+pub fn result_tail(r: &Result<'_>) -> String {
+    format!(
+        "\n####### END {} from {} at {} #########\n",
+        r.machine,
+        r.instance,
+        time(r.at)
+    )
+}
+
 /// The record's text (without the final newline).
 pub fn format(record: &Record<'_>, at: Timestamp) -> String {
     let t = time(at);
@@ -67,10 +95,21 @@ pub fn format(record: &Record<'_>, at: Timestamp) -> String {
             machine,
             code,
             output,
-        } => format!(
-            "########## {machine} from {instance} ################\n**** Exit Code {code} ******\n{}\n####### END {machine} from {instance} at {t} #########",
-            collapse_carriage_returns(output)
-        ),
+        } => {
+            let r = Result {
+                instance,
+                machine,
+                code: *code,
+                at,
+            };
+            let tail = result_tail(&r);
+            format!(
+                "{}{}{}",
+                result_head(&r),
+                collapse_carriage_returns(output),
+                tail.trim_end_matches('\n')
+            )
+        }
         Record::End { instance } => format!("###### Finished {instance} at {t} ################"),
         Record::Overlap { running } => {
             format!("###### Overlap detected on {running} at {t} ################")

@@ -1,0 +1,434 @@
+//! The coordinator's decisions with virtual time: every `now` is given, nothing sleeps, no
+//! socket is opened. Salt and the hub are the effects the core asks for and the inputs a test
+//! feeds back.
+
+use super::*;
+use crate::agents::{HubCommand, HubEvent, HubEventKind};
+use crate::config::{Loader, SourceFile};
+use crate::salt::Event;
+
+const S: Duration = Duration::from_secs(1);
+
+struct NoShuffle;
+
+impl Shuffle for NoShuffle {
+    fn shuffle(&mut self, _: &mut [String]) {}
+}
+
+/// A core, its virtual clock and the effects it asked for.
+struct Harness {
+    core: Core,
+    t: Mono,
+    jobs: HashMap<String, Arc<Job>>,
+    settings: Settings,
+    effects: Vec<Effect>,
+}
+
+fn job_yaml(name: &str, targets: &str, extra: &str) -> String {
+    format!(
+        "{name}:\n  min: 0\n  hour: 0\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '{targets}'\n  target_type: list\n  command: 'true'\n{extra}"
+    )
+}
+
+impl Harness {
+    fn new(yaml: &str) -> Harness {
+        let file = SourceFile {
+            path: "t.yaml".into(),
+            group: "t".into(),
+            text: Ok(yaml.into()),
+        };
+        let loaded = Loader::new("master1").load(&[file]);
+        assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+        Harness {
+            core: Core::default(),
+            t: Duration::ZERO,
+            jobs: loaded.config.jobs.clone().into_iter().collect(),
+            settings: loaded.config.settings,
+            effects: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: self.t,
+            wall: Timestamp::from_second(1_800_000_000).unwrap() + self.t,
+        }
+    }
+
+    fn collect(&mut self) -> &[Effect] {
+        let start = self.effects.len();
+        while let Some(e) = self.core.poll_effect() {
+            self.effects.push(e);
+        }
+        &self.effects[start..]
+    }
+
+    fn fire(&mut self, job: &str, instance: &str) {
+        let now = self.now();
+        let job = self.jobs[job].clone();
+        self.core.fire(
+            &job,
+            instance.into(),
+            &self.settings.clone(),
+            &[],
+            Trigger::Manual,
+            None,
+            "token".into(),
+            now,
+        );
+        self.collect();
+    }
+
+    /// The last publish of `purpose` for `instance`: its jid and target.
+    fn published(&self, instance: &str, purpose: &Purpose) -> (String, Tgt) {
+        self.effects
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Effect::Publish {
+                    instance: i,
+                    purpose: p,
+                    publish,
+                    ..
+                } if i == instance && p == purpose => {
+                    Some((publish.jid.clone(), publish.tgt.clone()))
+                }
+                _ => None,
+            })
+            .expect("published")
+    }
+
+    fn publish_reply(&mut self, instance: &str, purpose: Purpose, jid: &str, minions: &[&str]) {
+        let now = self.now();
+        let published = Published {
+            jid: jid.into(),
+            minions: minions.iter().map(|m| m.to_string()).collect(),
+            missing: Vec::new(),
+        };
+        self.core
+            .handle_salt_reply(instance, purpose, Ok(published), &mut NoShuffle, now);
+        self.collect();
+    }
+
+    fn bus(&mut self, event: Event) {
+        let now = self.now();
+        self.core
+            .handle_bus(BusMessage::Event(event), &mut NoShuffle, now);
+        self.collect();
+    }
+
+    fn hub(&mut self, instance: &str, machine: &str, kind: HubEventKind, received: Mono) {
+        let event = HubEvent {
+            instance: instance.into(),
+            machine: machine.into(),
+            at: tokio::time::Instant::now(),
+            kind,
+        };
+        let now = Now {
+            mono: received,
+            ..self.now()
+        };
+        self.core.handle_hub(event, now);
+        self.collect();
+    }
+
+    fn advance_to(&mut self, t: Mono) {
+        self.t = t;
+        let now = self.now();
+        self.core.handle_timeout(&mut NoShuffle, now);
+        self.collect();
+    }
+
+    fn results(&self) -> Vec<(String, String, i64)> {
+        self.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Record(RunEvent::TargetEnded {
+                    instance,
+                    machine,
+                    code,
+                    ..
+                }) => Some((instance.clone(), machine.clone(), *code)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ended(&self, instance: &str) -> bool {
+        self.effects.iter().any(|e| {
+            matches!(e, Effect::Record(RunEvent::RunEnded { instance: i, .. }) if i == instance)
+        })
+    }
+}
+
+#[test]
+fn a_run_is_registered_before_it_is_published_and_ends_after_its_last_target() {
+    let mut h = Harness::new(&job_yaml("j", "a,b", ""));
+    h.fire("j", "j_1");
+    let register = h
+        .effects
+        .iter()
+        .position(|e| matches!(e, Effect::Hub(HubCommand::Register { .. })));
+    let publish = h
+        .effects
+        .iter()
+        .position(|e| matches!(e, Effect::Publish { .. }));
+    assert!(register < publish, "wrappers can beat the publish reply");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a", "b"]);
+    h.bus(Event::job_return(
+        &jid,
+        "a",
+        "cmd.run_all",
+        0,
+        Some(""),
+        false,
+    ));
+    h.hub("j_1", "b", HubEventKind::Heartbeat, S);
+    h.hub("j_1", "a", HubEventKind::Completed { retcode: 0 }, 2 * S);
+    assert!(!h.ended("j_1"));
+    h.hub("j_1", "b", HubEventKind::Completed { retcode: 3 }, 2 * S);
+    assert!(h.ended("j_1"));
+    assert_eq!(h.core.runs(), 0, "the run's state is gone");
+    // Each result is acknowledged only after it is committed, then the run is unregistered.
+    let after: Vec<&HubCommand> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::HubAfterCommit(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(after.last(), Some(HubCommand::Unregister { .. })));
+    assert_eq!(after.len(), 3);
+}
+
+#[test]
+fn output_goes_to_the_journal_only_and_a_note_follows_it() {
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    let big = "x".repeat(1 << 20);
+    for seq in 0..8 {
+        h.hub(
+            "j_1",
+            "a",
+            HubEventKind::Output {
+                data: big.clone(),
+                seq,
+            },
+            S,
+        );
+    }
+    h.advance_to(16 * S);
+    let outputs: Vec<usize> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(RunEvent::Output { data, .. }) => Some(data.len()),
+            _ => None,
+        })
+        .collect();
+    // Eight megabytes passed through once each; the note is a line of its own after them.
+    assert_eq!(outputs.len(), 9);
+    let note = h.effects.iter().find_map(|e| match e {
+        Effect::Record(RunEvent::Output {
+            data, seq: None, ..
+        }) => Some(data.clone()),
+        _ => None,
+    });
+    assert!(
+        note.unwrap()
+            .starts_with("\n[SALTPETER ERROR: Job lost connection")
+    );
+    assert_eq!(h.results(), [("j_1".into(), "a".into(), 253)]);
+}
+
+#[test]
+fn a_heartbeat_queued_behind_a_burst_is_judged_by_its_arrival() {
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    h.bus(Event::job_return(
+        &jid,
+        "a",
+        "cmd.run_all",
+        0,
+        Some(""),
+        false,
+    ));
+    // The loop is busy until 16 s; the heartbeat had arrived at 14 s and is handled first.
+    h.t = 16 * S;
+    h.hub("j_1", "a", HubEventKind::Heartbeat, 14 * S);
+    h.advance_to(16 * S);
+    assert!(h.results().is_empty(), "not lost: it arrived in time");
+    assert_eq!(h.core.next_deadline(), Some(29 * S));
+    h.advance_to(29 * S);
+    assert_eq!(h.results(), [("j_1".into(), "a".into(), 253)]);
+}
+
+#[test]
+fn one_heap_of_deadlines_visits_only_the_runs_that_are_due() {
+    let mut yaml = String::new();
+    for i in 0..200 {
+        yaml.push_str(&job_yaml(&format!("j{i}"), "a", ""));
+    }
+    let mut h = Harness::new(&yaml);
+    for i in 0..200 {
+        let instance = format!("j{i}_1");
+        h.fire(&format!("j{i}"), &instance);
+        let (jid, _) = h.published(&instance, &Purpose::Launch);
+        h.publish_reply(&instance, Purpose::Launch, &jid, &["a"]);
+        // Confirmed one second apart: each run's heartbeat deadline is its own.
+        h.hub(&instance, "a", HubEventKind::Heartbeat, i * S);
+    }
+    // The gathering's first deadline (10 s) was armed before the wrappers settled it: an
+    // early wake-up that does nothing and re-arms at the runs' own deadlines.
+    assert_eq!(h.core.next_deadline(), Some(10 * S));
+    h.advance_to(10 * S);
+    assert!(h.results().is_empty());
+    assert_eq!(h.core.next_deadline(), Some(15 * S));
+    h.advance_to(15 * S);
+    assert_eq!(h.results(), [("j0_1".into(), "a".into(), 253)]);
+    assert_eq!(h.core.next_deadline(), Some(16 * S));
+    h.advance_to(20 * S);
+    assert_eq!(h.results().len(), 6);
+    assert_eq!(h.core.runs(), 194);
+}
+
+#[test]
+fn batches_follow_each_other_after_a_ping_resolves_the_targets() {
+    let mut h = Harness::new(&job_yaml("j", "a,b,c,d", "  batch_size: 2\n"));
+    h.fire("j", "j_1");
+    let (ping, _) = h.published("j_1", &Purpose::Resolve);
+    h.publish_reply("j_1", Purpose::Resolve, &ping, &["a", "b", "c", "d"]);
+    for m in ["a", "b", "c"] {
+        h.bus(Event::job_return(&ping, m, "test.ping", 0, None, false));
+    }
+    let launches = |h: &Harness| {
+        h.effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Publish {
+                        purpose: Purpose::Launch,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(
+        launches(&h),
+        0,
+        "waits for every pinged target (or the resolve deadline)"
+    );
+    // `d` never answers: after the wait it is down, and the first batch is published.
+    h.advance_to(10 * S);
+    let (jid, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!(tgt, Tgt::List(vec!["a".into(), "b".into()]));
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a", "b"]);
+    h.hub("j_1", "a", HubEventKind::Completed { retcode: 0 }, 11 * S);
+    assert_eq!(launches(&h), 1, "the next batch waits for this one");
+    h.hub("j_1", "b", HubEventKind::Completed { retcode: 0 }, 11 * S);
+    let (jid, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!(tgt, Tgt::List(vec!["c".into()]));
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["c"]);
+    assert!(!h.ended("j_1"));
+    h.hub("j_1", "c", HubEventKind::Completed { retcode: 0 }, 12 * S);
+    assert!(h.ended("j_1"));
+    assert_eq!(
+        h.results(),
+        [
+            ("j_1".into(), "d".into(), 255),
+            ("j_1".into(), "a".into(), 0),
+            ("j_1".into(), "b".into(), 0),
+            ("j_1".into(), "c".into(), 0)
+        ]
+    );
+}
+
+#[test]
+fn a_silent_minion_is_probed_checked_in_the_cache_then_given_up() {
+    let mut h = Harness::new(&job_yaml("j", "a,b", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a", "b"]);
+    // `b`'s wrapper confirms it before Salt does: only `a` needs a probe.
+    h.hub("j_1", "b", HubEventKind::Heartbeat, S);
+    h.hub("j_1", "b", HubEventKind::Completed { retcode: 0 }, 2 * S);
+    h.advance_to(10 * S);
+    let (probe, tgt) = h.published("j_1", &Purpose::Probe(vec!["a".into()]));
+    assert_eq!(tgt, Tgt::List(vec!["a".into()]));
+    // The first probe could not be sent (the master is away): proves nothing, asks again.
+    let now = h.now();
+    let failed = Err(PublishError::Unconfigured {
+        reason: "test".into(),
+    });
+    h.core.handle_salt_reply(
+        "j_1",
+        Purpose::Probe(vec!["a".into()]),
+        failed,
+        &mut NoShuffle,
+        now,
+    );
+    h.collect();
+    h.advance_to(20 * S);
+    let (second, _) = h.published("j_1", &Purpose::Probe(vec!["a".into()]));
+    assert_ne!(probe, second);
+    h.publish_reply("j_1", Purpose::Probe(vec!["a".into()]), &second, &["a"]);
+    // No answer to the probe: the job cache is read before `a` is given up on.
+    h.advance_to(30 * S);
+    let asked = h
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::ReadJobCache { instance, .. } if instance == "j_1"));
+    assert!(asked);
+    assert_eq!(h.results(), [("j_1".into(), "b".into(), 0)]);
+    let now = h.now();
+    h.core.handle_cached_returns("j_1", Vec::new(), now);
+    h.collect();
+    assert_eq!(
+        h.results(),
+        [
+            ("j_1".into(), "b".into(), 0),
+            ("j_1".into(), "a".into(), 255)
+        ]
+    );
+}
+
+#[test]
+fn a_kill_reaches_confirmed_targets_at_once_and_others_as_they_confirm() {
+    let mut h = Harness::new(&job_yaml("j", "a,b", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a", "b"]);
+    h.hub("j_1", "a", HubEventKind::Heartbeat, S);
+    let now = h.now();
+    h.core.kill("j_1", None, now).unwrap();
+    h.bus(Event::job_return(
+        &jid,
+        "b",
+        "cmd.run_all",
+        0,
+        Some(""),
+        false,
+    ));
+    h.collect();
+    let kills: Vec<&str> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Hub(HubCommand::Kill { machine, .. }) => Some(machine.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kills, ["a", "b"]);
+    assert_eq!(
+        h.core.kill("nope", None, now),
+        Err(Refusal::NotRunning("nope".into()))
+    );
+}
