@@ -96,13 +96,12 @@ async fn wrapper_throughput() {
         ("idle", "sleep 3".to_string()),
         ("bulk", format!("head -c {BYTES} /dev/zero | tr '\\0' x")),
     ] {
-        hub.send(HubCommand::Register {
+        hub.send_now(HubCommand::Register {
             instance: instance.into(),
             job_name: "bench".into(),
             machines: Some(vec!["m".into()]),
             token: None,
-        })
-        .await;
+        });
         let start = Instant::now();
         let out = Command::new(bin)
             .envs([
@@ -147,11 +146,10 @@ async fn wrapper_throughput() {
                     bytes += data.len() as u64;
                 }
                 HubEventKind::Completed { .. } => {
-                    hub.send(HubCommand::ConfirmComplete {
+                    hub.send_now(HubCommand::ConfirmComplete {
                         instance: instance.into(),
                         machine: "m".into(),
-                    })
-                    .await;
+                    });
                     break;
                 }
                 _ => {}
@@ -178,13 +176,12 @@ fn hub_server(conns: usize) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap().port());
         let (hub, mut events) = agents::spawn(listener, HubOptions::default());
-        hub.send(HubCommand::Register {
+        hub.send_now(HubCommand::Register {
             instance: "scale".into(),
             job_name: "bench".into(),
             machines: Some((0..conns).map(|i| format!("m{i}")).collect()),
             token: None,
-        })
-        .await;
+        });
         while events.recv().await.is_some() {}
     });
 }

@@ -167,6 +167,9 @@ pub struct Settings {
     /// PEM certificate chain and key: the machines hub serves `wss://` when both are set.
     pub machines_ws_tls_cert: Option<String>,
     pub machines_ws_tls_key: Option<String>,
+    /// Output bytes per second the machines hub accepts from one wrapper; past it the hub
+    /// stops reading and the wrapper spools.
+    pub machines_ws_max_output_rate: u64,
     pub default_saltpeter_server_host: String,
     pub default_wrapper_path: String,
     pub default_wrapper_loglevel: WrapperLogLevel,
@@ -212,6 +215,8 @@ impl Settings {
             machines_ws_bind_addr: "0.0.0.0".into(),
             machines_ws_tls_cert: None,
             machines_ws_tls_key: None,
+            // 128 MiB/s, as `agents::DEFAULT_MAX_OUTPUT_RATE` (config knows nothing of the hub).
+            machines_ws_max_output_rate: 128 << 20,
             default_saltpeter_server_host: hostname.into(),
             default_wrapper_path: "/usr/local/bin/sp_wrapper.py".into(),
             default_wrapper_loglevel: WrapperLogLevel::Normal,
@@ -239,6 +244,7 @@ impl Settings {
             ("machines_ws_bind_addr", V::Str(s)) => self.machines_ws_bind_addr = s.clone(),
             ("machines_ws_tls_cert", V::Str(s)) => self.machines_ws_tls_cert = Some(s.clone()),
             ("machines_ws_tls_key", V::Str(s)) => self.machines_ws_tls_key = Some(s.clone()),
+            ("machines_ws_max_output_rate", V::Count(n)) => self.machines_ws_max_output_rate = *n,
             ("default_saltpeter_server_host", V::Str(s)) => {
                 self.default_saltpeter_server_host = s.clone()
             }
@@ -308,6 +314,11 @@ impl Settings {
             or_none(&self.machines_ws_tls_key),
             or_none(&new.machines_ws_tls_key),
         );
+        check(
+            "machines_ws_max_output_rate",
+            self.machines_ws_max_output_rate.to_string(),
+            new.machines_ws_max_output_rate.to_string(),
+        );
         out
     }
 
@@ -336,6 +347,7 @@ impl Settings {
         new.machines_ws_bind_addr = self.machines_ws_bind_addr.clone();
         new.machines_ws_tls_cert = self.machines_ws_tls_cert.clone();
         new.machines_ws_tls_key = self.machines_ws_tls_key.clone();
+        new.machines_ws_max_output_rate = self.machines_ws_max_output_rate;
         new
     }
 }

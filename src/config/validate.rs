@@ -73,6 +73,8 @@ enum SettingKind {
     LogLevel,
     TimeZone,
     Count,
+    /// Bytes per second, at least 1.
+    ByteRate,
     List,
     Tokens,
     /// Accepted for compatibility, not used.
@@ -90,6 +92,7 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("machines_ws_bind_addr", SettingKind::Str),
     ("machines_ws_tls_cert", SettingKind::Str),
     ("machines_ws_tls_key", SettingKind::Str),
+    ("machines_ws_max_output_rate", SettingKind::ByteRate),
     ("default_saltpeter_server_host", SettingKind::Str),
     ("default_wrapper_path", SettingKind::Str),
     ("default_wrapper_loglevel", SettingKind::LogLevel),
@@ -392,6 +395,17 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             SettingKind::Count => {
                 unsigned(value, name, u64::MAX >> 1, sink).map(SettingValue::Count)
             }
+            SettingKind::ByteRate => match unsigned(value, name, u64::MAX >> 1, sink) {
+                Some(0) => {
+                    sink.error(
+                        value.pos,
+                        Code::BadValue,
+                        format!("`{name}` must be at least 1 (bytes per second), found 0"),
+                    );
+                    None
+                }
+                n => n.map(SettingValue::Count),
+            },
             SettingKind::List => string_list(value, name, sink).map(SettingValue::List),
             SettingKind::Tokens => api_tokens(value, sink).map(SettingValue::Tokens),
             SettingKind::Ignored => {
@@ -924,4 +938,33 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         success_threshold,
         lockfile,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_output_rate_is_a_positive_byte_count() {
+        let (doc, found) = validate_file(
+            "a.yaml",
+            "saltpeter_config:\n  machines_ws_max_output_rate: 1000\n",
+        );
+        assert!(found.is_empty(), "{found:?}");
+        assert!(matches!(
+            doc.settings.get("machines_ws_max_output_rate"),
+            Some((SettingValue::Count(1000), _))
+        ));
+        let (doc, found) = validate_file(
+            "a.yaml",
+            "saltpeter_config:\n  machines_ws_max_output_rate: 0\n",
+        );
+        assert!(doc.settings.is_empty());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].code, Code::BadValue);
+        assert_eq!(
+            found[0].message,
+            "`machines_ws_max_output_rate` must be at least 1 (bytes per second), found 0"
+        );
+    }
 }

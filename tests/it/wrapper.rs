@@ -44,13 +44,12 @@ impl Harness {
 
     async fn register(&self, instance: &str, machines: &[&str], token: Option<&str>) {
         self.hub
-            .send(HubCommand::Register {
+            .send_now(HubCommand::Register {
                 instance: instance.into(),
                 job_name: "job".into(),
                 machines: Some(machines.iter().map(|m| m.to_string()).collect()),
                 token: token.map(String::from),
-            })
-            .await;
+            });
     }
 
     /// Runs sp-wrapper as Salt would and checks it detached at once with exit 0.
@@ -140,11 +139,10 @@ impl Harness {
                 HubEventKind::Completed { retcode } => {
                     o.retcode = Some(retcode);
                     self.hub
-                        .send(HubCommand::ConfirmComplete {
+                        .send_now(HubCommand::ConfirmComplete {
                             instance: instance.into(),
                             machine: machine.into(),
-                        })
-                        .await;
+                        });
                     return o;
                 }
                 _ => {}
@@ -318,11 +316,10 @@ async fn kill_gives_143_and_the_process_group_is_gone() {
             if matches!(kind, HubEventKind::Output { data, .. } if data.contains("started")) {
                 let hub = hub.clone();
                 tokio::spawn(async move {
-                    hub.send(HubCommand::Kill {
+                    hub.send_now(HubCommand::Kill {
                         instance: "k".into(),
                         machine: "m1".into(),
                     })
-                    .await
                 });
             }
         })
@@ -342,19 +339,17 @@ async fn kill_gives_143_and_the_process_group_is_gone() {
 async fn a_kill_before_the_wrapper_connects_reaches_it_when_it_does() {
     let mut h = Harness::new(HubOptions::default()).await;
     h.hub
-        .send(HubCommand::Register {
+        .send_now(HubCommand::Register {
             instance: "early".into(),
             job_name: "job".into(),
             machines: None,
             token: None,
-        })
-        .await;
+        });
     h.hub
-        .send(HubCommand::Kill {
+        .send_now(HubCommand::Kill {
             instance: "early".into(),
             machine: "m1".into(),
-        })
-        .await;
+        });
     h.wrapper("early", "m1", "sleep 600", h.port, &[]);
     let o = h.outcome("early", "m1", Duration::from_secs(30)).await;
     assert_eq!(o.retcode, Some(143));
