@@ -1,9 +1,12 @@
 //! The original Saltpeter's HTTP endpoints and UI WebSocket (reference §6), so its React UI
-//! keeps working: `config` first on every connection, `status` every 2 s, `details` and
-//! `output_chunk` for subscribed jobs, the timeline reply typed and with its `id` echoed,
-//! integer `retcode`, and output positions in JavaScript string units (UTF-16).
+//! keeps working: `config` first on every connection, `status` (then `details` and
+//! `output_chunk` for subscribed jobs) after changes, the timeline reply typed and with its
+//! `id` echoed, integer `retcode`, and output positions in JavaScript string units (UTF-16).
+//! Updates are pushed: a connection wakes on the store's commits, config changes and its own
+//! messages, and sends at most one update per [`UPDATE_GAP`]; an idle one costs nothing.
 
 use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::Json;
@@ -13,6 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{ApiError, AppState, Snapshot};
@@ -130,12 +136,23 @@ struct Conn {
     may_act: bool,
 }
 
-async fn session(state: AppState, socket: super::ws::Socket, may_act: bool) {
+/// The least time between two updates to one client: a stream of commits becomes one update
+/// per gap, the original's cadence (it sent one every 2 s, changed or not), so 100 clients of
+/// a busy run cost what they did; after a quiet spell the update goes at once.
+const UPDATE_GAP: Duration = Duration::from_secs(2);
+
+async fn session<S>(state: AppState, socket: WebSocketStream<S>, may_act: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut tx, mut rx) = socket.split();
     let mut conn = Conn {
         may_act,
         ..Conn::default()
     };
+    // Both subscribed before the first read, so no change in between is missed.
+    let mut commits = Some(state.history.subscribe());
+    let mut snapshots = Some(state.snapshots());
     let snap = state.snapshot();
     conn.serial = snap.changed.as_millisecond();
     // `config` must come first: the UI reloads itself otherwise.
@@ -148,13 +165,57 @@ async fn session(state: AppState, socket: super::ws::Socket, may_act: bool) {
             return;
         }
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    tick.tick().await;
+    let mut last_sent = Instant::now();
+    // Armed when something changed: the next update is due at `last_sent + UPDATE_GAP`. A
+    // timer only while an update is due (rate limiting, not polling).
+    let due = tokio::time::sleep_until(last_sent);
+    tokio::pin!(due);
+    let mut armed = false;
+    let arm = |due: Pin<&mut Sleep>, armed: &mut bool, last_sent: Instant| {
+        if !*armed {
+            due.reset(last_sent + UPDATE_GAP);
+            *armed = true;
+        }
+    };
     loop {
         let outgoing: Vec<Value> = tokio::select! {
-            _ = tick.tick() => broadcast(&state, &mut conn).await,
+            notice = next_commit(&mut commits) => {
+                // Any commit may change `status` (targets, last runs), lost notices too.
+                match notice {
+                    Some(()) => arm(due.as_mut(), &mut armed, last_sent),
+                    None => commits = None,
+                }
+                continue;
+            }
+            changed = next_snapshot(&mut snapshots) => {
+                match changed {
+                    true => arm(due.as_mut(), &mut armed, last_sent),
+                    false => snapshots = None,
+                }
+                continue;
+            }
+            () = &mut due, if armed => {
+                armed = false;
+                last_sent = Instant::now();
+                broadcast(&state, &mut conn).await
+            }
             msg = rx.next() => match msg {
-                Some(Ok(Message::Text(text))) => handle(&state, &mut conn, text.as_str()).await,
+                Some(Ok(Message::Text(text))) => {
+                    let (out, effect) = handle(&state, &mut conn, text.as_str()).await;
+                    match effect {
+                        Effect::Updated => {
+                            last_sent = Instant::now();
+                            // A full update, unless the config changed too (`broadcast` says).
+                            if state.snapshot().changed.as_millisecond() == conn.serial {
+                                armed = false;
+                            }
+                        }
+                        // A command changes things: the client sees the outcome in an update.
+                        Effect::Acted => arm(due.as_mut(), &mut armed, last_sent),
+                        Effect::None => {}
+                    }
+                    out
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => Vec::new(),
             },
@@ -164,6 +225,24 @@ async fn session(state: AppState, socket: super::ws::Socket, may_act: bool) {
                 return;
             }
         }
+    }
+}
+
+/// The next commit notice; pending forever once the store is gone.
+async fn next_commit(commits: &mut Option<crate::history::Commits>) -> Option<()> {
+    match commits {
+        Some(c) => c.next().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the config snapshot changed (`false`: its sender is gone); pending forever after.
+async fn next_snapshot(
+    snapshots: &mut Option<tokio::sync::watch::Receiver<std::sync::Arc<Snapshot>>>,
+) -> bool {
+    match snapshots {
+        Some(s) => s.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -197,7 +276,7 @@ async fn updates(state: &AppState, conn: &mut Conn) -> Vec<Value> {
     out
 }
 
-/// The periodic messages: [`updates`], and `config` when it changed.
+/// The messages after a change: [`updates`], and `config` when it changed.
 async fn broadcast(state: &AppState, conn: &mut Conn) -> Vec<Value> {
     let mut out = updates(state, conn).await;
     let snap = state.snapshot();
@@ -309,12 +388,41 @@ fn names(v: &Value) -> Vec<String> {
     }
 }
 
-/// One client message; only the first key that matches is handled, as in the original.
-async fn handle(state: &AppState, conn: &mut Conn, text: &str) -> Vec<Value> {
+/// What a client message did besides its replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    None,
+    /// The replies are a full update.
+    Updated,
+    /// A command was tried: an update should follow.
+    Acted,
+}
+
+/// The client commands (they change things: the same rule as the REST API).
+const COMMANDS: [&str; 3] = ["run", "killCron", "killMachine"];
+
+/// One client message, and what it did besides its replies.
+async fn handle(state: &AppState, conn: &mut Conn, text: &str) -> (Vec<Value>, Effect) {
     let Ok(msg) = serde_json::from_str::<Value>(text) else {
         tracing::debug!("UI WebSocket: invalid JSON ignored");
-        return Vec::new();
+        return (Vec::new(), Effect::None);
     };
+    // The same precedence as [`answer`].
+    let effect = if msg.get("subscribe").is_some() {
+        Effect::Updated
+    } else if msg.get("unsubscribe").is_some() || msg.get("ack").is_some() {
+        Effect::None
+    } else if COMMANDS.iter().any(|k| msg.get(*k).is_some()) {
+        Effect::Acted
+    } else {
+        Effect::None
+    };
+    (answer(state, conn, &msg).await, effect)
+}
+
+/// The replies to one client message; only the first key that matches is handled, as in the
+/// original.
+async fn answer(state: &AppState, conn: &mut Conn, msg: &Value) -> Vec<Value> {
     if let Some(v) = msg.get("subscribe") {
         conn.subscribed.extend(names(v));
         return updates(state, conn).await;
@@ -331,9 +439,7 @@ async fn handle(state: &AppState, conn: &mut Conn, text: &str) -> Vec<Value> {
     }
     // Commands change things: the same rule as the REST API (an operator token, passed as
     // `?token=` on the WebSocket URL, when the API is guarded).
-    let command = ["run", "killCron", "killMachine"]
-        .into_iter()
-        .find(|k| msg.get(*k).is_some());
+    let command = COMMANDS.into_iter().find(|k| msg.get(*k).is_some());
     if let Some(k) = command {
         if !conn.may_act {
             return vec![
@@ -424,6 +530,102 @@ fn date(s: &str, now: jiff::Timestamp) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use futures_util::{FutureExt, SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use crate::history::{History, Retention};
+    use crate::journal::{RunEvent, Trigger};
+
+    type Client = WebSocketStream<DuplexStream>;
+
+    /// A UI client connected to [`super::session`] over memory.
+    async fn connect(state: super::AppState) -> Client {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let socket = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+            super::session(state, socket, false).await;
+        });
+        WebSocketStream::from_raw_socket(client, Role::Client, None).await
+    }
+
+    async fn next(ws: &mut Client) -> Value {
+        let read = async {
+            loop {
+                match ws.next().await.expect("open").expect("a message") {
+                    Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                    _ => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("a message within 5 s")
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_costs_nothing_and_a_commit_reaches_it_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(&dir.path().join("h.db"), Retention::default()).unwrap();
+        let (state, _snapshots, _commands) = super::super::testing::state(history.clone());
+        let mut ws = connect(state).await;
+        let first: Vec<Value> = vec![next(&mut ws).await, next(&mut ws).await];
+        assert_eq!(
+            (&first[0]["type"], &first[1]["type"]),
+            (&json!("config"), &json!("status"))
+        );
+        assert_eq!(next(&mut ws).await, json!({"timeline": {}}));
+        ws.send(Message::text(json!({"subscribe": ["long"]}).to_string()))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut ws).await["type"], "status");
+        assert_eq!(next(&mut ws).await["type"], "details");
+
+        // A minute with nothing committed: no message, no query, no timer that wakes it.
+        let asked = history.queries();
+        tokio::time::pause();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            history.queries(),
+            asked,
+            "an idle client asks the store nothing"
+        );
+        assert!(
+            ws.next().now_or_never().is_none(),
+            "an idle client is sent nothing"
+        );
+        tokio::time::resume();
+
+        // A commit: the update follows at once (the last one was long ago).
+        let sent = std::time::Instant::now();
+        history.record(RunEvent::Started {
+            instance: "long_1".into(),
+            job: "long".into(),
+            trigger: Trigger::Manual,
+            scheduled: None,
+            at: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            token: "t".into(),
+        });
+        let status = next(&mut ws).await;
+        assert_eq!(status["type"], "status");
+        assert_eq!(status["running"]["long_1"]["name"], "long");
+        let details = next(&mut ws).await;
+        assert_eq!(
+            (details["type"].as_str(), details["cron"].as_str()),
+            (Some("details"), Some("long"))
+        );
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            sent.elapsed()
+        );
+    }
+
     #[test]
     fn timeline_dates_take_iso_and_date_math() {
         let now: jiff::Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();

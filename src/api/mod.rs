@@ -79,6 +79,13 @@ impl AppState {
         self.snapshot.borrow().clone()
     }
 
+    /// A receiver of config snapshots that wakes on the next change, for live views.
+    fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        let mut rx = self.snapshot.clone();
+        rx.mark_unchanged();
+        rx
+    }
+
     /// Whether the request may change things: an operator's bearer token, or an open API.
     fn authorize(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<(), ApiError> {
         if !self.guarded {
@@ -194,5 +201,48 @@ pub fn router(state: AppState) -> axum::Router {
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) {
     if let Err(e) = axum::serve(listener, router(state)).await {
         tracing::error!(error = %e, "the API server stopped");
+    }
+}
+
+/// An [`AppState`] for unit tests, without a daemon.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A job that never comes due by itself.
+    const JOBS: &str = "long:\n  sec: 0\n  min: 0\n  hour: 0\n  dom: 1\n  mon: 1\n  dow: '*'\n  year: 2099\n  targets: '*'\n  command: echo hi\n";
+
+    /// The state over `history` with the job `long`, the sender of its config snapshots, and
+    /// the receiving end of its commands (nobody carries them out).
+    pub(crate) fn state(
+        history: History,
+    ) -> (
+        AppState,
+        watch::Sender<Arc<Snapshot>>,
+        tokio::sync::mpsc::Receiver<crate::control::Command>,
+    ) {
+        let loaded = crate::config::Loader::new("h").load(&[crate::config::SourceFile {
+            path: "jobs.yaml".into(),
+            group: "jobs".into(),
+            text: Ok(JOBS.into()),
+        }]);
+        assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+        let snapshot = Snapshot {
+            config: loaded.config.clone(),
+            diagnostics: Vec::new(),
+            maintenance: Maintenance::default(),
+            switched: MaintenanceState::default(),
+            changed: jiff::Timestamp::from_second(1_800_000_000).expect("in range"),
+        };
+        let (snapshots, rx) = watch::channel(Arc::new(snapshot));
+        let (control, commands) = Control::new(4);
+        let state = AppState::new(
+            control,
+            history,
+            rx,
+            &loaded.config.settings,
+            Metrics::default(),
+        );
+        (state, snapshots, commands)
     }
 }

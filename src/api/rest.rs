@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -13,13 +12,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::config::{Concurrency, Job, Targets};
 use crate::control::{MaintenanceChange, RunRef};
-use crate::history::RunRow;
+use crate::history::output::Slice;
+use crate::history::{Commits, History, RunRow};
 
 pub const OPENAPI: &str = include_str!("../../proto/api/openapi.json");
 
@@ -262,8 +263,8 @@ async fn output_stream(
     Path((instance, machine)): Path<(String, String)>,
     Query(q): Query<OffsetQuery>,
 ) -> Result<Response, ApiError> {
-    // Subscribed before the first read, so nothing written in between is missed.
-    let live = state.history.subscribe();
+    // Subscribed before the first read, so nothing committed in between is missed.
+    let commits = state.history.subscribe();
     if state
         .history
         .output(&instance, &machine, 0)
@@ -274,9 +275,57 @@ async fn output_stream(
             "target {machine:?} of run {instance:?}"
         )));
     }
+    let stream = follow(
+        state.history.clone(),
+        commits,
+        instance,
+        machine,
+        q.offset.unwrap_or(0),
+    )
+    .map(|item| {
+        let event = match item {
+            Followed::Output(slice) => Event::default().event("output").json_data(&slice),
+            Followed::End {
+                exit_code,
+                meaning,
+                next,
+            } => Event::default().event("end").json_data(json!({
+                "exit_code": exit_code, "meaning": meaning, "next": next,
+            })),
+        };
+        Ok::<_, Infallible>(event.unwrap_or_default())
+    });
+    // The keep-alive comment is for proxies and dead peers; it never touches the store.
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// What following a target yields.
+#[derive(Debug, PartialEq)]
+enum Followed {
+    Output(Slice),
+    End {
+        exit_code: Option<i64>,
+        meaning: Option<String>,
+        /// The offset after the last byte.
+        next: u64,
+    },
+}
+
+/// A target's output from `offset` as it is committed, then its end. Reads once at the start,
+/// then only after a commit that touched this target (or after notices were missed): an idle
+/// follower has no timer and asks the store nothing.
+fn follow(
+    history: History,
+    commits: Commits,
+    instance: String,
+    machine: String,
+    offset: u64,
+) -> impl Stream<Item = Followed> {
     struct Follow {
-        state: AppState,
-        live: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::journal::RunEvent>>,
+        history: History,
+        commits: Commits,
         instance: String,
         machine: String,
         offset: u64,
@@ -284,71 +333,52 @@ async fn output_stream(
         first: bool,
     }
     let follow = Follow {
-        state,
-        live,
+        history,
+        commits,
         instance,
         machine,
-        offset: q.offset.unwrap_or(0),
+        offset,
         done: false,
         first: true,
     };
-    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+    futures_util::stream::unfold(follow, |mut f| async move {
         if f.done {
             return None;
         }
         loop {
             if !f.first {
-                // The next event about this target, or a second at most (a lagging receiver
-                // must not stall the stream).
-                let wait = async {
-                    loop {
-                        match f.live.recv().await {
-                            Ok(e) if e.instance() == Some(f.instance.as_str()) => return,
-                            Ok(_) => continue,
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                            Err(_) => std::future::pending::<()>().await,
-                        }
+                loop {
+                    match f.commits.next().await {
+                        Some(n) if n.touched_target(&f.instance, &f.machine) => break,
+                        Some(_) => continue,
+                        // The store is gone: the read below fails and ends the stream.
+                        None => break,
                     }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+                }
             }
             f.first = false;
-            let Ok(Some((slice, done))) = f
-                .state
-                .history
-                .output(&f.instance, &f.machine, f.offset)
-                .await
+            let Ok(Some((slice, done))) = f.history.output(&f.instance, &f.machine, f.offset).await
             else {
                 return None;
             };
             if !slice.text.is_empty() {
                 f.offset = slice.next;
-                let event = Event::default()
-                    .event("output")
-                    .json_data(&slice)
-                    .unwrap_or_default();
-                return Some((Ok::<_, Infallible>(event), f));
+                return Some((Followed::Output(slice), f));
             }
             if done {
                 f.done = true;
-                let detail = f.state.history.run(&f.instance).await.ok().flatten();
+                let detail = f.history.run(&f.instance).await.ok().flatten();
                 let target =
                     detail.and_then(|d| d.targets.into_iter().find(|t| t.machine == f.machine));
-                let event = Event::default()
-                    .event("end")
-                    .json_data(json!({
-                        "exit_code": target.as_ref().and_then(|t| t.exit_code),
-                        "meaning": target.as_ref().and_then(|t| t.meaning.clone()),
-                        "next": f.offset,
-                    }))
-                    .unwrap_or_default();
-                return Some((Ok(event), f));
+                let end = Followed::End {
+                    exit_code: target.as_ref().and_then(|t| t.exit_code),
+                    meaning: target.and_then(|t| t.meaning),
+                    next: f.offset,
+                };
+                return Some((end, f));
             }
         }
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    })
 }
 
 async fn maintenance(State(state): State<AppState>) -> Json<Value> {
@@ -459,4 +489,115 @@ async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "maintenance": { "global": snap.maintenance.global, "machines": snap.maintenance.machines },
         "running": running,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::{Followed, follow};
+    use crate::history::{History, Retention};
+    use crate::journal::{RunEvent, Trigger};
+
+    fn at() -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn output(instance: &str, machine: &str, data: &str) -> RunEvent {
+        RunEvent::Output {
+            instance: instance.into(),
+            machine: machine.into(),
+            data: data.into(),
+            seq: None,
+        }
+    }
+
+    fn started(instance: &str) -> RunEvent {
+        RunEvent::Started {
+            instance: instance.into(),
+            job: "j".into(),
+            trigger: Trigger::Manual,
+            scheduled: None,
+            at: at(),
+            token: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_follower_costs_nothing_and_wakes_only_for_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.db"), Retention::default()).unwrap();
+        h.record(started("j_1"));
+        h.record(RunEvent::Published {
+            instance: "j_1".into(),
+            jid: "1".into(),
+            machines: vec!["a".into(), "b".into()],
+        });
+        h.record(output("j_1", "a", "hello "));
+        h.flush().await.unwrap();
+        let stream = follow(h.clone(), h.subscribe(), "j_1".into(), "a".into(), 0);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                let _ = tx.send(item);
+            }
+        });
+        let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Followed>| {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("within 5 s")
+        };
+        let Some(Followed::Output(first)) = next(&mut rx).await else {
+            panic!("no output");
+        };
+        assert_eq!(first.text, "hello ");
+
+        // A minute with nothing committed: no read, nothing sent.
+        let asked = h.queries();
+        tokio::time::pause();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            h.queries(),
+            asked,
+            "an idle follower asks the store nothing"
+        );
+        assert!(rx.try_recv().is_err());
+        tokio::time::resume();
+
+        // Commits about another target and another run: still no read (only the flush's).
+        h.record(output("j_1", "b", "other"));
+        h.record(started("j_2"));
+        h.flush().await.unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.queries(), asked + 1, "a commit elsewhere is not read");
+        assert!(rx.try_recv().is_err());
+
+        // Its own target's output, then its end.
+        h.record(output("j_1", "a", "world\n"));
+        let Some(Followed::Output(more)) = next(&mut rx).await else {
+            panic!("no output");
+        };
+        assert_eq!((more.text.as_str(), more.next), ("world\n", 12));
+        h.record(RunEvent::TargetEnded {
+            instance: "j_1".into(),
+            machine: "a".into(),
+            code: 0,
+            note: None,
+            at: at(),
+        });
+        assert_eq!(
+            next(&mut rx).await,
+            Some(Followed::End {
+                exit_code: Some(0),
+                meaning: Some(crate::engine::meaning(0).to_string()),
+                next: 12,
+            })
+        );
+        assert_eq!(next(&mut rx).await, None, "the stream ends after `end`");
+    }
 }

@@ -1,22 +1,26 @@
 //! Run history in SQLite (WAL): every run, each target's result and capped output, skipped
 //! slots, and the maintenance switches set through the API. One thread owns the connection;
 //! everyone else holds a [`History`] handle. Events are applied in arrival order and in batches
-//! (one transaction per burst), and a query sees every event sent before it.
+//! (one transaction per burst), and a query sees every event sent before it. After each commit
+//! live views get one small [`Committed`] notice naming what changed (never the output), and
+//! the bytes waiting for the store are counted so that the producer can wait for the disk
+//! ([`History::writable`]) instead of the queue growing without bound.
 //!
 //! Must not know: HTTP, Salt, the wrapper protocol, the engine's internals.
 
 pub mod output;
 pub mod schema;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::journal::RunEvent;
 use output::{CapState, Slice};
@@ -197,20 +201,216 @@ enum Query {
 }
 
 enum Msg {
-    Event(RunEvent),
+    /// An event and what it counts against the queue limit.
+    Event {
+        event: RunEvent,
+        weight: usize,
+    },
     Query(Query),
+    /// Holds the store thread (tests: a disk slower than the input).
+    #[cfg(test)]
+    Pause {
+        reached: oneshot::Sender<()>,
+        resume: std_mpsc::Receiver<()>,
+    },
+}
+
+/// Bytes of events waiting for the store past which [`History::writable`] waits.
+pub const QUEUE_LIMIT: usize = 32 << 20;
+
+/// What an event counts besides its payload (its names, the channel's slot).
+const EVENT_OVERHEAD: usize = 128;
+
+/// Notices kept for a subscriber that has not read them; one that falls further behind gets
+/// [`Notice::Missed`]. Notices hold names only, so this bounds memory whatever the output.
+const NOTICES: usize = 64;
+
+/// What an event weighs in the queue: its variable-size parts plus a constant.
+fn weight(event: &RunEvent) -> usize {
+    EVENT_OVERHEAD
+        + match event {
+            RunEvent::Output { data, .. } => data.len(),
+            RunEvent::Published { machines, .. } => machines.iter().map(String::len).sum(),
+            RunEvent::TargetEnded { note, .. } => note.as_ref().map_or(0, String::len),
+            RunEvent::Skipped { detail, .. } => detail.len(),
+            _ => 0,
+        }
+}
+
+/// What one transaction changed, sent to live views after its commit: names only, no output.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    serial: u64,
+    /// Instance → the machines whose rows it touched (empty when only the run's own row was).
+    runs: HashMap<String, HashSet<String>>,
+    /// Jobs with a new skipped slot.
+    skipped: HashSet<String>,
+    /// A maintenance switch was set.
+    maintenance: bool,
+}
+
+impl Committed {
+    /// Counts commits that changed something, from 1 in each process.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// The runs this commit touched.
+    pub fn runs(&self) -> impl Iterator<Item = &str> {
+        self.runs.keys().map(String::as_str)
+    }
+
+    pub fn touched_run(&self, instance: &str) -> bool {
+        self.runs.contains_key(instance)
+    }
+
+    /// Whether the target's row or output changed.
+    pub fn touched_target(&self, instance: &str, machine: &str) -> bool {
+        self.runs.get(instance).is_some_and(|m| m.contains(machine))
+    }
+
+    /// Jobs with a new skipped slot.
+    pub fn skipped(&self) -> impl Iterator<Item = &str> {
+        self.skipped.iter().map(String::as_str)
+    }
+
+    pub fn maintenance_changed(&self) -> bool {
+        self.maintenance
+    }
+
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.skipped.is_empty() && !self.maintenance
+    }
+
+    fn note(&mut self, event: &RunEvent) {
+        let (instance, machine) = match event {
+            RunEvent::Skipped { job, .. } => {
+                if !self.skipped.contains(job) {
+                    self.skipped.insert(job.clone());
+                }
+                return;
+            }
+            RunEvent::Started { instance, .. }
+            | RunEvent::Published { instance, .. }
+            | RunEvent::RunEnded { instance, .. } => (instance, None),
+            RunEvent::MachineSkipped { instance, machine }
+            | RunEvent::Confirmed {
+                instance, machine, ..
+            }
+            | RunEvent::WrapperStarted {
+                instance, machine, ..
+            }
+            | RunEvent::Heartbeat {
+                instance, machine, ..
+            }
+            | RunEvent::Output {
+                instance, machine, ..
+            }
+            | RunEvent::TargetEnded {
+                instance, machine, ..
+            } => (instance, Some(machine)),
+        };
+        if !self.runs.contains_key(instance) {
+            self.runs.insert(instance.clone(), HashSet::new());
+        }
+        let machines = self.runs.get_mut(instance).expect("inserted");
+        let mut add = |m: &String| {
+            if !machines.contains(m) {
+                machines.insert(m.clone());
+            }
+        };
+        if let RunEvent::Published { machines: new, .. } = event {
+            new.iter().for_each(&mut add);
+        }
+        if let Some(m) = machine {
+            add(m);
+        }
+    }
+}
+
+/// What a live view learns: one commit, or that it fell behind.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    Commit(Arc<Committed>),
+    /// Notices were lost while the subscriber did not read: anything may have changed.
+    Missed,
+}
+
+impl Notice {
+    /// Whether the run may have changed (always, after [`Notice::Missed`]).
+    pub fn touched_run(&self, instance: &str) -> bool {
+        match self {
+            Notice::Commit(c) => c.touched_run(instance),
+            Notice::Missed => true,
+        }
+    }
+
+    /// Whether the target may have changed (always, after [`Notice::Missed`]).
+    pub fn touched_target(&self, instance: &str, machine: &str) -> bool {
+        match self {
+            Notice::Commit(c) => c.touched_target(instance, machine),
+            Notice::Missed => true,
+        }
+    }
+}
+
+/// A live view's subscription: one [`Notice`] per commit, after the commit.
+pub struct Commits {
+    rx: broadcast::Receiver<Arc<Committed>>,
+}
+
+impl Commits {
+    /// Waits for the next commit; `None` once the store is gone.
+    pub async fn next(&mut self) -> Option<Notice> {
+        match self.rx.recv().await {
+            Ok(c) => Some(Notice::Commit(c)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Notice::Missed),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+/// What the handles and the store thread share: the queue's weight and the query count.
+struct Shared {
+    /// Bytes of events sent and not yet applied and committed.
+    queued: AtomicUsize,
+    limit: usize,
+    /// Woken when `queued` falls under `limit` (or the store stops).
+    drained: Notify,
+    stopped: AtomicBool,
+    queries: AtomicU64,
+}
+
+/// Marks the store stopped when its thread ends, however it ends, so no writer waits forever.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        self.0.drained.notify_waiters();
+    }
 }
 
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
 pub struct History {
     tx: std_mpsc::Sender<Msg>,
-    live: broadcast::Sender<Arc<RunEvent>>,
+    commits: broadcast::Sender<Arc<Committed>>,
+    shared: Arc<Shared>,
 }
 
 impl History {
     /// Opens (creating and migrating) the database at `path` and starts its thread.
     pub fn open(path: &Path, retention: Retention) -> Result<History, HistoryError> {
+        History::open_with_queue_limit(path, retention, QUEUE_LIMIT)
+    }
+
+    /// [`History::open`] with [`History::writable`] waiting past `queue_limit` bytes.
+    pub fn open_with_queue_limit(
+        path: &Path,
+        retention: Retention,
+        queue_limit: usize,
+    ) -> Result<History, HistoryError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| HistoryError::Dir {
                 dir: dir.display().to_string(),
@@ -231,39 +431,92 @@ impl History {
             source,
         })?;
         let (tx, rx) = std_mpsc::channel();
-        let (live, _) = broadcast::channel(4096);
+        let (commits, _) = broadcast::channel(NOTICES);
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(0),
+            limit: queue_limit,
+            drained: Notify::new(),
+            stopped: AtomicBool::new(false),
+            queries: AtomicU64::new(0),
+        });
         let mut store = Store {
             conn,
             retention,
             outputs: HashMap::new(),
             dirty: Vec::new(),
             next_seqs: HashMap::new(),
-            live: live.clone(),
+            commits: commits.clone(),
+            serial: 0,
+            shared: shared.clone(),
         };
+        let guard = StopGuard(shared.clone());
         std::thread::Builder::new()
             .name("history".into())
-            .spawn(move || store.serve(rx))
+            .spawn(move || {
+                let _guard = guard;
+                store.serve(rx)
+            })
             .map_err(|source| HistoryError::Dir {
                 dir: "(history thread)".into(),
                 source,
             })?;
-        Ok(History { tx, live })
+        Ok(History {
+            tx,
+            commits,
+            shared,
+        })
     }
 
-    /// Records one step of a run (never blocks).
+    /// Records one step of a run. Never blocks: a producer that may outrun the disk awaits
+    /// [`History::writable`] between events.
     pub fn record(&self, event: RunEvent) {
-        let _ = self.tx.send(Msg::Event(event));
+        let weight = weight(&event);
+        self.shared.queued.fetch_add(weight, Ordering::AcqRel);
+        if self.tx.send(Msg::Event { event, weight }).is_err() {
+            self.shared.queued.fetch_sub(weight, Ordering::AcqRel);
+        }
     }
 
-    /// Every event after it is stored, for live views.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
-        self.live.subscribe()
+    /// Resolves at once while the events waiting for the store weigh less than the queue
+    /// limit; otherwise once the store has drained under it (or stopped). No polling.
+    pub async fn writable(&self) {
+        loop {
+            let drained = self.shared.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so a drain in between is not missed.
+            drained.as_mut().enable();
+            if self.shared.queued.load(Ordering::Acquire) < self.shared.limit
+                || self.shared.stopped.load(Ordering::Acquire)
+            {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// Bytes of events recorded and not yet committed (payloads plus a constant per event).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
+
+    /// One [`Notice`] per commit from now on, for live views. Subscribe before the first
+    /// read, so nothing committed in between is missed.
+    pub fn subscribe(&self) -> Commits {
+        Commits {
+            rx: self.commits.subscribe(),
+        }
+    }
+
+    /// Queries asked so far (tests prove with it that idle live views ask nothing).
+    pub fn queries(&self) -> u64 {
+        self.shared.queries.load(Ordering::Relaxed)
     }
 
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Query,
     ) -> Result<T, HistoryError> {
+        self.shared.queries.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Msg::Query(make(reply)))
@@ -366,6 +619,18 @@ impl History {
     pub async fn flush(&self) -> Result<(), HistoryError> {
         self.ask(Query::Flush).await
     }
+
+    /// Holds the store thread until the returned sender is dropped.
+    #[cfg(test)]
+    pub(crate) async fn pause(&self) -> std_mpsc::Sender<()> {
+        let (resume_tx, resume) = std_mpsc::channel();
+        let (reached, paused) = oneshot::channel();
+        self.tx
+            .send(Msg::Pause { reached, resume })
+            .expect("the store runs");
+        paused.await.expect("the store pauses");
+        resume_tx
+    }
 }
 
 struct Store {
@@ -376,7 +641,10 @@ struct Store {
     dirty: Vec<(String, String)>,
     /// The next output seq of targets written to, flushed with their output.
     next_seqs: HashMap<(String, String), i64>,
-    live: broadcast::Sender<Arc<RunEvent>>,
+    commits: broadcast::Sender<Arc<Committed>>,
+    /// The last [`Committed::serial`] sent.
+    serial: u64,
+    shared: Arc<Shared>,
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -402,24 +670,34 @@ impl Store {
                     Err(_) => break,
                 }
             }
-            let mut published = Vec::new();
+            let mut changed = Committed::default();
+            let mut applied = 0;
             let mut answers: Vec<Box<dyn FnOnce()>> = Vec::new();
             if let Err(e) = self.conn.execute_batch("BEGIN") {
                 tracing::error!(error = %e, "history: cannot begin a transaction");
             }
             for msg in batch {
                 match msg {
-                    Msg::Event(event) => {
+                    Msg::Event { event, weight } => {
                         if let Err(e) = self.apply(&event) {
                             tracing::error!(error = %e, ?event, "history: cannot store an event");
                         }
-                        published.push(Arc::new(event));
+                        changed.note(&event);
+                        applied += weight;
                     }
                     Msg::Query(q) => {
                         self.flush_outputs();
+                        if matches!(q, Query::SetMaintenance { .. }) {
+                            changed.maintenance = true;
+                        }
                         if let Some(answer) = self.answer(q) {
                             answers.push(answer);
                         }
+                    }
+                    #[cfg(test)]
+                    Msg::Pause { reached, resume } => {
+                        let _ = reached.send(());
+                        let _ = resume.recv();
                     }
                 }
             }
@@ -428,12 +706,20 @@ impl Store {
                 tracing::error!(error = %e, "history: commit failed");
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
-            // Replies and live views only after the commit: what they saw is durable.
+            // The batch's events are dropped by now: their bytes leave the queue.
+            let left = self.shared.queued.fetch_sub(applied, Ordering::AcqRel) - applied;
+            if left < self.shared.limit {
+                self.shared.drained.notify_waiters();
+            }
+            // Live views and replies only after the commit: what they see is durable. The
+            // notice goes first, so a caller whose flush returned knows it is out.
+            if !changed.is_empty() {
+                self.serial += 1;
+                changed.serial = self.serial;
+                let _ = self.commits.send(Arc::new(changed));
+            }
             for a in answers {
                 a();
-            }
-            for e in published {
-                let _ = self.live.send(e);
             }
             if last_prune.elapsed() > std::time::Duration::from_secs(3600) {
                 self.prune();

@@ -1,5 +1,7 @@
 //! The store against a real SQLite file: events in, answers out.
 
+use futures_util::FutureExt;
+
 use super::*;
 use crate::journal::{SkipReason, Trigger};
 
@@ -223,9 +225,115 @@ async fn live_subscribers_see_events_after_they_are_stored() {
     let h = open(&dir, Retention::default());
     let mut live = h.subscribe();
     h.record(started("j_1", "j", 0));
-    let e = live.recv().await.unwrap();
-    assert_eq!(e.instance(), Some("j_1"));
+    let notice = live.next().await.unwrap();
+    assert!(notice.touched_run("j_1") && !notice.touched_run("j_2"));
     assert!(h.run("j_1").await.unwrap().unwrap().run.running);
+}
+
+fn output(instance: &str, machine: &str, data: String, seq: i64) -> RunEvent {
+    RunEvent::Output {
+        instance: instance.into(),
+        machine: machine.into(),
+        data,
+        seq: Some(seq),
+    }
+}
+
+#[tokio::test]
+async fn one_small_notice_per_commit_not_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    for e in run_events("j_1", "j", 0).into_iter().take(4) {
+        h.record(e);
+    }
+    h.flush().await.unwrap();
+    let mut live = h.subscribe();
+    // The store is held while 100 messages of 64 KiB arrive: one burst, one transaction.
+    let resume = h.pause().await;
+    let chunk = "x".repeat(64 * 1024);
+    for seq in 0..100 {
+        h.record(output("j_1", "a", chunk.clone(), seq));
+    }
+    h.record(RunEvent::Skipped {
+        job: "k".into(),
+        reason: SkipReason::Overlap,
+        detail: "k_0 is still running".into(),
+        at: t(5),
+    });
+    drop(resume);
+    h.flush().await.unwrap();
+    let Some(Notice::Commit(c)) = live.next().await else {
+        panic!("no commit notice");
+    };
+    assert!(c.touched_target("j_1", "a"));
+    assert!(!c.touched_target("j_1", "b") && !c.touched_run("j_2"));
+    assert_eq!(c.runs().collect::<Vec<_>>(), ["j_1"]);
+    assert_eq!(c.skipped().collect::<Vec<_>>(), ["k"]);
+    // Names only: the output stays in the database.
+    assert!(format!("{c:?}").len() < 1000, "{c:?}");
+    assert!(
+        live.next().now_or_never().is_none(),
+        "one notice for 101 events in one commit"
+    );
+    // The next commit has the next serial; a read-only batch (the flush) sends nothing.
+    h.record(output("j_1", "b", "b".into(), 0));
+    h.flush().await.unwrap();
+    h.flush().await.unwrap();
+    let Some(Notice::Commit(next)) = live.next().await else {
+        panic!("no commit notice");
+    };
+    assert_eq!(next.serial(), c.serial() + 1);
+    assert!(next.touched_target("j_1", "b") && !next.touched_target("j_1", "a"));
+    assert!(live.next().now_or_never().is_none());
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_told_anything_may_have_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let mut live = h.subscribe();
+    for n in 0..(NOTICES as i64 + 10) {
+        h.record(started(&format!("j_{n}"), "j", n));
+        h.flush().await.unwrap();
+    }
+    let first = live.next().await.unwrap();
+    assert!(matches!(first, Notice::Missed));
+    assert!(first.touched_target("anything", "at all"));
+}
+
+#[tokio::test]
+async fn writable_waits_while_the_queue_is_over_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 1 << 20;
+    let h =
+        History::open_with_queue_limit(&dir.path().join("history.db"), Retention::default(), limit)
+            .unwrap();
+    h.record(started("j_1", "j", 0));
+    h.flush().await.unwrap();
+    assert_eq!(h.queued_bytes(), 0);
+    h.writable().await;
+    // A disk slower than the input: the store is held while 20 × 64 KiB arrive.
+    let resume = h.pause().await;
+    let chunk = "x".repeat(64 * 1024);
+    for seq in 0..20 {
+        h.record(output("j_1", "a", chunk.clone(), seq));
+    }
+    assert!(h.queued_bytes() >= 20 * 64 * 1024, "{}", h.queued_bytes());
+    let waiting = h.writable();
+    tokio::pin!(waiting);
+    assert!(
+        waiting.as_mut().now_or_never().is_none(),
+        "over the limit: the producer waits"
+    );
+    // Still waiting after a while: it is woken by the store, not by a timer.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(waiting.as_mut().now_or_never().is_none());
+    drop(resume);
+    waiting.await;
+    h.flush().await.unwrap();
+    assert_eq!(h.queued_bytes(), 0);
+    let (slice, _) = h.output("j_1", "a", 0).await.unwrap().unwrap();
+    assert_eq!(slice.next, 20 * 64 * 1024);
 }
 
 #[test]
