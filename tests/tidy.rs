@@ -119,3 +119,57 @@ fn the_wrapper_and_protocol_use_no_daemon_crates() {
         }
     }
 }
+
+#[test]
+fn the_deciding_cores_stay_sans_io() {
+    // The coordinator's and the hub's decisions are driven by inputs and the `now` they are
+    // given; their async shells own channels, sockets, clocks and files.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["src/coordinator/core.rs", "src/agents/registry.rs", "src/salt/gather.rs"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for banned in [
+            "Timestamp::now",
+            "SystemTime",
+            "Instant::now",
+            "clock::now",
+            // (An instant is a value like any other; waiting and I/O are the shell's.)
+            "tokio::sync",
+            "tokio::net",
+            "tokio::spawn",
+            "tokio::time::sleep",
+            "std::fs",
+            "std::net",
+            "async fn",
+            ".await",
+        ] {
+            assert!(!text.contains(banned), "{file} uses {banned}");
+        }
+    }
+}
+
+#[test]
+fn each_wire_crate_lives_in_its_own_module() {
+    // One module per external boundary: Salt's wire (msgpack, ZeroMQ), the store (SQLite), the
+    // daemon's WebSocket servers, HTTP.
+    let rules: [(&str, &[&str]); 5] = [
+        ("rmpv", &["src/salt/"]),
+        ("zeromq", &["src/salt/"]),
+        ("rusqlite", &["src/history/"]),
+        ("tokio_tungstenite", &["src/agents/", "src/api/"]),
+        ("axum", &["src/api/"]),
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shown = path.strip_prefix(root).unwrap().to_string_lossy().to_string();
+        for (krate, allowed) in rules {
+            if allowed.iter().any(|a| shown.starts_with(a)) {
+                continue;
+            }
+            let used = text.contains(&format!("{krate}::")) || text.contains(&format!("use {krate}"));
+            assert!(!used, "{shown} uses {krate}, which belongs to {allowed:?}");
+        }
+    }
+}
