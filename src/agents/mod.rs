@@ -101,6 +101,29 @@ impl Default for HubOptions {
     }
 }
 
+/// Output bytes allowed between a connection's read and the daemon handing them to the store.
+/// Past it, connections stop reading (wrappers spool), so the daemon's memory is bounded by
+/// this and the store's queue, never by what jobs print.
+pub const BYTES_IN_FLIGHT: usize = 16 << 20;
+
+/// A share of [`BYTES_IN_FLIGHT`], held by an output event until it is dropped.
+#[derive(Clone, Default)]
+pub struct Held(Option<std::sync::Arc<tokio::sync::OwnedSemaphorePermit>>);
+
+impl PartialEq for Held {
+    /// Budget shares do not make events differ.
+    fn eq(&self, _: &Held) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0.as_ref().map_or(0, |p| p.num_permits());
+        write!(f, "Held({bytes})")
+    }
+}
+
 /// What the hub reports about one target of one run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HubEvent {
@@ -109,6 +132,8 @@ pub struct HubEvent {
     /// When the hub read the frame it came from, before any queue (monotonic).
     pub at: Instant,
     pub kind: HubEventKind,
+    /// The output budget its bytes take until the event is dropped.
+    pub held: Held,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -167,14 +192,14 @@ impl Hub {
     pub fn send_now(&self, command: HubCommand) {
         let _ = self.commands.send(command);
     }
-
 }
 
 /// Serves wrappers on `listener` until the returned handle and every clone are dropped.
 pub fn spawn(listener: TcpListener, options: HubOptions) -> (Hub, mpsc::Receiver<HubEvent>) {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let (event_tx, event_rx) = mpsc::channel(16 * 1024);
-    let (in_tx, in_rx) = mpsc::channel(16 * 1024);
+    // Counted in messages; output bytes are bounded by BYTES_IN_FLIGHT on top.
+    let (event_tx, event_rx) = mpsc::channel(4 * 1024);
+    let (in_tx, in_rx) = mpsc::channel(4 * 1024);
     let mut registry = Registry::new(options.allow_legacy_wrappers);
     for run in &options.adopted {
         registry.adopt(run);
@@ -187,8 +212,8 @@ pub fn spawn(listener: TcpListener, options: HubOptions) -> (Hub, mpsc::Receiver
 /// From connection tasks to the registry task.
 enum Inbound {
     Opened(ConnId, mpsc::Sender<Message>),
-    /// A message and when its frame was read.
-    Message(ConnId, WrapperMsg, Instant),
+    /// A message, when its frame was read, and the output budget it holds.
+    Message(ConnId, WrapperMsg, Instant, Held),
     /// A frame that was not a valid message: reply with an error.
     Bad(ConnId, String),
     /// The connection ended, and when.
@@ -204,6 +229,8 @@ async fn drive(
     events: mpsc::Sender<HubEvent>,
 ) {
     let mut conns: HashMap<ConnId, mpsc::Sender<Message>> = HashMap::new();
+    // The budget of the message being handled goes with the event it produces.
+    let mut held = Held::default();
     loop {
         while let Some(output) = registry.poll_output() {
             match output {
@@ -218,7 +245,10 @@ async fn drive(
                         let _ = out.try_send(Message::Close(None));
                     }
                 }
-                Output::Event(event) => {
+                Output::Event(mut event) => {
+                    if matches!(event.kind, HubEventKind::Output { .. }) {
+                        event.held = std::mem::take(&mut held);
+                    }
                     let _ = events.send(event).await;
                 }
             }
@@ -234,7 +264,10 @@ async fn drive(
                     conns.insert(id, out);
                     registry.handle_opened(id);
                 }
-                Inbound::Message(id, msg, at) => registry.handle_message(id, msg, at, &now_stamp()),
+                Inbound::Message(id, msg, at, budget) => {
+                    held = budget;
+                    registry.handle_message(id, msg, at, &now_stamp());
+                }
                 Inbound::Bad(id, why) => registry.handle_bad_frame(id, &why, &now_stamp()),
                 Inbound::Closed(id, at) => {
                     conns.remove(&id);
@@ -260,6 +293,7 @@ fn now_stamp() -> String {
 }
 
 async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, options: HubOptions) {
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(BYTES_IN_FLIGHT));
     let mut next_id: ConnId = 0;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -276,13 +310,16 @@ async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, opti
         let inbound = inbound.clone();
         let rate = options.max_output_rate;
         let tls = options.tls.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
             stream.set_nodelay(true).ok();
             let result = match tls {
-                None => connection(id, stream, inbound.clone(), rate).await,
+                None => connection(id, stream, inbound.clone(), rate, budget).await,
                 Some(config) => {
                     match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
-                        Ok(tls_stream) => connection(id, tls_stream, inbound.clone(), rate).await,
+                        Ok(tls_stream) => {
+                            connection(id, tls_stream, inbound.clone(), rate, budget).await
+                        }
                         Err(e) => Err(format!("TLS handshake failed: {e}")),
                     }
                 }
@@ -300,6 +337,7 @@ async fn connection<S>(
     stream: S,
     inbound: mpsc::Sender<Inbound>,
     rate: u64,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -354,10 +392,23 @@ where
             Err(e) => break Err(e.to_string()),
         };
         let message = match WrapperMsg::decode(&text) {
-            Ok(m) => Inbound::Message(id, m, at),
+            Ok(m) => {
+                // Output waits for its share of the bytes in flight (reading stops meanwhile).
+                let held = match &m {
+                    WrapperMsg::Output { data, .. } => {
+                        let n = data.len().clamp(1, BYTES_IN_FLIGHT) as u32;
+                        match in_flight.clone().acquire_many_owned(n).await {
+                            Ok(p) => Held(Some(std::sync::Arc::new(p))),
+                            Err(_) => Held::default(),
+                        }
+                    }
+                    _ => Held::default(),
+                };
+                Inbound::Message(id, m, at, held)
+            }
             Err(e) => Inbound::Bad(id, e.to_string()),
         };
-        if let Inbound::Message(_, WrapperMsg::Output { data, .. }, _) = &message {
+        if let Inbound::Message(_, WrapperMsg::Output { data, .. }, _, _) = &message {
             budget =
                 (budget + at.duration_since(refilled).as_secs_f64() * rate as f64).min(rate as f64);
             refilled = at;

@@ -179,6 +179,7 @@ impl Answer<'_> {
             machine: self.machine.to_string(),
             at: self.at,
             kind,
+            held: Default::default(),
         }));
     }
 }
@@ -331,6 +332,7 @@ impl Registry {
             machine,
             at,
             kind: HubEventKind::Disconnected,
+            held: Default::default(),
         }));
     }
 

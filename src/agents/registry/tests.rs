@@ -178,6 +178,7 @@ fn binds_on_the_first_message_of_any_kind_and_stamps_events_at_arrival() {
             machine: "m1".into(),
             at: hub.at(5 * MS),
             kind: HubEventKind::Heartbeat,
+            held: Default::default(),
         })]
     );
     // The connection speaks for m1 only; it is told so and stays open.
@@ -199,6 +200,7 @@ fn binds_on_the_first_message_of_any_kind_and_stamps_events_at_arrival() {
             machine: "m1".into(),
             at: hub.at(9 * MS),
             kind: HubEventKind::Disconnected,
+            held: Default::default(),
         })]
     );
 }

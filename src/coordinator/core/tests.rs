@@ -123,6 +123,7 @@ impl Harness {
             machine: machine.into(),
             at: tokio::time::Instant::now(),
             kind,
+            held: Default::default(),
         };
         let now = Now {
             mono: received,
