@@ -40,8 +40,10 @@ pub enum DaemonError {
     Timer(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
-    #[error("cannot listen for wrappers on {addr}: {source}")]
+    #[error("cannot listen for {what} on {addr}: {source}")]
     Listen {
+        /// Which listener: the machines hub or the API.
+        what: &'static str,
         addr: String,
         #[source]
         source: std::io::Error,
@@ -52,8 +54,12 @@ pub enum DaemonError {
     History(#[from] crate::history::HistoryError),
 }
 
+/// Switches debug logging on or off (`saltpeter_config.debug`); `false` when the operator's
+/// own log filter is in force and the switch was not applied.
+pub type LogLevel = Box<dyn Fn(bool) -> bool + Send>;
+
 /// Runs until SIGTERM or SIGINT.
-pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
+pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     let mut loader = Loader::new(&crate::hostname());
     let (config, diagnostics) = load(&dir, &mut loader, None)?;
     let settings = config.settings.clone();
@@ -135,14 +141,16 @@ pub async fn run(dir: PathBuf) -> Result<(), DaemonError> {
         history: history.clone(),
         snapshot: None,
         metrics: metrics.clone(),
+        log_level,
     };
+    daemon.apply_debug(None);
     let (snapshot_tx, snapshot_rx) = watch::channel(daemon.snapshot());
     daemon.snapshot = Some(snapshot_tx);
     if settings.api_ws == Some(false) {
         info!("api_ws: false; the HTTP API and web UI are off");
     } else {
         let addr = format!("{}:{}", settings.api_ws_bind_addr, settings.api_ws_port);
-        let listener = bind(&addr).await?;
+        let listener = bind("the HTTP API and web UI (api_ws_bind_addr:api_ws_port)", &addr).await?;
         info!("API and web UI on http://{addr}");
         let state = api::AppState::new(control, history, snapshot_rx, &settings, metrics);
         tokio::spawn(api::serve(listener, state));
@@ -227,6 +235,7 @@ struct Daemon {
     history: History,
     snapshot: Option<watch::Sender<Arc<api::Snapshot>>>,
     metrics: Metrics,
+    log_level: LogLevel,
 }
 
 impl Daemon {
@@ -426,6 +435,20 @@ impl Daemon {
         }
     }
 
+    /// `saltpeter_config.debug` sets the log level (at start, and on a reload that changed it).
+    fn apply_debug(&self, was: Option<bool>) {
+        let on = self.config.settings.debug;
+        if was == Some(on) || (was.is_none() && !on) {
+            return;
+        }
+        let level = if on { "debug" } else { "info" };
+        if (self.log_level)(on) {
+            info!("saltpeter_config.debug: {on}; log level set to {level}");
+        } else {
+            warn!("saltpeter_config.debug: {on} is ignored: the log filter given with --log or SALTPETER_LOG is in force");
+        }
+    }
+
     fn reload(&mut self) {
         match load(&self.dir, &mut self.loader, Some(&self.config.settings)) {
             Ok((new, diagnostics)) => {
@@ -439,7 +462,9 @@ impl Daemon {
                     "config reloaded"
                 );
                 debug!(?changes, "reload details");
+                let was = self.config.settings.debug;
                 self.config = new;
+                self.apply_debug(Some(was));
                 self.diagnostics = diagnostics;
                 self.publish_snapshot();
             }
@@ -465,7 +490,11 @@ async fn start_hub(
         "{}:{}",
         settings.machines_ws_bind_addr, settings.machines_ws_port
     );
-    let listener = bind(&addr).await?;
+    let listener = bind(
+        "wrappers (machines_ws_bind_addr:machines_ws_port)",
+        &addr,
+    )
+    .await?;
     let tls = match (
         &settings.machines_ws_tls_cert,
         &settings.machines_ws_tls_key,
@@ -497,10 +526,11 @@ async fn start_hub(
     Ok(crate::agents::spawn(listener, options))
 }
 
-async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+async fn bind(what: &'static str, addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| DaemonError::Listen {
+            what,
             addr: addr.to_string(),
             source,
         })

@@ -75,6 +75,8 @@ enum SettingKind {
     Count,
     /// Bytes per second, at least 1.
     ByteRate,
+    /// A file path (not a URL).
+    Path,
     List,
     Tokens,
     /// Accepted for compatibility, not used.
@@ -104,7 +106,7 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("salt_sock_dir", SettingKind::Str),
     ("salt_cachedir", SettingKind::Str),
     ("salt_user", SettingKind::Str),
-    ("database", SettingKind::Str),
+    ("database", SettingKind::Path),
     ("output_cap", SettingKind::Count),
     ("history_max_age_days", SettingKind::Count),
     ("history_max_runs_per_job", SettingKind::Count),
@@ -378,6 +380,18 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
         }
         let typed = match kind {
             SettingKind::Str => string(value, name, sink).map(SettingValue::Str),
+            // A URL would silently become a relative path (a directory named `postgres:`).
+            SettingKind::Path => match string(value, name, sink) {
+                Some(url) if url.contains("://") => {
+                    sink.error(
+                        value.pos,
+                        Code::BadValue,
+                        format!("`{name}` takes a file path (the embedded SQLite database); `{url}` is a URL, and other databases are not supported yet"),
+                    );
+                    None
+                }
+                other => other.map(SettingValue::Str),
+            },
             SettingKind::Bool => boolean(value, name, sink).map(SettingValue::Bool),
             SettingKind::Port => match unsigned(value, name, 65_535, sink) {
                 Some(0) => {
@@ -943,6 +957,18 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_is_a_path_not_a_url() {
+        let (doc, found) = validate_file(
+            "a.yaml",
+            "saltpeter_config:\n  database: postgres://db.example/saltpeter\n",
+        );
+        assert!(doc.settings.is_empty());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].code, Code::BadValue);
+        assert!(found[0].message.contains("takes a file path"), "{}", found[0].message);
+    }
 
     #[test]
     fn the_hub_output_rate_is_a_positive_byte_count() {

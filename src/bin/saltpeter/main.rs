@@ -186,8 +186,8 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { dir, log } => {
-            init_logging(log.as_deref());
-            block_on(async { Ok(saltpeter::daemon::run(dir).await?) })?;
+            let level = init_logging(log.as_deref());
+            block_on(async { Ok(saltpeter::daemon::run(dir, level).await?) })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir } => check(&dir),
@@ -263,18 +263,34 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
         .block_on(future)
 }
 
-fn init_logging(filter: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match filter {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_env("SALTPETER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+/// Sets up logging; the returned switch lets `saltpeter_config.debug` change the level on
+/// reload, unless the operator chose a filter (`--log`, SALTPETER_LOG), which always wins.
+fn init_logging(filter: Option<&str>) -> saltpeter::daemon::LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, reload};
+    let explicit = match filter {
+        Some(f) => Some(EnvFilter::new(f)),
+        None => EnvFilter::try_from_env("SALTPETER_LOG").ok(),
     };
+    let chosen = explicit.is_some();
+    let (layer, handle) = reload::Layer::new(explicit.unwrap_or_else(|| EnvFilter::new("info")));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::io::stdout().is_terminal()),
+        )
         .init();
+    Box::new(move |debug: bool| {
+        if chosen {
+            return false;
+        }
+        let level = if debug { "debug" } else { "info" };
+        handle.reload(EnvFilter::new(level)).is_ok()
+    })
 }
 
 fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
