@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::agents::HubEventKind;
 use crate::api;
 use crate::clock::{self, Wake, WallTimer};
 use crate::config::{self, Concurrency, Config, Diagnostic, Job, Loader, Severity};
@@ -118,6 +117,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     );
     // Every step of every run goes to the history store.
     let metrics = Metrics::default();
+    metrics.count_wrappers(hub.open_connections());
     let mut coordinator = Coordinator::new(
         hub,
         publisher,
@@ -150,7 +150,11 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         info!("api_ws: false; the HTTP API and web UI are off");
     } else {
         let addr = format!("{}:{}", settings.api_ws_bind_addr, settings.api_ws_port);
-        let listener = bind("the HTTP API and web UI (api_ws_bind_addr:api_ws_port)", &addr).await?;
+        let listener = bind(
+            "the HTTP API and web UI (api_ws_bind_addr:api_ws_port)",
+            &addr,
+        )
+        .await?;
         info!("API and web UI on http://{addr}");
         let state = api::AppState::new(control, history, snapshot_rx, &settings, metrics);
         tokio::spawn(api::serve(listener, state));
@@ -167,14 +171,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
             biased;
             _ = term.recv() => break,
             _ = int.recv() => break,
-            Some(event) = hub_events.recv() => {
-                match event.kind {
-                    HubEventKind::Connected { .. } => daemon.metrics.wrapper_connected(true),
-                    HubEventKind::Disconnected => daemon.metrics.wrapper_connected(false),
-                    _ => {}
-                }
-                daemon.coordinator.handle_hub(event);
-            }
+            Some(event) = hub_events.recv() => daemon.coordinator.handle_hub(event),
             Some(message) = bus_rx.recv() => {
                 if let BusMessage::Event(e) = &message {
                     let stamp = crate::salt::wire::get(&e.data, "_stamp")
@@ -445,7 +442,9 @@ impl Daemon {
         if (self.log_level)(on) {
             info!("saltpeter_config.debug: {on}; log level set to {level}");
         } else {
-            warn!("saltpeter_config.debug: {on} is ignored: the log filter given with --log or SALTPETER_LOG is in force");
+            warn!(
+                "saltpeter_config.debug: {on} is ignored: the log filter given with --log or SALTPETER_LOG is in force"
+            );
         }
     }
 
@@ -490,11 +489,7 @@ async fn start_hub(
         "{}:{}",
         settings.machines_ws_bind_addr, settings.machines_ws_port
     );
-    let listener = bind(
-        "wrappers (machines_ws_bind_addr:machines_ws_port)",
-        &addr,
-    )
-    .await?;
+    let listener = bind("wrappers (machines_ws_bind_addr:machines_ws_port)", &addr).await?;
     let tls = match (
         &settings.machines_ws_tls_cert,
         &settings.machines_ws_tls_key,

@@ -55,7 +55,8 @@ struct Inner {
     lateness: Histogram,
     phase1: Histogram,
     phase2: Histogram,
-    wrappers: i64,
+    /// The hub's own count of open wrapper connections.
+    wrappers: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     bus_connected: bool,
     bus_last_event: Option<Timestamp>,
     /// How late the last event arrived (its `_stamp` to now).
@@ -129,8 +130,9 @@ impl Metrics {
         self.with(|m| m.lateness.observe(LATENESS_BUCKETS, late.as_secs_f64()));
     }
 
-    pub fn wrapper_connected(&self, connected: bool) {
-        self.with(|m| m.wrappers += if connected { 1 } else { -1 });
+    /// The gauge of open wrapper connections reads the hub's own count.
+    pub fn count_wrappers(&self, open: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        self.with(|m| m.wrappers = Some(open));
     }
 
     pub fn bus_state(&self, connected: bool) {
@@ -217,7 +219,11 @@ impl Metrics {
                 "# HELP saltpeter_wrappers_connected Wrapper connections open now."
             );
             let _ = writeln!(out, "# TYPE saltpeter_wrappers_connected gauge");
-            let _ = writeln!(out, "saltpeter_wrappers_connected {}", m.wrappers.max(0));
+            let open = m
+                .wrappers
+                .as_ref()
+                .map_or(0, |n| n.load(std::sync::atomic::Ordering::Relaxed));
+            let _ = writeln!(out, "saltpeter_wrappers_connected {open}");
             let _ = writeln!(
                 out,
                 "# HELP saltpeter_event_bus_connected Whether the Salt event bus is subscribed."

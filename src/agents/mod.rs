@@ -185,9 +185,15 @@ pub enum HubCommand {
 #[derive(Clone)]
 pub struct Hub {
     commands: mpsc::UnboundedSender<HubCommand>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Hub {
+    /// Wrapper connections open now, kept by the hub itself (exact whatever the runs do).
+    pub fn open_connections(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.open.clone()
+    }
+
     /// Hands the hub a command; never waits. A hub that stopped drops it.
     pub fn send_now(&self, command: HubCommand) {
         let _ = self.commands.send(command);
@@ -204,9 +210,16 @@ pub fn spawn(listener: TcpListener, options: HubOptions) -> (Hub, mpsc::Receiver
     for run in &options.adopted {
         registry.adopt(run);
     }
-    tokio::spawn(drive(registry, cmd_rx, in_rx, event_tx));
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(drive(registry, cmd_rx, in_rx, event_tx, open.clone()));
     tokio::spawn(accept_loop(listener, in_tx, options));
-    (Hub { commands: cmd_tx }, event_rx)
+    (
+        Hub {
+            commands: cmd_tx,
+            open,
+        },
+        event_rx,
+    )
 }
 
 /// From connection tasks to the registry task.
@@ -227,7 +240,9 @@ async fn drive(
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
     mut inbound: mpsc::Receiver<Inbound>,
     events: mpsc::Sender<HubEvent>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut conns: HashMap<ConnId, mpsc::Sender<Message>> = HashMap::new();
     // The budget of the message being handled goes with the event it produces.
     let mut held = Held::default();
@@ -262,6 +277,7 @@ async fn drive(
             Some(m) = inbound.recv() => match m {
                 Inbound::Opened(id, out) => {
                     conns.insert(id, out);
+                    open.store(conns.len(), Relaxed);
                     registry.handle_opened(id);
                 }
                 Inbound::Message(id, msg, at, budget) => {
@@ -271,6 +287,7 @@ async fn drive(
                 Inbound::Bad(id, why) => registry.handle_bad_frame(id, &why, &now_stamp()),
                 Inbound::Closed(id, at) => {
                     conns.remove(&id);
+                    open.store(conns.len(), Relaxed);
                     registry.handle_closed(id, at);
                 }
             },
@@ -428,6 +445,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_open_connections_gauge_is_exact_after_the_run_is_gone() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let (hub, _events) = spawn(listener, HubOptions::default());
+        let open = hub.open_connections();
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let (ws2, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let seen = |n: usize| {
+            let open = open.clone();
+            async move {
+                // Bounded: the hub's tasks run as soon as this one yields.
+                for _ in 0..1_000 {
+                    if open.load(std::sync::atomic::Ordering::Relaxed) == n {
+                        return true;
+                    }
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                false
+            }
+        };
+        assert!(seen(2).await);
+        // A connection of a run that is no longer registered still counts down.
+        hub.send_now(HubCommand::Unregister {
+            instance: "gone".into(),
+        });
+        drop(ws);
+        assert!(seen(1).await);
+        drop(ws2);
+        assert!(seen(0).await);
+    }
 
     #[test]
     fn the_default_output_rate_is_the_configs() {
