@@ -1,0 +1,139 @@
+//! Shared by the whole-daemon benchmarks (`fleet`, `runaway`): a real `saltpeter run` holding a
+//! run adopted from its database (`daemon`), simulated wrappers speaking the protocol to it
+//! (`wrapper`), and the small helpers both need (/proc sampling, limits, percentiles, env).
+
+pub mod daemon;
+pub mod wrapper;
+
+#[path = "../../tests/common/reaped.rs"]
+mod reaped;
+
+use std::process::Command;
+use std::time::Duration;
+
+/// `cargo test --benches` runs bench binaries with `--list`; these are not tests.
+pub fn listing_only() -> bool {
+    std::env::args().any(|a| a == "--list")
+}
+
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A comma-separated list of counts, e.g. `FLEET_SIZES=1000,5000`.
+pub fn env_counts(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|s| s.trim().replace('_', "").parse().ok())
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+/// Resident memory of a process in KiB (`VmRSS`), 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100);
+    (ticks(11) + ticks(12)) as f64 / hz as f64
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+fn nofile() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let parse = |s: Option<&str>| match s {
+        Some("unlimited") => u64::MAX,
+        Some(n) => n.parse().unwrap_or(1024),
+        None => 1024,
+    };
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .map(|rest| {
+            let mut f = rest.split_whitespace();
+            (parse(f.next()), parse(f.next()))
+        })
+        .unwrap_or((1024, 1024))
+}
+
+/// Raises this process's descriptor limit to `want` (the daemon it spawns inherits it) and
+/// returns the soft limit in force. The crate builds `nix` without its `resource` feature, so
+/// util-linux's `prlimit` does it; raising the hard limit needs CAP_SYS_RESOURCE.
+pub fn raise_nofile(want: u64) -> u64 {
+    let (soft, hard) = nofile();
+    if soft >= want {
+        return soft;
+    }
+    let target = if hard >= want {
+        format!("{want}:{hard}")
+    } else {
+        format!("{want}:{want}")
+    };
+    let ok = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={target}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok && hard > soft {
+        // Not allowed beyond the hard limit: take what is allowed.
+        let _ = Command::new("prlimit")
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--nofile={hard}:{hard}"))
+            .status();
+    }
+    nofile().0
+}
+
+/// The `q` quantile (0..=1) of sorted samples, nearest rank.
+pub fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// Milliseconds with one decimal, or `-` when there is no sample.
+pub fn ms(d: Option<Duration>) -> String {
+    d.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A target's verdict, as printed beside the figures.
+pub fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
