@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, all_succeeded};
+use common::daemon::{Daemon, all_ended_with};
 use common::wrapper::{Fleet, Plan, Shared};
 use common::{met, mib, ms, quantile};
 
@@ -129,7 +129,7 @@ async fn case(n: usize, streaming: bool, window: Duration) -> Row {
     output.sort();
     complete.sort();
     let ended = match daemon.wait_ended(Duration::from_secs(30)).await {
-        Ok((_, run)) => all_succeeded(&run, n),
+        Ok((_, run)) => all_ended_with(&run, n, 0),
         Err(e) => Err(e),
     };
     if ended.is_err() || !errors.is_empty() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, all_succeeded};
+use common::daemon::{Daemon, all_ended_with};
 use common::wrapper::{Fleet, Plan, Shared};
 use common::{met, mib, ms};
 
@@ -98,7 +98,7 @@ async fn run(length: Duration) {
             .wait_ended(Duration::from_secs(30))
             .await
             .and_then(|(seen, run)| {
-                all_succeeded(&run, 1).map(|()| seen.saturating_duration_since(sent))
+                all_ended_with(&run, 1, 0).map(|()| seen.saturating_duration_since(sent))
             }),
         None => Err("complete was never sent".into()),
     };

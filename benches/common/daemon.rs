@@ -171,18 +171,18 @@ impl Daemon {
     }
 }
 
-/// Every target with exit code 0, else what was not.
-pub fn all_succeeded(run: &Value, expected: usize) -> Result<(), String> {
+/// Every one of `expected` targets ended with `code`, else what did not.
+pub fn all_ended_with(run: &Value, expected: usize, code: i64) -> Result<(), String> {
     let targets = run["targets"].as_array().map_or(&[][..], |t| t.as_slice());
     let failed: Vec<String> = targets
         .iter()
-        .filter(|t| t["exit_code"] != 0)
+        .filter(|t| t["exit_code"] != code)
         .map(|t| format!("{}={}", t["machine"], t["exit_code"]))
         .collect();
     match (targets.len() == expected, failed.is_empty()) {
         (true, true) => Ok(()),
         _ => Err(format!(
-            "{} targets of {expected}, not exit 0: {} (e.g. {})",
+            "{} targets of {expected}, not exit {code}: {} (e.g. {})",
             targets.len(),
             failed.len(),
             failed

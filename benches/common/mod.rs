@@ -8,7 +8,6 @@ pub mod wrapper;
 #[path = "../../tests/common/reaped.rs"]
 mod reaped;
 
-use std::process::Command;
 use std::time::Duration;
 
 /// `cargo test --benches` runs bench binaries with `--list`; these are not tests.
@@ -68,51 +67,17 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / hz as f64
 }
 
-/// The soft and hard `RLIMIT_NOFILE` of this process.
-fn nofile() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let parse = |s: Option<&str>| match s {
-        Some("unlimited") => u64::MAX,
-        Some(n) => n.parse().unwrap_or(1024),
-        None => 1024,
-    };
-    limits
-        .lines()
-        .find_map(|l| l.strip_prefix("Max open files"))
-        .map(|rest| {
-            let mut f = rest.split_whitespace();
-            (parse(f.next()), parse(f.next()))
-        })
-        .unwrap_or((1024, 1024))
-}
-
-/// Raises this process's descriptor limit to `want` (the daemon it spawns inherits it) and
-/// returns the soft limit in force. The crate builds `nix` without its `resource` feature, so
-/// util-linux's `prlimit` does it; raising the hard limit needs CAP_SYS_RESOURCE.
+/// Raises this process's descriptor limit to `want` (capped by the hard limit; the daemon it
+/// spawns inherits it) and returns the soft limit in force.
 pub fn raise_nofile(want: u64) -> u64 {
-    let (soft, hard) = nofile();
-    if soft >= want {
-        return soft;
-    }
-    let target = if hard >= want {
-        format!("{want}:{hard}")
-    } else {
-        format!("{want}:{want}")
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
     };
-    let ok = Command::new("prlimit")
-        .arg(format!("--pid={}", std::process::id()))
-        .arg(format!("--nofile={target}"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok && hard > soft {
-        // Not allowed beyond the hard limit: take what is allowed.
-        let _ = Command::new("prlimit")
-            .arg(format!("--pid={}", std::process::id()))
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status();
+    if soft < want {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
     }
-    nofile().0
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s)
 }
 
 /// The `q` quantile (0..=1) of sorted samples, nearest rank.

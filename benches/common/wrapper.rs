@@ -58,6 +58,8 @@ pub struct Report {
     pub complete_sent: Option<Instant>,
     /// From sending `complete` to its ack (sent once the result is committed).
     pub complete_ack: Option<Duration>,
+    /// The daemon asked it to kill its job (it then completes with 143, as `sp-wrapper`).
+    pub killed: bool,
     pub error: Option<String>,
 }
 
@@ -330,6 +332,14 @@ impl Wrapper {
                         }
                     }
                     Ok(DaemonMsg::Ack { .. }) => {}
+                    // The job is killed: no more output, `complete` with 143 once all is acked.
+                    Ok(DaemonMsg::Kill { .. }) => {
+                        report.killed = true;
+                        if complete_at.is_none() {
+                            complete_at = Some(tokio::time::Instant::now());
+                            give_up = tokio::time::Instant::now() + PATIENCE;
+                        }
+                    }
                     Ok(other) => break Some(format!("unexpected from the daemon: {other:?}")),
                     Err(e) => break Some(e),
                 },
@@ -339,7 +349,8 @@ impl Wrapper {
                 }
                 _ = tokio::time::sleep_until(complete_due.unwrap_or(give_up)), if complete_due.is_some() => {
                     let (header, ext) = (self.header(), self.ext.clone());
-                    let m = WrapperMsg::Complete { header, retcode: 0, seq: Some(next_seq), ext };
+                    let retcode = if report.killed { 143 } else { 0 };
+                    let m = WrapperMsg::Complete { header, retcode, seq: Some(next_seq), ext };
                     report.complete_sent = Some(Instant::now());
                     if let Err(e) = self.send(m).await {
                         break Some(e);
