@@ -424,6 +424,9 @@ impl History {
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A group commit of thousands of targets' rows and output pages must fit in SQLite's
+        // page cache (its default is 2 MiB), or it spills and re-reads them.
+        conn.pragma_update(None, "cache_size", -8_192)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn).map_err(|source| HistoryError::Migrate {
@@ -445,6 +448,8 @@ impl History {
             outputs: HashMap::new(),
             dirty: Vec::new(),
             next_seqs: HashMap::new(),
+            beats: HashMap::new(),
+            beats_written: std::time::Instant::now(),
             commits: commits.clone(),
             serial: 0,
             shared: shared.clone(),
@@ -641,11 +646,22 @@ struct Store {
     dirty: Vec<(String, String)>,
     /// The next output seq of targets written to, flushed with their output.
     next_seqs: HashMap<(String, String), i64>,
+    /// Heartbeats not yet written (instance → machine → ms): thousands of wrappers beat every
+    /// 5 s, so they are written in one pass every [`BEATS_EVERY`] (and with the target's
+    /// result); queries read them from here meanwhile.
+    beats: HashMap<String, HashMap<String, i64>>,
+    beats_written: std::time::Instant,
     commits: broadcast::Sender<Arc<Committed>>,
     /// The last [`Committed::serial`] sent.
     serial: u64,
     shared: Arc<Shared>,
 }
+
+/// Events are committed together for at most this long (queries do not wait for it).
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// How often pending heartbeats are written (queries see them at once regardless).
+const BEATS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
@@ -659,16 +675,31 @@ fn iso(ms: Option<i64>) -> Option<String> {
 impl Store {
     fn serve(&mut self, rx: std_mpsc::Receiver<Msg>) {
         let mut last_prune = std::time::Instant::now();
+        let mut last_commit = std::time::Instant::now();
         self.prune();
         while let Ok(first) = rx.recv() {
-            // One transaction per burst: a thousand targets' output is a few commits a second.
+            // Group commit: events are gathered for up to COMMIT_EVERY after the last commit
+            // (a commit rewrites every page it touched, so a thousand streaming targets must be
+            // a few commits a second, not one per message), but a query (a flush, a read)
+            // ends the batch at once. Bounded so a query never waits behind many writes.
+            let mut asked = matches!(first, Msg::Query(_));
             let mut batch = vec![first];
-            // Bounded so a query never waits behind more than a few milliseconds of writes.
-            while batch.len() < 5_000 {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
+            let gather_until = last_commit + COMMIT_EVERY;
+            while batch.len() < 5_000 && !asked {
+                let m = match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(std_mpsc::TryRecvError::Disconnected) => break,
+                    Err(std_mpsc::TryRecvError::Empty) => {
+                        let left =
+                            gather_until.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        }
+                    }
+                };
+                asked = !matches!(m, Msg::Event { .. });
+                batch.push(m);
             }
             let mut changed = Committed::default();
             let mut applied = 0;
@@ -702,6 +733,10 @@ impl Store {
                 }
             }
             self.flush_outputs();
+            if self.beats_written.elapsed() >= BEATS_EVERY {
+                self.write_beats();
+            }
+            last_commit = std::time::Instant::now();
             if let Err(e) = self.conn.execute_batch("COMMIT") {
                 tracing::error!(error = %e, "history: commit failed");
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -738,34 +773,32 @@ impl Store {
                 at,
                 token,
             } => {
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO runs (instance, job, trigger, scheduled_ms, started_ms, token)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![instance, job, trigger.as_str(), scheduled.map(ms), ms(*at), token],
-                )?;
+                self.conn
+                        .prepare_cached("INSERT OR REPLACE INTO runs (instance, job, trigger, scheduled_ms, started_ms, token)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                        .execute(params![instance, job, trigger.as_str(), scheduled.map(ms), ms(*at), token])?;
             }
             RunEvent::Published {
                 instance,
                 jid,
                 machines,
             } => {
-                self.conn.execute(
-                    "UPDATE runs SET jid = ?2 WHERE instance = ?1",
-                    params![instance, jid],
-                )?;
+                self.conn
+                    .prepare_cached("UPDATE runs SET jid = ?2 WHERE instance = ?1")?
+                    .execute(params![instance, jid])?;
                 for m in machines {
-                    self.conn.execute(
-                        "INSERT OR IGNORE INTO targets (instance, machine, state) VALUES (?1, ?2, 'expected')",
-                        params![instance, m],
-                    )?;
+                    self.conn
+                            .prepare_cached("INSERT OR IGNORE INTO targets (instance, machine, state) VALUES (?1, ?2, 'expected')")?
+                            .execute(params![instance, m])?;
                 }
             }
             RunEvent::MachineSkipped { instance, machine } => {
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO targets (instance, machine, state, note)
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO targets (instance, machine, state, note)
                      VALUES (?1, ?2, 'maintenance', 'Target under maintenance')",
-                    params![instance, machine],
-                )?;
+                    )?
+                    .execute(params![instance, machine])?;
             }
             RunEvent::Confirmed {
                 instance,
@@ -773,11 +806,12 @@ impl Store {
                 at,
             } => {
                 self.ensure_target(instance, machine)?;
-                self.conn.execute(
-                    "UPDATE targets SET state = 'running', confirmed_ms = ?3, heartbeat_ms = ?3
+                self.conn
+                    .prepare_cached(
+                        "UPDATE targets SET state = 'running', confirmed_ms = ?3, heartbeat_ms = ?3
                      WHERE instance = ?1 AND machine = ?2 AND state = 'expected'",
-                    params![instance, machine, ms(*at)],
-                )?;
+                    )?
+                    .execute(params![instance, machine, ms(*at)])?;
             }
             RunEvent::WrapperStarted {
                 instance,
@@ -786,20 +820,25 @@ impl Store {
                 version,
             } => {
                 self.ensure_target(instance, machine)?;
-                self.conn.execute(
-                    "UPDATE targets SET pid = ?3, wrapper_version = ?4 WHERE instance = ?1 AND machine = ?2",
-                    params![instance, machine, pid, version],
-                )?;
+                self.conn
+                        .prepare_cached("UPDATE targets SET pid = ?3, wrapper_version = ?4 WHERE instance = ?1 AND machine = ?2")?
+                        .execute(params![instance, machine, pid, version])?;
             }
             RunEvent::Heartbeat {
                 instance,
                 machine,
                 at,
             } => {
-                self.conn.execute(
-                    "UPDATE targets SET heartbeat_ms = ?3 WHERE instance = ?1 AND machine = ?2",
-                    params![instance, machine, ms(*at)],
-                )?;
+                let run = match self.beats.get_mut(instance.as_str()) {
+                    Some(run) => run,
+                    None => self.beats.entry(instance.clone()).or_default(),
+                };
+                match run.get_mut(machine.as_str()) {
+                    Some(beat) => *beat = ms(*at),
+                    None => {
+                        run.insert(machine.clone(), ms(*at));
+                    }
+                }
             }
             RunEvent::Output {
                 instance,
@@ -829,10 +868,11 @@ impl Store {
                     )?
                     .execute(params![instance, machine, pos as i64, data])?;
                 for p in drop {
-                    self.conn.execute(
-                        "DELETE FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos = ?3",
-                        params![instance, machine, p as i64],
-                    )?;
+                    self.conn
+                        .prepare_cached(
+                            "DELETE FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos = ?3",
+                        )?
+                        .execute(params![instance, machine, p as i64])?;
                 }
                 if !self.dirty.contains(&key) {
                     self.dirty.push(key);
@@ -846,11 +886,18 @@ impl Store {
                 at,
             } => {
                 self.ensure_target(instance, machine)?;
-                self.conn.execute(
-                    "UPDATE targets SET state = 'done', code = ?3, note = ?4, ended_ms = ?5
-                     WHERE instance = ?1 AND machine = ?2",
-                    params![instance, machine, code, note, ms(*at)],
-                )?;
+                // Its last heartbeat is written with its result.
+                let beat = self
+                    .beats
+                    .get_mut(instance.as_str())
+                    .and_then(|run| run.remove(machine.as_str()));
+                self.conn
+                    .prepare_cached(
+                        "UPDATE targets SET state = 'done', code = ?3, note = ?4, ended_ms = ?5,
+                           heartbeat_ms = COALESCE(?6, heartbeat_ms)
+                         WHERE instance = ?1 AND machine = ?2",
+                    )?
+                    .execute(params![instance, machine, code, note, ms(*at), beat])?;
             }
             RunEvent::RunEnded {
                 instance,
@@ -860,12 +907,12 @@ impl Store {
                 at,
             } => {
                 self.flush_outputs();
-                self.conn.execute(
-                    "UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1",
-                    params![instance, ms(*at), success, *succeeded as i64, *total as i64],
-                )?;
+                self.conn
+                        .prepare_cached("UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1")?
+                        .execute(params![instance, ms(*at), success, *succeeded as i64, *total as i64])?;
                 self.outputs.retain(|(i, _), _| i != instance);
                 self.next_seqs.retain(|(i, _), _| i != instance);
+                self.write_beats_of(instance)?;
                 self.prune_job_of(instance)?;
             }
             RunEvent::Skipped {
@@ -874,10 +921,11 @@ impl Store {
                 detail,
                 at,
             } => {
-                self.conn.execute(
-                    "INSERT INTO skips (job, at_ms, reason, detail) VALUES (?1, ?2, ?3, ?4)",
-                    params![job, ms(*at), reason.as_str(), detail],
-                )?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO skips (job, at_ms, reason, detail) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![job, ms(*at), reason.as_str(), detail])?;
             }
         }
         Ok(())
@@ -885,12 +933,38 @@ impl Store {
 
     /// A target row exists before it is updated (events may name targets Salt's reply did not).
     fn ensure_target(&self, instance: &str, machine: &str) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO targets (instance, machine, state)
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO targets (instance, machine, state)
              SELECT ?1, ?2, 'expected' WHERE EXISTS (SELECT 1 FROM runs WHERE instance = ?1)",
-            params![instance, machine],
-        )?;
+            )?
+            .execute(params![instance, machine])?;
         Ok(())
+    }
+
+    /// Writes the heartbeats `instance`'s targets sent since they were last written.
+    fn write_beats_of(&mut self, instance: &str) -> rusqlite::Result<()> {
+        let Some(run) = self.beats.remove(instance) else {
+            return Ok(());
+        };
+        let mut st = self.conn.prepare_cached(
+            "UPDATE targets SET heartbeat_ms = ?3 WHERE instance = ?1 AND machine = ?2",
+        )?;
+        for (machine, at) in run {
+            st.execute(params![instance, machine, at])?;
+        }
+        Ok(())
+    }
+
+    /// Writes every pending heartbeat (every [`BEATS_EVERY`], inside the current transaction).
+    fn write_beats(&mut self) {
+        let runs: Vec<String> = self.beats.keys().cloned().collect();
+        for instance in runs {
+            if let Err(e) = self.write_beats_of(&instance) {
+                tracing::error!(error = %e, "history: cannot store heartbeats");
+            }
+        }
+        self.beats_written = std::time::Instant::now();
     }
 
     /// The cap's state of a target written to before (by an earlier process).
@@ -1237,6 +1311,15 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut targets = targets;
+        // Heartbeats not yet written are the freshest.
+        if let Some(beats) = self.beats.get(instance) {
+            for t in &mut targets {
+                if let Some(at) = beats.get(&t.machine) {
+                    t.last_heartbeat = iso(Some(*at));
+                }
+            }
+        }
         Ok(Some(RunDetail { run, targets }))
     }
 

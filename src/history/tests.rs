@@ -384,3 +384,51 @@ fn a_version_1_database_keeps_its_output_through_later_migrations() {
         .unwrap();
     assert_eq!((data.as_str(), bytes, next), ("old output", 10, 0));
 }
+
+#[tokio::test]
+async fn heartbeats_are_seen_at_once_and_written_with_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/history.db");
+    let h = History::open(&path, Retention::default()).unwrap();
+    let events = run_events("j_1", "j", 0);
+    // Up to the first TargetEnded: the run is in flight, `a` confirmed.
+    let cut = events
+        .iter()
+        .position(|e| matches!(e, RunEvent::TargetEnded { .. }))
+        .unwrap();
+    for e in &events[..cut] {
+        h.record(e.clone());
+    }
+    for s in 2..=9 {
+        h.record(RunEvent::Heartbeat {
+            instance: "j_1".into(),
+            machine: "a".into(),
+            at: t(s),
+        });
+    }
+    let detail = h.run("j_1").await.unwrap().unwrap();
+    let a = detail.targets.iter().find(|x| x.machine == "a").unwrap();
+    assert_eq!(
+        a.last_heartbeat,
+        Some(t(9).to_string()),
+        "the latest beat, not yet written"
+    );
+    // Not written row by row: the row still has the confirmation's time.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let stored = || -> Option<i64> {
+        conn.query_row(
+            "SELECT heartbeat_ms FROM targets WHERE instance = 'j_1' AND machine = 'a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(stored(), Some(t(1).as_millisecond()));
+    h.record(events[cut].clone());
+    h.flush().await.unwrap();
+    assert_eq!(
+        stored(),
+        Some(t(9).as_millisecond()),
+        "written with the result"
+    );
+}
