@@ -166,6 +166,13 @@ impl Fleet {
     }
 }
 
+/// Waits until `at`, or not at all when outputs are sent as fast as the window allows.
+async fn output_due(at: tokio::time::Instant, every: Duration) {
+    if !every.is_zero() {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
 /// `lines` of 64 bytes, like a chatty job's output, `bytes` long in all.
 pub fn text(bytes: usize) -> String {
     let line = format!("{}\n", "x".repeat(63));
@@ -356,7 +363,9 @@ impl Wrapper {
                         break Some(e);
                     }
                 }
-                _ = tokio::time::sleep_until(next_output), if may_output => {
+                // Flat out means no timer at all: tokio's sleeps round up to the next
+                // millisecond, which alone would cap one wrapper at a message per ms.
+                _ = output_due(next_output, plan.every), if may_output => {
                     let measured = shared.measuring.load(Ordering::Relaxed);
                     in_flight.push_back((next_seq, Instant::now(), measured));
                     let (header, ext) = (self.header(), self.ext.clone());

@@ -450,6 +450,7 @@ impl History {
             next_seqs: HashMap::new(),
             beats: HashMap::new(),
             beats_written: std::time::Instant::now(),
+            pending_chunks: HashMap::new(),
             commits: commits.clone(),
             serial: 0,
             shared: shared.clone(),
@@ -651,6 +652,8 @@ struct Store {
     /// result); queries read them from here meanwhile.
     beats: HashMap<String, HashMap<String, i64>>,
     beats_written: std::time::Instant,
+    /// Output chunks of the current batch, written before it commits (or any query).
+    pending_chunks: HashMap<(String, String, u64), String>,
     commits: broadcast::Sender<Arc<Committed>>,
     /// The last [`Committed::serial`] sent.
     serial: u64,
@@ -683,9 +686,17 @@ impl Store {
             // a few commits a second, not one per message), but a query (a flush, a read)
             // ends the batch at once. Bounded so a query never waits behind many writes.
             let mut asked = matches!(first, Msg::Query(_));
+            let weight_of = |m: &Msg| match m {
+                Msg::Event { weight, .. } => *weight,
+                _ => 0,
+            };
+            let mut gathered = weight_of(&first);
             let mut batch = vec![first];
             let gather_until = last_commit + COMMIT_EVERY;
-            while batch.len() < 5_000 && !asked {
+            // Past a quarter of the queue's limit the batch is committed at once: the queue's
+            // bytes are released only by a commit, and a writer must not wait for the window.
+            let full = self.shared.limit / 4;
+            while batch.len() < 5_000 && !asked && gathered < full {
                 let m = match rx.try_recv() {
                     Ok(m) => m,
                     Err(std_mpsc::TryRecvError::Disconnected) => break,
@@ -699,6 +710,7 @@ impl Store {
                     }
                 };
                 asked = !matches!(m, Msg::Event { .. });
+                gathered += weight_of(&m);
                 batch.push(m);
             }
             let mut changed = Committed::default();
@@ -862,17 +874,19 @@ impl Store {
                     .get_mut(&key)
                     .expect("inserted")
                     .push(data.len() as u64, cap);
-                self.conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO chunks (instance, machine, pos, data) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![instance, machine, pos as i64, data])?;
+                // Written at the end of the batch: a chunk the cap drops within the same batch
+                // (a runaway job) is never written at all.
+                self.pending_chunks
+                    .insert((instance.clone(), machine.clone(), pos), data.clone());
                 for p in drop {
-                    self.conn
-                        .prepare_cached(
-                            "DELETE FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos = ?3",
-                        )?
-                        .execute(params![instance, machine, p as i64])?;
+                    let pending = (instance.clone(), machine.clone(), p);
+                    if self.pending_chunks.remove(&pending).is_none() {
+                        self.conn
+                            .prepare_cached(
+                                "DELETE FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos = ?3",
+                            )?
+                            .execute(params![instance, machine, p as i64])?;
+                    }
                 }
                 if !self.dirty.contains(&key) {
                     self.dirty.push(key);
@@ -1039,6 +1053,16 @@ impl Store {
     }
 
     fn flush_outputs(&mut self) {
+        for ((instance, machine, pos), data) in std::mem::take(&mut self.pending_chunks) {
+            let insert = self.conn.prepare_cached(
+                "INSERT OR REPLACE INTO chunks (instance, machine, pos, data) VALUES (?1, ?2, ?3, ?4)",
+            );
+            if let Err(e) =
+                insert.and_then(|mut st| st.execute(params![instance, machine, pos as i64, data]))
+            {
+                tracing::error!(error = %e, "history: cannot store output");
+            }
+        }
         for key in std::mem::take(&mut self.dirty) {
             let Some(out) = self.outputs.get(&key) else {
                 continue;
