@@ -9,6 +9,11 @@ mod lab_env;
 #[path = "../tests/common/reaped.rs"]
 mod reaped;
 
+#[path = "common/procfs.rs"]
+mod procfs;
+
+use procfs::{cpu_seconds, rss_kib};
+
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,29 +29,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024.0
 }
 
 fn post(url: &str) {
@@ -104,7 +86,7 @@ fn main() {
         let cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
         println!(
             "{label}: daemon CPU {cpu:.1}% of one core, RSS {:.1} MB",
-            rss_mb(pid)
+            rss_kib(pid) as f64 / 1024.0
         );
     };
     measure("no UI client");

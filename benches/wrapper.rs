@@ -6,6 +6,11 @@
 //!    SALTPETER_BENCH_CONNS (default 10000), SALTPETER_BENCH_STREAMERS (default 1000) and
 //!    SALTPETER_BENCH_SECS (default 30) size it.
 
+#[path = "common/procfs.rs"]
+mod procfs;
+
+use procfs::{cpu_seconds, rss_kib};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,28 +42,6 @@ fn main() {
         .unwrap();
     rt.block_on(wrapper_throughput());
     rt.block_on(hub_scale());
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 fn ppid(pid: u32) -> u32 {
@@ -219,10 +202,10 @@ async fn hub_scale() {
         connect_start.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (t0, rss0) = (cpu_ticks(hub_pid), rss_kib(hub_pid));
+    let (t0, rss0) = (cpu_seconds(hub_pid), rss_kib(hub_pid));
     while lat_rx.try_recv().is_ok() {}
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let t1 = cpu_ticks(hub_pid);
+    let t1 = cpu_seconds(hub_pid);
     let mut lats = Vec::new();
     while let Ok(l) = lat_rx.try_recv() {
         lats.push(l);
@@ -231,7 +214,7 @@ async fn hub_scale() {
     let rss = rss_kib(hub_pid);
     println!(
         "hub with {conns} wrappers (heartbeat 5 s), {streamers} streaming 1 KiB/s, over {secs} s: CPU {:.1} % of one core",
-        100.0 * (t1 - t0) as f64 / 100.0 / secs as f64
+        100.0 * (t1 - t0) / secs as f64
     );
     println!(
         "hub resident memory: {rss} KiB ({:.1} KiB per connection; {rss0} KiB before the window)",

@@ -104,10 +104,11 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     if let Some(s) = &salt_settings {
         tokio::spawn(crate::salt::bus::subscribe(s.event_source(), bus_tx));
     }
-    // As many publishes at once as the master has request workers: a burst of due jobs is
-    // published in parallel, and a probe never waits behind a launch that is retrying.
+    // Twice as many publishes at once as the master has request workers, so none of them
+    // idles while a reply travels back: a burst of due jobs is published in parallel, and a
+    // probe never waits behind a launch that is retrying.
     let (salt_reply_tx, mut salt_reply_rx) = mpsc::channel(1024);
-    let pool = salt_settings.as_ref().map_or(1, |s| s.worker_threads);
+    let pool = salt_settings.as_ref().map_or(1, |s| 2 * s.worker_threads);
     let publisher = crate::salt::publisher::Publisher::spawn(
         salt_settings
             .clone()
@@ -337,14 +338,14 @@ impl Daemon {
             None => info!(job = %job.name, trigger = trigger.as_str(), "Firing {instance}!"),
         }
         let maintenance = self.maintenance().machines;
-        self.coordinator.fire(
+        self.coordinator.fire(crate::coordinator::Firing {
             job,
-            instance.clone(),
-            &self.config.settings,
-            &maintenance,
+            instance: &instance,
+            settings: &self.config.settings,
+            maintenance: &maintenance,
             trigger,
-            slot,
-        );
+            scheduled: slot,
+        });
         instance
     }
 

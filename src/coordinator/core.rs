@@ -46,6 +46,18 @@ pub struct Now {
     pub wall: Timestamp,
 }
 
+/// A run to start: `job` as `instance` (`<job>_<id>`). `maintenance` are the machines under
+/// maintenance now; `scheduled` is the slot it was due at (none for a manual run).
+#[derive(Clone, Copy, Debug)]
+pub struct Firing<'a> {
+    pub job: &'a Arc<Job>,
+    pub instance: &'a str,
+    pub settings: &'a Settings,
+    pub maintenance: &'a [String],
+    pub trigger: Trigger,
+    pub scheduled: Option<Timestamp>,
+}
+
 /// Why something is published.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Purpose {
@@ -319,46 +331,41 @@ impl Core {
         self.settle(&run.instance, now);
     }
 
-    /// Starts a run of `job` as `instance` (`<job>_<id>`) with the run token `token`.
-    /// `maintenance` are the machines under maintenance now; `scheduled` is the slot it was
-    /// due at (none for a manual run).
-    #[allow(clippy::too_many_arguments)]
-    pub fn fire(
-        &mut self,
-        job: &Arc<Job>,
-        instance: String,
-        settings: &Settings,
-        maintenance: &[String],
-        trigger: Trigger,
-        scheduled: Option<Timestamp>,
-        token: String,
-        now: Now,
-    ) {
+    /// Starts a run as `firing` says, with the run token `token`.
+    pub fn fire(&mut self, firing: Firing<'_>, token: String, now: Now) {
+        let Firing {
+            job,
+            instance,
+            settings,
+            maintenance,
+            trigger,
+            scheduled,
+        } = firing;
         self.record(RunEvent::Started {
-            instance: instance.clone(),
+            instance: instance.to_string(),
             job: job.name.clone(),
             trigger,
             scheduled,
             at: now.wall,
             token: token.clone(),
         });
-        let spec = run_spec(&job.name, &instance, Some(job));
+        let spec = run_spec(&job.name, instance, Some(job));
         // Registered before publishing: wrappers (and returns) can beat the publish reply.
         self.emit(Effect::Hub(HubCommand::Register {
-            instance: instance.clone(),
+            instance: instance.to_string(),
             job_name: job.name.clone(),
             machines: None,
             token: Some(token.clone()),
         }));
         let template = if job.use_wrapper {
-            launch::wrapper(job, &instance, settings, &token)
+            launch::wrapper(job, instance, settings, &token)
         } else {
-            launch::legacy(job, &instance)
+            launch::legacy(job, instance)
         };
         let resolve = job.number_of_targets > 0 || job.batch_size > 0 || !maintenance.is_empty();
         let logdir = PathBuf::from(&settings.logdir);
         self.insert_run(
-            instance.clone(),
+            instance.to_string(),
             RunCtx {
                 run: Run::new(spec),
                 jid: String::new(),
@@ -373,23 +380,21 @@ impl Core {
                 armed: None,
             },
         );
-        let start = Record::Start {
-            instance: &instance,
-        };
+        let start = Record::Start { instance: instance };
         self.job_log_record(&logdir, &job.name, &start, now.wall);
         if resolve {
             // Find the responsive targets first, as the original's test.ping did.
             let mut ping = command::ping_like(&template);
             ping.jid = self.jid_gen.next(now.wall);
-            self.route(Route::Resolve, &ping.jid, &instance);
+            self.route(Route::Resolve, &ping.jid, instance);
             self.emit(Effect::Publish {
-                instance,
+                instance: instance.to_string(),
                 purpose: Purpose::Resolve,
                 publish: ping,
                 retry: true,
             });
         } else {
-            self.launch(&instance, None, now);
+            self.launch(instance, None, now);
         }
     }
 

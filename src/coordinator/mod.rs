@@ -14,13 +14,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use self::core::Firing;
 use self::core::{Core, Effect, Now, Purpose, Shuffle};
 use self::joblog_writer::JobLogWriter;
 use crate::agents::{Hub, HubCommand, HubEvent};
 use crate::config::{Job, Settings};
 use crate::control::Refusal;
 use crate::history::{History, InFlight};
-use crate::journal::{RunEvent, Trigger};
+use crate::journal::RunEvent;
 use crate::metrics::Metrics;
 use crate::salt::bus::BusMessage;
 use crate::salt::publisher::{Publisher, Reply, Request};
@@ -175,28 +176,10 @@ impl Coordinator {
         self.core.running_instance(job)
     }
 
-    /// Starts a run of `job` as `instance`; see [`Core::fire`].
-    pub fn fire(
-        &mut self,
-        job: &Arc<Job>,
-        instance: String,
-        settings: &Settings,
-        maintenance: &[String],
-        trigger: Trigger,
-        scheduled: Option<jiff::Timestamp>,
-    ) {
+    /// Starts a run; see [`Core::fire`].
+    pub fn fire(&mut self, firing: Firing<'_>) {
         let now = self.now();
-        let token = random_token();
-        self.core.fire(
-            job,
-            instance,
-            settings,
-            maintenance,
-            trigger,
-            scheduled,
-            token,
-            now,
-        );
+        self.core.fire(firing, random_token(), now);
         self.drain();
     }
 

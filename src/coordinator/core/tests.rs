@@ -66,16 +66,16 @@ impl Harness {
     fn fire(&mut self, job: &str, instance: &str) {
         let now = self.now();
         let job = self.jobs[job].clone();
-        self.core.fire(
-            &job,
-            instance.into(),
-            &self.settings.clone(),
-            &[],
-            Trigger::Manual,
-            None,
-            "token".into(),
-            now,
-        );
+        let settings = self.settings.clone();
+        let firing = Firing {
+            job: &job,
+            instance,
+            settings: &settings,
+            maintenance: &[],
+            trigger: Trigger::Manual,
+            scheduled: None,
+        };
+        self.core.fire(firing, "token".into(), now);
         self.collect();
     }
 
