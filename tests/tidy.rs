@@ -125,7 +125,11 @@ fn the_deciding_cores_stay_sans_io() {
     // The coordinator's and the hub's decisions are driven by inputs and the `now` they are
     // given; their async shells own channels, sockets, clocks and files.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for file in ["src/coordinator/core.rs", "src/agents/registry.rs", "src/salt/gather.rs"] {
+    for file in [
+        "src/coordinator/core.rs",
+        "src/agents/registry.rs",
+        "src/salt/gather.rs",
+    ] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         for banned in [
             "Timestamp::now",
@@ -163,12 +167,17 @@ fn each_wire_crate_lives_in_its_own_module() {
     rust_files(&root.join("src"), &mut files);
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
-        let shown = path.strip_prefix(root).unwrap().to_string_lossy().to_string();
+        let shown = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         for (krate, allowed) in rules {
             if allowed.iter().any(|a| shown.starts_with(a)) {
                 continue;
             }
-            let used = text.contains(&format!("{krate}::")) || text.contains(&format!("use {krate}"));
+            let used =
+                text.contains(&format!("{krate}::")) || text.contains(&format!("use {krate}"));
             assert!(!used, "{shown} uses {krate}, which belongs to {allowed:?}");
         }
     }

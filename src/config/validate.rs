@@ -967,7 +967,11 @@ mod tests {
         assert!(doc.settings.is_empty());
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].code, Code::BadValue);
-        assert!(found[0].message.contains("takes a file path"), "{}", found[0].message);
+        assert!(
+            found[0].message.contains("takes a file path"),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]

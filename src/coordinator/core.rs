@@ -380,7 +380,7 @@ impl Core {
                 armed: None,
             },
         );
-        let start = Record::Start { instance: instance };
+        let start = Record::Start { instance };
         self.job_log_record(&logdir, &job.name, &start, now.wall);
         if resolve {
             // Find the responsive targets first, as the original's test.ping did.

@@ -43,13 +43,12 @@ impl Harness {
     }
 
     async fn register(&self, instance: &str, machines: &[&str], token: Option<&str>) {
-        self.hub
-            .send_now(HubCommand::Register {
-                instance: instance.into(),
-                job_name: "job".into(),
-                machines: Some(machines.iter().map(|m| m.to_string()).collect()),
-                token: token.map(String::from),
-            });
+        self.hub.send_now(HubCommand::Register {
+            instance: instance.into(),
+            job_name: "job".into(),
+            machines: Some(machines.iter().map(|m| m.to_string()).collect()),
+            token: token.map(String::from),
+        });
     }
 
     /// Runs sp-wrapper as Salt would and checks it detached at once with exit 0.
@@ -138,11 +137,10 @@ impl Harness {
                 HubEventKind::Connected { .. } => o.connects += 1,
                 HubEventKind::Completed { retcode } => {
                     o.retcode = Some(retcode);
-                    self.hub
-                        .send_now(HubCommand::ConfirmComplete {
-                            instance: instance.into(),
-                            machine: machine.into(),
-                        });
+                    self.hub.send_now(HubCommand::ConfirmComplete {
+                        instance: instance.into(),
+                        machine: machine.into(),
+                    });
                     return o;
                 }
                 _ => {}
@@ -338,18 +336,16 @@ async fn kill_gives_143_and_the_process_group_is_gone() {
 #[tokio::test]
 async fn a_kill_before_the_wrapper_connects_reaches_it_when_it_does() {
     let mut h = Harness::new(HubOptions::default()).await;
-    h.hub
-        .send_now(HubCommand::Register {
-            instance: "early".into(),
-            job_name: "job".into(),
-            machines: None,
-            token: None,
-        });
-    h.hub
-        .send_now(HubCommand::Kill {
-            instance: "early".into(),
-            machine: "m1".into(),
-        });
+    h.hub.send_now(HubCommand::Register {
+        instance: "early".into(),
+        job_name: "job".into(),
+        machines: None,
+        token: None,
+    });
+    h.hub.send_now(HubCommand::Kill {
+        instance: "early".into(),
+        machine: "m1".into(),
+    });
     h.wrapper("early", "m1", "sleep 600", h.port, &[]);
     let o = h.outcome("early", "m1", Duration::from_secs(30)).await;
     assert_eq!(o.retcode, Some(143));
