@@ -363,6 +363,8 @@ fn follow(
             };
             if !slice.text.is_empty() {
                 f.offset = slice.next;
+                // A finished target's end follows at once: no commit will come to wake it.
+                f.first = done;
                 return Some((Followed::Output(slice), f));
             }
             if done {
@@ -523,6 +525,35 @@ mod tests {
             at: at(),
             token: "t".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_finished_target_is_followed_to_its_end_without_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.db"), Retention::default()).unwrap();
+        h.record(started("j_1"));
+        h.record(output("j_1", "a", "all of it\n"));
+        h.record(RunEvent::TargetEnded {
+            instance: "j_1".into(),
+            machine: "a".into(),
+            code: 3,
+            note: None,
+            at: at(),
+        });
+        h.flush().await.unwrap();
+        let stream = follow(h.clone(), h.subscribe(), "j_1".into(), "a".into(), 0);
+        let items: Vec<Followed> = tokio::time::timeout(Duration::from_secs(5), stream.collect())
+            .await
+            .expect("the stream ends by itself");
+        assert!(matches!(&items[0], Followed::Output(s) if s.text == "all of it\n"));
+        assert!(matches!(
+            items.get(1),
+            Some(Followed::End {
+                exit_code: Some(3),
+                ..
+            })
+        ));
+        assert_eq!(items.len(), 2);
     }
 
     #[tokio::test]
