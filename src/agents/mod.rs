@@ -448,16 +448,38 @@ mod tests {
 
     #[tokio::test]
     async fn the_open_connections_gauge_is_exact_after_the_run_is_gone() {
+        use futures_util::{SinkExt, StreamExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let (hub, _events) = spawn(listener, HubOptions::default());
+        hub.send_now(HubCommand::Register {
+            instance: "gone".into(),
+            job_name: "j".into(),
+            machines: Some(vec!["m1".into(), "m2".into()]),
+            token: None,
+        });
         let open = hub.open_connections();
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .unwrap();
-        let (ws2, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .unwrap();
+        // Two wrappers of the run, each bound by its `connect` (acknowledged).
+        let mut wrappers = Vec::new();
+        for machine in ["m1", "m2"] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .unwrap();
+            let connect = WrapperMsg::Connect {
+                header: protocol::Header {
+                    job_name: "j".into(),
+                    job_instance: "gone".into(),
+                    machine: machine.into(),
+                    timestamp: None,
+                },
+                ext: protocol::Ext::default(),
+                resume: None,
+            };
+            ws.send(Message::text(connect.encode())).await.unwrap();
+            let ack = ws.next().await.unwrap().unwrap();
+            assert!(ack.to_text().unwrap().contains("ack"), "{ack:?}");
+            wrappers.push(ws);
+        }
         let seen = |n: usize| {
             let open = open.clone();
             async move {
@@ -466,20 +488,19 @@ mod tests {
                     if open.load(std::sync::atomic::Ordering::Relaxed) == n {
                         return true;
                     }
-                    tokio::task::yield_now().await;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 false
             }
         };
         assert!(seen(2).await);
-        // A connection of a run that is no longer registered still counts down.
+        // The run is unregistered before its wrappers close: they still count down.
         hub.send_now(HubCommand::Unregister {
             instance: "gone".into(),
         });
-        drop(ws);
+        drop(wrappers.pop());
         assert!(seen(1).await);
-        drop(ws2);
+        drop(wrappers.pop());
         assert!(seen(0).await);
     }
 

@@ -628,7 +628,8 @@ impl Event {
     /// The event a minion's return makes on the bus, in the shape Salt gives it: `ret` is a
     /// `cmd.run_all` map (`retcode`, `stdout`, `stderr`) when `stdout` is given, else the plain
     /// value `true` (a `test.ping`, or a `find_job` answer that is a non-empty map when
-    /// `running`). For fakes and tests of what consumes the bus.
+    /// `running`). For tests of what consumes the bus.
+    #[cfg(test)]
     pub fn job_return(
         jid: &str,
         minion: &str,
