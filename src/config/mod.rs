@@ -595,5 +595,19 @@ impl fmt::Display for TargetType {
     }
 }
 
+/// One file's text loaded on host `master1`, which must have no errors (for other modules'
+/// tests).
+#[cfg(test)]
+pub fn load_valid(yaml: &str) -> Config {
+    let file = SourceFile {
+        path: "t.yaml".into(),
+        group: "t".into(),
+        text: Ok(yaml.into()),
+    };
+    let loaded = Loader::new("master1").load(&[file]);
+    assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+    loaded.config
+}
+
 #[cfg(test)]
 mod tests;

@@ -80,18 +80,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::{Loader, SourceFile};
     use crate::salt::command::{kwarg_pairs, kwarg_text};
 
     fn job(yaml: &str) -> (Arc<Job>, Settings) {
-        let file = SourceFile {
-            path: "t.yaml".into(),
-            group: "t".into(),
-            text: Ok(yaml.into()),
-        };
-        let loaded = Loader::new("master1").load(&[file]);
-        assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
-        (loaded.config.jobs["j"].clone(), loaded.config.settings)
+        let config = crate::config::load_valid(yaml);
+        (config.jobs["j"].clone(), config.settings)
     }
 
     const YAML: &str = "j:\n  min: 0\n  hour: 0\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: 'a, b'\n  target_type: list\n  user: www\n  cwd: /srv\n  command: \"echo 'it''s' \\\"q\\\" \\\\ done\"\n  env:\n    FOO: bar\n";

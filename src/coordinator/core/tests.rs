@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::agents::{HubCommand, HubEvent, HubEventKind};
-use crate::config::{Loader, SourceFile};
 use crate::salt::Event;
 
 const S: Duration = Duration::from_secs(1);
@@ -32,18 +31,12 @@ fn job_yaml(name: &str, targets: &str, extra: &str) -> String {
 
 impl Harness {
     fn new(yaml: &str) -> Harness {
-        let file = SourceFile {
-            path: "t.yaml".into(),
-            group: "t".into(),
-            text: Ok(yaml.into()),
-        };
-        let loaded = Loader::new("master1").load(&[file]);
-        assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+        let config = crate::config::load_valid(yaml);
         Harness {
             core: Core::default(),
             t: Duration::ZERO,
-            jobs: loaded.config.jobs.clone().into_iter().collect(),
-            settings: loaded.config.settings,
+            jobs: config.jobs.into_iter().collect(),
+            settings: config.settings,
             effects: Vec::new(),
         }
     }
