@@ -447,7 +447,6 @@ impl History {
             retention,
             outputs: HashMap::new(),
             dirty: Vec::new(),
-            next_seqs: HashMap::new(),
             beats: HashMap::new(),
             beats_written: std::time::Instant::now(),
             pending_chunks: HashMap::new(),
@@ -642,11 +641,10 @@ impl History {
 struct Store {
     conn: Connection,
     retention: Retention,
-    /// The output cap's state of targets written to, keyed by (instance, machine).
-    outputs: HashMap<(String, String), CapState>,
+    /// Targets written to in this process, by instance then machine (a run's end drops its own).
+    outputs: HashMap<String, HashMap<String, Written>>,
+    /// Targets whose `Written` changed since the last flush (each listed once).
     dirty: Vec<(String, String)>,
-    /// The next output seq of targets written to, flushed with their output.
-    next_seqs: HashMap<(String, String), i64>,
     /// Heartbeats not yet written (instance → machine → ms): thousands of wrappers beat every
     /// 5 s, so they are written in one pass every [`BEATS_EVERY`] (and with the target's
     /// result); queries read them from here meanwhile.
@@ -658,6 +656,14 @@ struct Store {
     /// The last [`Committed::serial`] sent.
     serial: u64,
     shared: Arc<Shared>,
+}
+
+/// A target written to in this process: its output cap's state and the next output seq, kept
+/// until its run ends; `dirty` until they are written to its row.
+struct Written {
+    cap: CapState,
+    next_seq: Option<i64>,
+    dirty: bool,
 }
 
 /// Events are committed together for at most this long (queries do not wait for it).
@@ -858,22 +864,35 @@ impl Store {
                 data,
                 seq,
             } => {
-                if let Some(seq) = seq {
-                    self.next_seqs
-                        .insert((instance.clone(), machine.clone()), seq + 1);
-                }
-                let key = (instance.clone(), machine.clone());
-                if !self.outputs.contains_key(&key) {
-                    self.ensure_target(instance, machine)?;
-                    let loaded = self.load_output(instance, machine)?;
-                    self.outputs.insert(key.clone(), loaded);
-                }
-                let cap = self.retention.output_cap as u64;
-                let (pos, drop) = self
+                let known = self
                     .outputs
-                    .get_mut(&key)
-                    .expect("inserted")
-                    .push(data.len() as u64, cap);
+                    .get(instance.as_str())
+                    .is_some_and(|run| run.contains_key(machine.as_str()));
+                if !known {
+                    self.ensure_target(instance, machine)?;
+                    let cap = self.load_output(instance, machine)?;
+                    let written = Written {
+                        cap,
+                        next_seq: None,
+                        dirty: false,
+                    };
+                    let run = self.outputs.entry(instance.clone()).or_default();
+                    run.insert(machine.clone(), written);
+                }
+                let written = self
+                    .outputs
+                    .get_mut(instance.as_str())
+                    .and_then(|run| run.get_mut(machine.as_str()))
+                    .expect("inserted");
+                if let Some(seq) = seq {
+                    written.next_seq = Some(seq + 1);
+                }
+                let (pos, drop) = written
+                    .cap
+                    .push(data.len() as u64, self.retention.output_cap as u64);
+                if !std::mem::replace(&mut written.dirty, true) {
+                    self.dirty.push((instance.clone(), machine.clone()));
+                }
                 // Written at the end of the batch: a chunk the cap drops within the same batch
                 // (a runaway job) is never written at all.
                 self.pending_chunks
@@ -887,9 +906,6 @@ impl Store {
                             )?
                             .execute(params![instance, machine, p as i64])?;
                     }
-                }
-                if !self.dirty.contains(&key) {
-                    self.dirty.push(key);
                 }
             }
             RunEvent::TargetEnded {
@@ -924,8 +940,7 @@ impl Store {
                 self.conn
                         .prepare_cached("UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1")?
                         .execute(params![instance, ms(*at), success, *succeeded as i64, *total as i64])?;
-                self.outputs.retain(|(i, _), _| i != instance);
-                self.next_seqs.retain(|(i, _), _| i != instance);
+                self.outputs.remove(instance.as_str());
                 self.write_beats_of(instance)?;
                 self.prune_job_of(instance)?;
             }
@@ -1063,24 +1078,24 @@ impl Store {
                 tracing::error!(error = %e, "history: cannot store output");
             }
         }
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(out) = self.outputs.get(&key) else {
+        for (instance, machine) in std::mem::take(&mut self.dirty) {
+            let Some(written) = self
+                .outputs
+                .get_mut(&instance)
+                .and_then(|run| run.get_mut(&machine))
+            else {
                 continue;
             };
-            let next_seq = self.next_seqs.get(&key).copied();
+            written.dirty = false;
+            let (total, dropped) = (written.cap.total as i64, written.cap.dropped as i64);
             let update = self.conn.prepare_cached(
                 "UPDATE targets SET output_bytes = ?3, dropped = ?4, next_seq = COALESCE(?5, next_seq)
                  WHERE instance = ?1 AND machine = ?2",
             );
-            if let Err(e) = update.and_then(|mut st| {
-                st.execute(params![
-                    key.0,
-                    key.1,
-                    out.total as i64,
-                    out.dropped as i64,
-                    next_seq
-                ])
-            }) {
+            let next_seq = written.next_seq;
+            if let Err(e) = update
+                .and_then(|mut st| st.execute(params![instance, machine, total, dropped, next_seq]))
+            {
                 tracing::error!(error = %e, "history: cannot store output");
             }
         }
