@@ -8,6 +8,11 @@
 //! Run with `cargo bench --bench burst`; BURST_PATIENCE (seconds, default 180) bounds each wait,
 //! BURST_ONLY=ours|salt runs one phase, BURST_DAEMON_LOG=FILE keeps the daemon's log.
 
+#[path = "../tests/common/net.rs"]
+mod net;
+
+use net::free_port;
+
 #[path = "../tests/common/lab_env.rs"]
 mod lab_env;
 
@@ -436,11 +441,7 @@ struct Ours {
 
 fn run_daemon(env: &BTreeMap<String, String>, lab: &Lab, jobs: usize, patience: Duration) -> Ours {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let ahead = Timestamp::now()
         .checked_add(Duration::from_secs(AHEAD))
         .unwrap();

@@ -3,6 +3,11 @@
 //! does not exist, so only the daemon's own path is measured (each run then fails at once).
 //! Run with `cargo bench --bench fire_lateness` (SALTPETER_BENCH_JOBS sets the count).
 
+#[path = "../tests/common/net.rs"]
+mod net;
+
+use net::free_port;
+
 #[path = "../tests/common/reaped.rs"]
 mod reaped;
 
@@ -21,11 +26,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // All due at one second, far enough ahead for the daemon to start.
     let ahead = Timestamp::now()
         .checked_add(Duration::from_secs(15))

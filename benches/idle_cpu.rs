@@ -2,6 +2,11 @@
 //! is due during the measurement. Reads the process's CPU time from /proc over a window.
 //! Run with `cargo bench --bench idle_cpu` (SALTPETER_IDLE_SECS sets the window, default 30).
 
+#[path = "../tests/common/net.rs"]
+mod net;
+
+use net::free_port;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,11 +24,7 @@ fn main() {
             .unwrap_or(30),
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let ports = format!(
         "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n  api_ws: false\n  database: {}\n",
         dir.path().join("state/history.db").display()

@@ -4,6 +4,11 @@
 //! (c) every target's `complete`; medians over SALTPETER_BENCH_RUNS runs (default 20). Reads
 //! the daemon's own log timestamps. Run with `cargo bench --bench run_latency`.
 
+#[path = "../tests/common/net.rs"]
+mod net;
+
+use net::free_port;
+
 #[path = "../tests/common/lab_env.rs"]
 mod lab_env;
 
@@ -27,11 +32,7 @@ fn main() {
     let env = lab_env::lab_env();
     let minions = env["MINIONS"].split_whitespace().count();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = format!(
         "saltpeter_config:\n  salt_master_config: {}\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {port}\n  default_saltpeter_server_host: 127.0.0.1\n  default_wrapper_path: {}\n  logdir: {}\n  api_ws: false\n  database: {}\n\
          bench:\n  sec: '*/2'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: echo bench\n",

@@ -3,6 +3,11 @@
 //! with no UI client, then with 100 clients of the original UI WebSocket subscribed to it.
 //! Run with `cargo bench --bench ui_clients`.
 
+#[path = "../tests/common/net.rs"]
+mod net;
+
+use net::free_port;
+
 #[path = "../tests/common/lab_env.rs"]
 mod lab_env;
 
@@ -22,14 +27,6 @@ use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 100;
 const WINDOW: Duration = Duration::from_secs(15);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn post(url: &str) {
     let agent: ureq::Agent = ureq::Agent::config_builder()

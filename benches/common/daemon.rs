@@ -13,6 +13,7 @@ use saltpeter::history::{History, Retention};
 use saltpeter::journal::{RunEvent, Trigger};
 use serde_json::Value;
 
+use super::net::free_port;
 use super::reaped::Reaped;
 
 /// How long the daemon may take to adopt the run and open its API.
@@ -36,14 +37,6 @@ pub struct Daemon {
     pub machines: Vec<String>,
     /// From spawning the process to its API answering (the run adopted by then).
     pub startup: Duration,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Daemon {

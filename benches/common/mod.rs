@@ -8,6 +8,9 @@ pub mod wrapper;
 
 pub use procfs::{cpu_seconds, rss_kib};
 
+#[path = "../../tests/common/net.rs"]
+mod net;
+
 #[path = "../../tests/common/reaped.rs"]
 mod reaped;
 

@@ -1,6 +1,11 @@
 //! Test helpers: temporary config dirs and the `saltpeter` binary as a child process whose
 //! output lines are awaited with a deadline (an event, not a sleep).
 
+#[path = "../common/net.rs"]
+mod net;
+
+pub use net::free_port;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -146,14 +151,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One HTTP request; any status is an answer (not an error).
