@@ -3,8 +3,9 @@
 //! every target at 143, within a deadline. The daemon and its hub must never wait on each
 //! other's full queues (the old shape could deadlock here).
 
+// The benchmarks' harness, whole; it brings its own copy of `tests/common/net.rs`.
 #[path = "../../benches/common/mod.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 mod common;
 
 use std::sync::Arc;
