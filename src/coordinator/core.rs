@@ -260,7 +260,7 @@ impl Core {
     }
 
     /// Every launch jid in flight with its run (for a recovery from the job cache).
-    pub fn launch_jids(&self) -> Vec<(String, String)> {
+    fn launch_jids(&self) -> Vec<(String, String)> {
         self.jids
             .iter()
             .map(|(j, i)| (j.clone(), i.clone()))

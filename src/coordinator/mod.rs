@@ -125,11 +125,6 @@ impl Coordinator {
             .send(logdir.to_path_buf(), job.to_string(), entry);
     }
 
-    /// Runs in flight.
-    pub fn runs(&self) -> usize {
-        self.core.runs()
-    }
-
     /// Carries out what the core decided, in order.
     fn drain(&mut self) {
         while let Some(effect) = self.core.poll_effect() {

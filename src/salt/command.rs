@@ -73,12 +73,14 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// A keyword argument as text (for callers' tests and messages).
+/// A keyword argument as text (for tests).
+#[cfg(test)]
 pub fn kwarg_text(p: &Publish, key: &str) -> Option<String> {
     p.kwargs.get(key).map(super::wire::value_text)
 }
 
-/// A map-valued keyword argument (`env`) as text pairs, in order.
+/// A map-valued keyword argument (`env`) as text pairs, in order (for tests).
+#[cfg(test)]
 pub fn kwarg_pairs(p: &Publish, key: &str) -> Vec<(String, String)> {
     match p.kwargs.get(key) {
         Some(Value::Map(m)) => m
