@@ -221,14 +221,9 @@ pub(crate) mod testing {
         watch::Sender<Arc<Snapshot>>,
         tokio::sync::mpsc::Receiver<crate::control::Command>,
     ) {
-        let loaded = crate::config::Loader::new("h").load(&[crate::config::SourceFile {
-            path: "jobs.yaml".into(),
-            group: "jobs".into(),
-            text: Ok(JOBS.into()),
-        }]);
-        assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+        let config = crate::config::load_valid(JOBS);
         let snapshot = Snapshot {
-            config: loaded.config.clone(),
+            config: config.clone(),
             diagnostics: Vec::new(),
             maintenance: Maintenance::default(),
             switched: MaintenanceState::default(),
@@ -240,7 +235,7 @@ pub(crate) mod testing {
             control,
             history,
             rx,
-            &loaded.config.settings,
+            &config.settings,
             Metrics::default(),
         );
         (state, snapshots, commands)
