@@ -231,13 +231,7 @@ pub(crate) mod testing {
         };
         let (snapshots, rx) = watch::channel(Arc::new(snapshot));
         let (control, commands) = Control::new(4);
-        let state = AppState::new(
-            control,
-            history,
-            rx,
-            &config.settings,
-            Metrics::default(),
-        );
+        let state = AppState::new(control, history, rx, &config.settings, Metrics::default());
         (state, snapshots, commands)
     }
 }
