@@ -90,7 +90,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut timer = WallTimer::new().map_err(DaemonError::Timer)?;
-    let (hub, mut hub_events) = start_hub(&settings, &adopted).await?;
+    let (hub, mut hub_events) = start_hub(&config, &adopted).await?;
     // Salt: the master's settings, its event bus (subscribed before anything is published), and
     // a worker that publishes so a slow master never stalls this loop.
     let salt_settings = match SaltSettings::from_config(&settings.salt) {
@@ -477,7 +477,7 @@ impl Daemon {
 /// Binds the machines hub (wrappers connect here) on the configured address, with TLS when a
 /// certificate is configured.
 async fn start_hub(
-    settings: &config::Settings,
+    config: &config::Config,
     adopted: &[InFlight],
 ) -> Result<
     (
@@ -486,6 +486,7 @@ async fn start_hub(
     ),
     DaemonError,
 > {
+    let settings = &config.settings;
     let addr = format!(
         "{}:{}",
         settings.machines_ws_bind_addr, settings.machines_ws_port
@@ -506,6 +507,10 @@ async fn start_hub(
             instance: r.instance.clone(),
             job_name: r.job.clone(),
             token: Some(r.token.clone()),
+            tokenless: config
+                .jobs
+                .get(&r.job)
+                .is_some_and(|j| crate::coordinator::accepts_tokenless(j, settings)),
             targets: r
                 .open
                 .iter()
@@ -517,7 +522,6 @@ async fn start_hub(
         tls,
         adopted,
         max_output_rate: settings.machines_ws_max_output_rate,
-        ..crate::agents::HubOptions::default()
     };
     Ok(crate::agents::spawn(listener, options))
 }

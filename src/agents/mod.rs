@@ -38,8 +38,6 @@ const _: () = assert!(DEFAULT_MAX_OUTPUT_RATE >= 100_000_000);
 
 #[derive(Clone, Debug)]
 pub struct HubOptions {
-    /// Accept wrappers that send no run token (the original's Python wrappers).
-    pub allow_legacy_wrappers: bool,
     /// Output bytes per second accepted from one connection; beyond it the hub stops reading
     /// (the wrapper spools). At least 1 is used.
     pub max_output_rate: u64,
@@ -56,6 +54,8 @@ pub struct Adopted {
     pub instance: String,
     pub job_name: String,
     pub token: Option<String>,
+    /// Wrappers that send no token are accepted (see [`HubCommand::Register`]).
+    pub tokenless: bool,
     /// Each target without a result, and the output seq stored next.
     pub targets: Vec<(String, i64)>,
 }
@@ -94,7 +94,6 @@ impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
             adopted: Vec::new(),
-            allow_legacy_wrappers: true,
             max_output_rate: DEFAULT_MAX_OUTPUT_RATE,
             tls: None,
         }
@@ -169,9 +168,18 @@ pub enum HubCommand {
     Register {
         instance: String,
         job_name: String,
-        /// The targets; `None`: any machine (the run registers before Salt says which).
-        machines: Option<Vec<String>>,
+        /// The machines known to be targets so far (Salt names the rest with [`HubCommand::Name`]).
+        machines: Vec<String>,
         token: Option<String>,
+        /// Accept wrappers that send no token (the original's Python wrapper, for a job that
+        /// runs it, when `allow_legacy_wrappers` is on); a wrong token is refused regardless.
+        tokenless: bool,
+    },
+    /// Salt named these machines as targets of the run (publish reply, returns); only named
+    /// machines may speak for a run.
+    Name {
+        instance: String,
+        machines: Vec<String>,
     },
     /// Ask the target's wrapper to kill the job; repeated until the target completes.
     Kill { instance: String, machine: String },
@@ -206,7 +214,7 @@ pub fn spawn(listener: TcpListener, options: HubOptions) -> (Hub, mpsc::Receiver
     // Counted in messages; output bytes are bounded by BYTES_IN_FLIGHT on top.
     let (event_tx, event_rx) = mpsc::channel(4 * 1024);
     let (in_tx, in_rx) = mpsc::channel(4 * 1024);
-    let mut registry = Registry::new(options.allow_legacy_wrappers);
+    let mut registry = Registry::new();
     for run in &options.adopted {
         registry.adopt(run);
     }
@@ -455,8 +463,9 @@ mod tests {
         hub.send_now(HubCommand::Register {
             instance: "gone".into(),
             job_name: "j".into(),
-            machines: Some(vec!["m1".into(), "m2".into()]),
+            machines: vec!["m1".into(), "m2".into()],
             token: None,
+            tokenless: false,
         });
         let open = hub.open_connections();
         // Two wrappers of the run, each bound by its `connect` (acknowledged).

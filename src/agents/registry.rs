@@ -42,9 +42,17 @@ enum Refusal {
     OtherTarget { instance: String, machine: String },
     #[error("Job no longer exists on server (stopped or restarted)")]
     RunGone,
-    #[error("wrong or missing run token")]
+    #[error("wrong run token")]
     BadToken,
-    #[error("{machine} is not a target of {instance}")]
+    /// A tokenless (original) wrapper for a run that needs a token.
+    #[error(
+        "this run needs a run token; wrappers that send none are accepted only with \
+         saltpeter_config.allow_legacy_wrappers: true, for jobs whose wrapper is not sp-wrapper"
+    )]
+    MissingToken,
+    /// Salt has not named this machine for the run (yet: the publish reply may still be on
+    /// its way, so the wrapper is told to try again rather than to give up).
+    #[error("{machine} is not (yet) a target of {instance}")]
     NotATarget { instance: String, machine: String },
 }
 
@@ -52,8 +60,9 @@ impl Refusal {
     fn code(&self) -> &'static str {
         match self {
             Refusal::ConnectionGone | Refusal::OtherTarget { .. } => codes::BAD_MESSAGE,
-            Refusal::RunGone | Refusal::NotATarget { .. } => codes::JOB_NOT_FOUND,
-            Refusal::BadToken => codes::BAD_TOKEN,
+            Refusal::RunGone => codes::JOB_NOT_FOUND,
+            Refusal::NotATarget { .. } => codes::NOT_A_TARGET,
+            Refusal::BadToken | Refusal::MissingToken => codes::BAD_TOKEN,
         }
     }
 
@@ -89,9 +98,10 @@ struct Target {
 struct Run {
     job_name: String,
     token: Option<String>,
+    /// Wrappers that send no token are accepted (`allow_legacy_wrappers`, original wrapper).
+    tokenless: bool,
+    /// The machines Salt named for the run; no one else may speak for it.
     targets: HashMap<String, Target>,
-    /// Any machine may join (targets are created on first sight).
-    open: bool,
 }
 
 #[derive(Default)]
@@ -117,8 +127,8 @@ struct Admitted {
 }
 
 /// Every registered run and target, which connection speaks for each, and the kills to repeat.
+#[derive(Default)]
 pub struct Registry {
-    allow_legacy_wrappers: bool,
     runs: HashMap<String, Run>,
     conns: HashMap<ConnId, Conn>,
     /// Kills sent and not yet completed, by when they are sent again. Entries are never
@@ -267,17 +277,8 @@ impl Target {
 }
 
 impl Registry {
-    /// `allow_legacy_wrappers`: accept wrappers that send no run token.
-    pub fn new(allow_legacy_wrappers: bool) -> Registry {
-        Registry {
-            allow_legacy_wrappers,
-            runs: HashMap::new(),
-            conns: HashMap::new(),
-            kills: BinaryHeap::new(),
-            out: VecDeque::new(),
-            #[cfg(test)]
-            kills_visited: 0,
-        }
+    pub fn new() -> Registry {
+        Registry::default()
     }
 
     /// Takes over a run from before a restart: its wrappers resume at the stored output seq.
@@ -294,8 +295,8 @@ impl Registry {
         let adopted = Run {
             job_name: run.job_name.clone(),
             token: run.token.clone(),
+            tokenless: run.tokenless,
             targets,
-            open: false,
         };
         self.runs.insert(run.instance.clone(), adopted);
     }
@@ -402,7 +403,18 @@ impl Registry {
                 job_name,
                 machines,
                 token,
-            } => self.register(instance, job_name, machines, token),
+                tokenless,
+            } => {
+                let run = Run {
+                    job_name,
+                    token,
+                    tokenless,
+                    targets: HashMap::new(),
+                };
+                self.runs.insert(instance.clone(), run);
+                self.name(&instance, machines);
+            }
+            HubCommand::Name { instance, machines } => self.name(&instance, machines),
             HubCommand::Kill { instance, machine } => self.kill(&instance, machine, now, stamp),
             HubCommand::ConfirmComplete { instance, machine } => {
                 self.confirm_complete(&instance, &machine, stamp)
@@ -433,43 +445,18 @@ impl Registry {
         }
     }
 
-    fn register(
-        &mut self,
-        instance: String,
-        job_name: String,
-        machines: Option<Vec<String>>,
-        token: Option<String>,
-    ) {
-        let open = machines.is_none();
-        let targets = machines
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| (m, Target::new()))
-            .collect();
-        let run = Run {
-            job_name,
-            token,
-            targets,
-            open,
-        };
-        self.runs.insert(instance, run);
+    /// Salt named `machines` for the run: their wrappers may speak for it from now on.
+    fn name(&mut self, instance: &str, machines: Vec<String>) {
+        if let Some(run) = self.runs.get_mut(instance) {
+            for m in machines {
+                run.targets.entry(m).or_insert_with(Target::new);
+            }
+        }
     }
 
     fn kill(&mut self, instance: &str, machine: String, now: Instant, stamp: &str) {
-        let Some(run) = self.runs.get_mut(instance) else {
-            return;
-        };
-        // In an open run the target may not have connected yet: keep the kill for when it does.
-        let target = if run.open {
-            Some(
-                run.targets
-                    .entry(machine.clone())
-                    .or_insert_with(Target::new),
-            )
-        } else {
-            run.targets.get_mut(&machine)
-        };
-        let Some(t) = target else {
+        // A target that has not connected yet gets its kill when it does.
+        let Some(t) = self.target_mut(instance, &machine) else {
             return;
         };
         t.kill = Kill::AwaitingConnection;
@@ -554,18 +541,14 @@ impl Registry {
         }
         let protocol = c.protocol;
         let run = self.runs.get_mut(instance).ok_or(Refusal::RunGone)?;
-        // The run token: a wrong one is refused; none at all only from legacy wrappers.
+        // The run token: a wrong one is refused; none at all only where the operator allowed
+        // the original wrapper for this job.
         if let Some(expected) = &run.token {
-            let ok = match ext.and_then(|e| e.token.as_ref()) {
-                Some(token) => token == expected,
-                None => self.allow_legacy_wrappers,
-            };
-            if !ok {
-                return Err(Refusal::BadToken);
+            match ext.and_then(|e| e.token.as_ref()) {
+                Some(token) if !same_secret(token, expected) => return Err(Refusal::BadToken),
+                None if !run.tokenless => return Err(Refusal::MissingToken),
+                _ => {}
             }
-        }
-        if run.open && !run.targets.contains_key(machine) {
-            run.targets.insert(machine.to_string(), Target::new());
         }
         let t = run
             .targets
@@ -593,8 +576,11 @@ impl Registry {
     ) {
         match refusal {
             Refusal::ConnectionGone => return,
-            Refusal::BadToken => {
-                warn!(%instance, %machine, "machines hub: wrong or missing run token")
+            Refusal::BadToken | Refusal::MissingToken => {
+                warn!(%instance, %machine, error = %refusal, "machines hub: refused a wrapper")
+            }
+            Refusal::NotATarget { .. } => {
+                debug!(%instance, %machine, "machines hub: not a target (yet)")
             }
             _ => {}
         }
@@ -618,6 +604,12 @@ impl Registry {
             .get_mut(instance)
             .and_then(|r| r.targets.get_mut(machine))
     }
+}
+
+/// Compares a presented token with the run's without stopping at the first difference.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -32,10 +32,12 @@ pub enum Code {
     EmptyFile,
     /// A file with errors: its last good version is still in use.
     KeptLastGood,
+    /// A job runs a wrapper that sends no run token (the original's).
+    TokenlessWrapper,
 }
 
 impl Code {
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::Unreadable,
         Code::Yaml,
         Code::NotAMapping,
@@ -54,6 +56,7 @@ impl Code {
         Code::Overridden,
         Code::EmptyFile,
         Code::KeptLastGood,
+        Code::TokenlessWrapper,
     ];
 }
 

@@ -153,6 +153,15 @@ pub struct Job {
     pub lockfile: Option<String>,
 }
 
+impl Job {
+    /// The job runs through a wrapper that is not sp-wrapper (by its file name): the
+    /// original's Python wrapper, which sends no run token.
+    pub fn runs_original_wrapper(&self) -> bool {
+        let file = self.wrapper_path.rsplit('/').next().unwrap_or_default();
+        self.use_wrapper && file != "sp-wrapper"
+    }
+}
+
 /// `saltpeter_config`, with defaults applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -189,6 +198,9 @@ pub struct Settings {
     pub api_tokens: Vec<ApiToken>,
     /// `Origin`s allowed to open the UI WebSocket besides the API's own.
     pub api_allowed_origins: Vec<String>,
+    /// Accept wrappers that send no run token (the original's Python wrapper) for jobs whose
+    /// wrapper is not sp-wrapper. Off: anyone who reaches the machines port could forge them.
+    pub allow_legacy_wrappers: bool,
 }
 
 /// `saltpeter_config.salt_*`: where the Salt master is, when its config file does not say.
@@ -229,6 +241,7 @@ impl Settings {
             history_max_runs_per_job: 1000,
             api_tokens: Vec::new(),
             api_allowed_origins: Vec::new(),
+            allow_legacy_wrappers: false,
         }
     }
 
@@ -237,6 +250,7 @@ impl Settings {
         match (key, value) {
             ("logdir", V::Str(s)) => self.logdir = s.clone(),
             ("debug", V::Bool(b)) => self.debug = *b,
+            ("allow_legacy_wrappers", V::Bool(b)) => self.allow_legacy_wrappers = *b,
             ("api_ws", V::Bool(b)) => self.api_ws = Some(*b),
             ("api_ws_port", V::Port(p)) => self.api_ws_port = *p,
             ("api_ws_bind_addr", V::Str(s)) => self.api_ws_bind_addr = s.clone(),
@@ -531,10 +545,11 @@ impl Loader {
                     });
                 }
             }
-            jobs.insert(
-                name.to_string(),
-                Arc::new(resolve(kept_file, kept, &settings, &default_tz)),
-            );
+            let job = resolve(kept_file, kept, &settings, &default_tz);
+            if let Some(d) = tokenless_finding(&job, &settings, kept_file, kept.pos) {
+                diagnostics.push(d);
+            }
+            jobs.insert(name.to_string(), Arc::new(job));
         }
         diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
         Config {
@@ -543,6 +558,36 @@ impl Loader {
             maintenance,
         }
     }
+}
+
+/// A job whose wrapper sends no run token: refused unless `allow_legacy_wrappers`, and a
+/// weaker guarantee when allowed; `check` names every such job.
+fn tokenless_finding(
+    job: &Job,
+    settings: &Settings,
+    file: &SourceFile,
+    pos: Pos,
+) -> Option<Diagnostic> {
+    if !job.runs_original_wrapper() {
+        return None;
+    }
+    let (name, path) = (&job.name, &job.wrapper_path);
+    let message = if settings.allow_legacy_wrappers {
+        format!(
+            "job `{name}` relies on `saltpeter_config.allow_legacy_wrappers`: its wrapper `{path}` sends no run token, so anyone who can reach the machines port could forge its results; use sp-wrapper"
+        )
+    } else {
+        format!(
+            "job `{name}` runs `{path}`, which is not sp-wrapper and may send no run token (the original Python wrapper sends none): such wrappers are refused unless `saltpeter_config.allow_legacy_wrappers: true`"
+        )
+    };
+    Some(Diagnostic {
+        file: file.path.clone(),
+        pos,
+        severity: Severity::Warning,
+        code: Code::TokenlessWrapper,
+        message,
+    })
 }
 
 fn resolve(file: &SourceFile, def: &JobDef, settings: &Settings, default_tz: &TimeZone) -> Job {

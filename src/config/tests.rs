@@ -24,8 +24,12 @@ backup:
 #[test]
 fn defaults_match_the_original() {
     let loaded = Loader::new("master1").load(&[file("a.yaml", GOOD)]);
-    assert_eq!(loaded.diagnostics, []);
+    // The original's default wrapper sends no run token: said, not an error.
+    let codes: Vec<Code> = loaded.diagnostics.iter().map(|d| d.code).collect();
+    assert_eq!(codes, [Code::TokenlessWrapper]);
+    assert!(!loaded.config.settings.allow_legacy_wrappers);
     let job = &loaded.config.jobs["backup"];
+    assert!(job.runs_original_wrapper());
     assert_eq!(job.group, "a");
     assert_eq!(job.expression, "0 */5 * * * * *");
     assert_eq!(job.timeout_secs, Some(3600));

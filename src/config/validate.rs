@@ -112,6 +112,7 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("history_max_runs_per_job", SettingKind::Count),
     ("api_tokens", SettingKind::Tokens),
     ("api_allowed_origins", SettingKind::List),
+    ("allow_legacy_wrappers", SettingKind::Bool),
     ("elasticsearch", SettingKind::Ignored),
     ("opensearch", SettingKind::Ignored),
     ("elasticsearch_index", SettingKind::Ignored),

@@ -350,12 +350,14 @@ impl Core {
             token: token.clone(),
         });
         let spec = run_spec(&job.name, instance, Some(job));
-        // Registered before publishing: wrappers (and returns) can beat the publish reply.
+        // Registered before publishing; its machines are named as Salt names them (a wrapper
+        // that beats the publish reply is told to try again).
         self.emit(Effect::Hub(HubCommand::Register {
             instance: instance.to_string(),
             job_name: job.name.clone(),
-            machines: None,
+            machines: Vec::new(),
             token: Some(token.clone()),
+            tokenless: launch::accepts_tokenless(job, settings),
         }));
         let template = if job.use_wrapper {
             launch::wrapper(job, instance, settings, &token)
@@ -406,6 +408,11 @@ impl Core {
         };
         let mut publish = ctx.template.clone();
         if let Some(batch) = batch {
+            // A list is known before the publish: its wrappers are taken from the first try.
+            self.effects.push_back(Effect::Hub(HubCommand::Name {
+                instance: instance.into(),
+                machines: batch.clone(),
+            }));
             publish.tgt = Tgt::List(batch);
             publish.tgt_type = "list".into();
         }
@@ -457,6 +464,10 @@ impl Core {
                 }
                 let mut machines = p.minions;
                 machines.extend(p.missing);
+                self.emit(Effect::Hub(HubCommand::Name {
+                    instance: instance.into(),
+                    machines: machines.clone(),
+                }));
                 self.record(RunEvent::Published {
                     instance: instance.into(),
                     jid: p.jid,
@@ -623,6 +634,14 @@ impl Core {
         let Some(ctx) = self.runs.get_mut(instance) else {
             return;
         };
+        // Salt vouches for a minion that returns: one the publish reply did not list (a
+        // syndic's, say) becomes a target its wrapper may speak for.
+        if !ctx.run.has_target(&ret.id) {
+            self.effects.push_back(Effect::Hub(HubCommand::Name {
+                instance: instance.into(),
+                machines: vec![ret.id.clone()],
+            }));
+        }
         ctx.run
             .handle_salt_return(&ret.id, ret.exit_code(), &ret.text(), now.mono);
         if let Some(g) = ctx.gather.as_mut() {

@@ -74,6 +74,13 @@ fn salt_target(job: &Job) -> Tgt {
     }
 }
 
+/// Whether the job's wrappers may connect without a run token: only when the operator allowed
+/// it (`allow_legacy_wrappers`) and only for a wrapper that is not sp-wrapper (which always
+/// sends its token).
+pub fn accepts_tokenless(job: &Job, settings: &Settings) -> bool {
+    settings.allow_legacy_wrappers && job.runs_original_wrapper()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 pub use self::core::Firing;
 use self::core::{Core, Effect, Now, Purpose, Shuffle};
 use self::joblog_writer::JobLogWriter;
+pub use self::launch::accepts_tokenless;
 use crate::agents::{Hub, HubCommand, HubEvent};
 use crate::config::{Job, Settings};
 use crate::control::Refusal;

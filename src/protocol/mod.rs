@@ -167,6 +167,8 @@ pub mod codes {
     /// The original's: the run is unknown (never registered, or long finished).
     pub const JOB_NOT_FOUND: &str = "JOB_NOT_FOUND";
     pub const BAD_TOKEN: &str = "BAD_TOKEN";
+    /// Salt has not named this machine as a target of the run (yet): try again later.
+    pub const NOT_A_TARGET: &str = "NOT_A_TARGET";
     pub const BAD_MESSAGE: &str = "BAD_MESSAGE";
     pub const TOO_LARGE: &str = "MESSAGE_TOO_LARGE";
 }

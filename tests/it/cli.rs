@@ -107,10 +107,12 @@ fn import_crontab_output_passes_check() {
     assert!(yaml.contains("dom_dow: or"), "{yaml}");
     let cfg = tempfile::tempdir().unwrap();
     write(cfg.path(), "imported.yaml", &yaml);
+    let settings = "saltpeter_config:\n  default_wrapper_path: /usr/local/bin/sp-wrapper\n";
+    write(cfg.path(), "00-settings.yaml", settings);
     let (code, out, _) = run(&["check", "-c", cfg.path().to_str().unwrap()]);
     assert_eq!(
         (code, out.as_str()),
-        (0, "0 error(s), 0 warning(s) in 1 file(s); 2 job(s) valid\n")
+        (0, "0 error(s), 0 warning(s) in 2 file(s); 2 job(s) valid\n")
     );
 
     std::fs::write(&tab, "@reboot /opt/start\n").unwrap();

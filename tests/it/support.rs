@@ -36,7 +36,7 @@ pub fn write(dir: &Path, name: &str, text: &str) {
 /// A job firing on the given `sec` field, every minute of every day.
 pub fn job(name: &str, sec: &str) -> String {
     format!(
-        "{name}:\n  sec: '{sec}'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: 'true'\n"
+        "{name}:\n  sec: '{sec}'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: 'true'\n  wrapper_path: /usr/local/bin/sp-wrapper\n"
     )
 }
 

@@ -43,11 +43,17 @@ impl Harness {
     }
 
     async fn register(&self, instance: &str, machines: &[&str], token: Option<&str>) {
+        self.register_as(instance, machines, token, false);
+    }
+
+    /// `tokenless`: the run's job allows the original (tokenless) wrapper.
+    fn register_as(&self, instance: &str, machines: &[&str], token: Option<&str>, tokenless: bool) {
         self.hub.send_now(HubCommand::Register {
             instance: instance.into(),
             job_name: "job".into(),
-            machines: Some(machines.iter().map(|m| m.to_string()).collect()),
+            machines: machines.iter().map(|m| m.to_string()).collect(),
             token: token.map(String::from),
+            tokenless,
         });
     }
 
@@ -331,17 +337,11 @@ async fn kill_gives_143_and_the_process_group_is_gone() {
     assert!(group_gone(o.pid.unwrap()), "process group survived");
 }
 
-/// The daemon registers runs before Salt names their targets: a kill sent before a target's
-/// wrapper connected reaches it when it does.
+/// A kill sent before a target's wrapper connected reaches it when it does.
 #[tokio::test]
 async fn a_kill_before_the_wrapper_connects_reaches_it_when_it_does() {
     let mut h = Harness::new(HubOptions::default()).await;
-    h.hub.send_now(HubCommand::Register {
-        instance: "early".into(),
-        job_name: "job".into(),
-        machines: None,
-        token: None,
-    });
+    h.register("early", &["m1"], None).await;
     h.hub.send_now(HubCommand::Kill {
         instance: "early".into(),
         machine: "m1".into(),
@@ -349,6 +349,27 @@ async fn a_kill_before_the_wrapper_connects_reaches_it_when_it_does() {
     h.wrapper("early", "m1", "sleep 600", h.port, &[]);
     let o = h.outcome("early", "m1", Duration::from_secs(30)).await;
     assert_eq!(o.retcode, Some(143));
+}
+
+/// A wrapper that beats the publish reply (Salt has not named its machine yet) is told to try
+/// again, and is taken once Salt names it; the run's result is its own.
+#[tokio::test]
+async fn a_wrapper_ahead_of_the_publish_reply_is_taken_once_salt_names_it() {
+    let mut h = Harness::new(HubOptions::default()).await;
+    h.register("ahead", &[], None).await;
+    h.wrapper("ahead", "m1", "echo ran", h.port, &[]);
+    // Its first tries are refused (nothing reaches the engine); then Salt names it.
+    let early = tokio::time::timeout(Duration::from_millis(500), h.events.recv()).await;
+    assert!(
+        early.is_err(),
+        "an unnamed machine reached the engine: {early:?}"
+    );
+    h.hub.send_now(HubCommand::Name {
+        instance: "ahead".into(),
+        machines: vec!["m1".into()],
+    });
+    let o = h.outcome("ahead", "m1", Duration::from_secs(30)).await;
+    assert_eq!((o.retcode, o.output.as_str()), (Some(0), "ran\n"));
 }
 
 #[tokio::test]
@@ -584,7 +605,8 @@ async fn original_client(port: u16, token: Option<&str>) -> Vec<DaemonMsg> {
 #[tokio::test]
 async fn the_original_protocol_is_accepted_unchanged() {
     let mut h = Harness::new(HubOptions::default()).await;
-    h.register("orig", &["m1"], Some("secret")).await;
+    // The job allows the original wrapper (`allow_legacy_wrappers`, a wrapper not sp-wrapper).
+    h.register_as("orig", &["m1"], Some("secret"), true);
     let port = h.port;
     let client = tokio::spawn(async move { original_client(port, None).await });
     let o = h.outcome("orig", "m1", Duration::from_secs(10)).await;
@@ -617,11 +639,7 @@ async fn the_original_protocol_is_accepted_unchanged() {
 
 #[tokio::test]
 async fn without_legacy_wrappers_a_missing_or_wrong_token_is_refused() {
-    let options = HubOptions {
-        allow_legacy_wrappers: false,
-        ..HubOptions::default()
-    };
-    let h = Harness::new(options).await;
+    let h = Harness::new(HubOptions::default()).await;
     h.register("orig", &["m1"], Some("secret")).await;
     for token in [None, Some("guess")] {
         let replies = original_client(h.port, token).await;
@@ -746,6 +764,7 @@ async fn an_adopted_run_resumes_at_the_stored_seq_and_reports_a_gap() {
             instance: "adopted_1".into(),
             job_name: "job".into(),
             token: Some("secret".into()),
+            tokenless: false,
             targets: vec![("m1".into(), 3)],
         }],
         ..HubOptions::default()

@@ -17,7 +17,7 @@ struct Hub {
 impl Hub {
     fn new() -> Hub {
         Hub {
-            reg: Registry::new(false),
+            reg: Registry::new(),
             t0: Instant::now(),
         }
     }
@@ -26,13 +26,24 @@ impl Hub {
         self.t0 + offset
     }
 
-    fn register(&mut self, instance: &str, machines: Option<&[&str]>, token: Option<&str>) {
+    fn register(&mut self, instance: &str, machines: &[&str], token: Option<&str>) {
+        self.register_as(instance, machines, token, false);
+    }
+
+    fn register_as(
+        &mut self,
+        instance: &str,
+        machines: &[&str],
+        token: Option<&str>,
+        tokenless: bool,
+    ) {
         self.command(
             HubCommand::Register {
                 instance: instance.into(),
                 job_name: "job".into(),
-                machines: machines.map(|m| m.iter().map(|s| s.to_string()).collect()),
+                machines: machines.iter().map(|s| s.to_string()).collect(),
                 token: token.map(String::from),
+                tokenless,
             },
             Duration::ZERO,
         );
@@ -167,7 +178,7 @@ fn error_code(msg: &DaemonMsg) -> &str {
 #[test]
 fn binds_on_the_first_message_of_any_kind_and_stamps_events_at_arrival() {
     let mut hub = Hub::new();
-    hub.register("i1", Some(&["m1", "m2"]), Some("tok"));
+    hub.register("i1", &["m1", "m2"], Some("tok"));
     hub.reg.handle_opened(1);
     // A heartbeat first (a wrapper that reconnected mid-job): it binds all the same.
     let out = hub.message(1, heartbeat("i1", "m1"), 5 * MS);
@@ -212,6 +223,7 @@ fn connect_is_acknowledged_with_the_window_and_last_seq() {
         instance: "i1".into(),
         job_name: "job".into(),
         token: Some("tok".into()),
+        tokenless: false,
         targets: vec![("m1".into(), 5)],
     });
     hub.reg.handle_opened(1);
@@ -235,8 +247,13 @@ fn connect_is_acknowledged_with_the_window_and_last_seq() {
 #[test]
 fn wrong_or_missing_token_is_refused_and_closed() {
     let mut hub = Hub::new();
-    hub.register("i1", Some(&["m1"]), Some("tok"));
-    for (conn, token) in [(1, Some("other")), (2, None)] {
+    hub.register("i1", &["m1"], Some("tok"));
+    for (conn, token) in [
+        (1, Some("other")),
+        (2, None),
+        (5, Some("tok2")),
+        (6, Some("")),
+    ] {
         hub.reg.handle_opened(conn);
         let out = hub.message(conn, connect("i1", "m1", token), MS);
         let sent = sends(&out);
@@ -245,20 +262,65 @@ fn wrong_or_missing_token_is_refused_and_closed() {
         assert_eq!(out.last(), Some(&Output::Close { conn }));
         assert_eq!(events(&out), []);
     }
-    // Legacy wrappers (no token at all) are let in when allowed; a wrong token never is.
-    hub.reg.allow_legacy_wrappers = true;
+    // The refusal of a tokenless wrapper names the setting that would let it in.
+    hub.reg.handle_opened(7);
+    let out = hub.message(7, connect("i1", "m1", None), MS);
+    match &sends(&out)[0].1 {
+        DaemonMsg::Error { message, .. } => assert!(message.contains("allow_legacy_wrappers")),
+        other => panic!("{other:?}"),
+    }
+    // Legacy wrappers (no token at all) are let in where the run allows them; a wrong token
+    // never is.
+    hub.register_as("i2", &["m1"], Some("tok"), true);
     hub.reg.handle_opened(3);
-    let out = hub.message(3, connect("i1", "m1", None), MS);
+    let out = hub.message(3, connect("i2", "m1", None), MS);
     assert_eq!(events(&out), [HubEventKind::Connected { protocol: 1 }]);
     hub.reg.handle_opened(4);
-    let out = hub.message(4, connect("i1", "m1", Some("other")), MS);
+    let out = hub.message(4, connect("i2", "m1", Some("other")), MS);
     assert_eq!(out.last(), Some(&Output::Close { conn: 4 }));
+}
+
+#[test]
+fn only_machines_salt_named_may_speak_for_a_run() {
+    let mut hub = Hub::new();
+    // Registered before the publish reply: no machine is known yet.
+    hub.register("i1", &[], Some("tok"));
+    hub.reg.handle_opened(1);
+    let out = hub.message(1, connect("i1", "m1", Some("tok")), MS);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::NOT_A_TARGET);
+    assert_eq!(out.last(), Some(&Output::Close { conn: 1 }));
+    assert_eq!(events(&out), []);
+    // Salt names it: the wrapper's next try is taken; a made-up machine still is not.
+    hub.command(
+        HubCommand::Name {
+            instance: "i1".into(),
+            machines: vec!["m1".into()],
+        },
+        2 * MS,
+    );
+    hub.reg.handle_opened(2);
+    let out = hub.message(2, connect("i1", "m1", Some("tok")), 3 * MS);
+    assert_eq!(events(&out), [HubEventKind::Connected { protocol: 1 }]);
+    hub.reg.handle_opened(3);
+    let out = hub.message(3, complete("i1", "made-up", 0), 3 * MS);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::NOT_A_TARGET);
+    assert_eq!(events(&out), []);
+    // Naming again changes nothing for a target that is connected.
+    hub.command(
+        HubCommand::Name {
+            instance: "i1".into(),
+            machines: vec!["m1".into()],
+        },
+        4 * MS,
+    );
+    let out = hub.message(2, heartbeat("i1", "m1"), 5 * MS);
+    assert_eq!(events(&out), [HubEventKind::Heartbeat]);
 }
 
 #[test]
 fn output_is_taken_in_order_once_across_reconnects() {
     let mut hub = Hub::new();
-    hub.register("i1", Some(&["m1"]), Some("tok"));
+    hub.register("i1", &["m1"], Some("tok"));
     hub.reg.handle_opened(1);
     hub.message(1, connect("i1", "m1", Some("tok")), MS);
     let out = hub.message(1, output("i1", "m1", 0, "a"), MS);
@@ -326,8 +388,7 @@ fn output_is_taken_in_order_once_across_reconnects() {
 #[test]
 fn a_kill_asked_before_the_target_connects_is_sent_when_it_binds() {
     let mut hub = Hub::new();
-    // An open run: Salt has not said which machines yet.
-    hub.register("i1", None, Some("tok"));
+    hub.register("i1", &["m1"], Some("tok"));
     hub.kill("i1", "m1", Duration::ZERO);
     assert_eq!(hub.drain(), []);
     assert_eq!(hub.reg.poll_timeout(), None);
@@ -340,7 +401,7 @@ fn a_kill_asked_before_the_target_connects_is_sent_when_it_binds() {
 #[test]
 fn kills_are_retried_when_due_until_the_target_completes() {
     let mut hub = Hub::new();
-    hub.register("i1", Some(&["m1", "m2"]), Some("tok"));
+    hub.register("i1", &["m1", "m2"], Some("tok"));
     hub.reg.handle_opened(1);
     hub.reg.handle_opened(2);
     hub.message(1, connect("i1", "m1", Some("tok")), Duration::ZERO);
@@ -376,7 +437,7 @@ fn kills_are_retried_when_due_until_the_target_completes() {
 #[test]
 fn a_kill_asked_again_is_sent_at_once_and_the_old_retry_goes_stale() {
     let mut hub = Hub::new();
-    hub.register("i1", Some(&["m1"]), Some("tok"));
+    hub.register("i1", &["m1"], Some("tok"));
     hub.reg.handle_opened(1);
     hub.message(1, connect("i1", "m1", Some("tok")), Duration::ZERO);
     hub.kill("i1", "m1", Duration::ZERO);
@@ -393,7 +454,7 @@ fn a_kill_asked_again_is_sent_at_once_and_the_old_retry_goes_stale() {
 #[test]
 fn complete_is_acknowledged_once_the_engine_confirms_it() {
     let mut hub = Hub::new();
-    hub.register("i1", Some(&["m1"]), Some("tok"));
+    hub.register("i1", &["m1"], Some("tok"));
     hub.reg.handle_opened(1);
     hub.message(1, connect("i1", "m1", Some("tok")), Duration::ZERO);
     hub.message(1, output("i1", "m1", 0, "a"), MS);
@@ -417,7 +478,7 @@ fn complete_is_acknowledged_once_the_engine_confirms_it() {
 #[test]
 fn unregistered_runs_and_strangers_get_job_not_found() {
     let mut hub = Hub::new();
-    hub.register("i1", Some(&["m1"]), Some("tok"));
+    hub.register("i1", &["m1"], Some("tok"));
     hub.reg.handle_opened(9);
     hub.message(9, connect("i1", "m1", Some("tok")), Duration::ZERO);
     hub.kill("i1", "m1", Duration::ZERO);
@@ -436,13 +497,13 @@ fn unregistered_runs_and_strangers_get_job_not_found() {
     assert_eq!(error_code(&sends(&out)[0].1), codes::JOB_NOT_FOUND);
     assert_eq!(out.last(), Some(&Output::Close { conn: 1 }));
     // A machine that is not a target of a listed run.
-    hub.register("i2", Some(&["m1"]), Some("tok"));
+    hub.register("i2", &["m1"], Some("tok"));
     hub.reg.handle_opened(2);
     let out = hub.message(2, connect("i2", "m9", Some("tok")), 3 * MS);
     match &sends(&out)[0].1 {
         DaemonMsg::Error { code, message, .. } => {
-            assert_eq!(code, codes::JOB_NOT_FOUND);
-            assert_eq!(message, "m9 is not a target of i2");
+            assert_eq!(code, codes::NOT_A_TARGET);
+            assert_eq!(message, "m9 is not (yet) a target of i2");
         }
         other => panic!("{other:?}"),
     }
@@ -465,7 +526,7 @@ fn a_retry_among_20000_targets_visits_only_the_due_kill() {
     let mut hub = Hub::new();
     let machines: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
     let names: Vec<&str> = machines.iter().map(String::as_str).collect();
-    hub.register("i1", Some(&names), Some("tok"));
+    hub.register("i1", &names, Some("tok"));
     for (i, m) in machines.iter().enumerate() {
         let conn = i as ConnId;
         hub.reg.handle_opened(conn);

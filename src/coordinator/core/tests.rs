@@ -426,3 +426,107 @@ fn a_kill_reaches_confirmed_targets_at_once_and_others_as_they_confirm() {
         Err(Refusal::NotRunning("nope".into()))
     );
 }
+
+/// The machines a wrapper may speak for are the ones Salt named: the publish reply's, a
+/// batch's list before it is published, and a minion whose return Salt delivered.
+#[test]
+fn only_machines_salt_named_are_named_to_the_hub() {
+    let named = |h: &Harness| -> Vec<String> {
+        h.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Hub(HubCommand::Name { machines, .. }) => Some(machines.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let mut h = Harness::new(&job_yaml("j", "a,b", ""));
+    h.fire("j", "j_1");
+    let registered = h.effects.iter().find_map(|e| match e {
+        Effect::Hub(HubCommand::Register {
+            machines,
+            tokenless,
+            ..
+        }) => Some((machines.clone(), *tokenless)),
+        _ => None,
+    });
+    // Nobody yet, and sp-wrapper's run needs its token.
+    assert_eq!(registered, Some((vec![], false)));
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a", "b"]);
+    assert_eq!(named(&h), ["a", "b"]);
+    // A return from a minion the reply did not list (a syndic's): Salt vouches for it.
+    h.bus(Event::job_return(
+        &jid,
+        "c",
+        "cmd.run_all",
+        0,
+        Some(""),
+        false,
+    ));
+    assert_eq!(named(&h), ["a", "b", "c"]);
+    h.bus(Event::job_return(
+        &jid,
+        "a",
+        "cmd.run_all",
+        0,
+        Some(""),
+        false,
+    ));
+    assert_eq!(
+        named(&h),
+        ["a", "b", "c"],
+        "a known target is not named again"
+    );
+
+    // A batch's list is named before its publish.
+    let mut h = Harness::new(&job_yaml("k", "a,b", "  batch_size: 1\n"));
+    h.fire("k", "k_1");
+    let (ping, _) = h.published("k_1", &Purpose::Resolve);
+    h.publish_reply("k_1", Purpose::Resolve, &ping, &["a", "b"]);
+    for m in ["a", "b"] {
+        h.bus(Event::job_return(&ping, m, "test.ping", 0, None, false));
+    }
+    let name = h
+        .effects
+        .iter()
+        .position(|e| matches!(e, Effect::Hub(HubCommand::Name { .. })));
+    let launch = h.effects.iter().position(|e| {
+        matches!(
+            e,
+            Effect::Publish {
+                purpose: Purpose::Launch,
+                ..
+            }
+        )
+    });
+    assert!(
+        name.is_some() && name < launch,
+        "named before it is published"
+    );
+    assert_eq!(named(&h), ["a"]);
+}
+
+#[test]
+fn the_original_wrapper_is_let_in_only_where_the_operator_allowed_it() {
+    let registered = |yaml: &str| {
+        let mut h = Harness::new(yaml);
+        h.fire("j", "j_1");
+        h.effects.iter().find_map(|e| match e {
+            Effect::Hub(HubCommand::Register { tokenless, .. }) => Some(*tokenless),
+            _ => None,
+        })
+    };
+    let original = "  wrapper_path: /usr/local/bin/sp_wrapper.py\n";
+    let allow = "saltpeter_config:\n  allow_legacy_wrappers: true\n";
+    assert_eq!(registered(&job_yaml("j", "a", original)), Some(false));
+    let allowed = format!("{allow}{}", job_yaml("j", "a", original));
+    assert_eq!(registered(&allowed), Some(true));
+    // sp-wrapper always sends its token, whatever the setting.
+    let ours = format!(
+        "{allow}{}",
+        job_yaml("j", "a", "  wrapper_path: /opt/sp-wrapper\n")
+    );
+    assert_eq!(registered(&ours), Some(false));
+}
