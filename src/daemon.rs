@@ -51,6 +51,8 @@ pub enum DaemonError {
     Tls(#[from] crate::agents::TlsError),
     #[error(transparent)]
     History(#[from] crate::history::HistoryError),
+    #[error(transparent)]
+    Randomness(#[from] crate::coordinator::RandomnessError),
 }
 
 /// Switches debug logging on or off (`saltpeter_config.debug`); `false` when the operator's
@@ -59,6 +61,9 @@ pub type LogLevel = Box<dyn Fn(bool) -> bool + Send>;
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
+    // Run tokens come from the kernel's randomness: without it, refuse to start rather than
+    // hand out guessable tokens.
+    crate::coordinator::random_token()?;
     let mut loader = Loader::new(&crate::hostname());
     let (config, diagnostics) = load(&dir, &mut loader, None)?;
     let settings = config.settings.clone();
@@ -319,7 +324,10 @@ impl Daemon {
         let late = now.duration_since(fire.slot);
         self.metrics.fire_lateness(late.unsigned_abs());
         let late_ms = late.as_millis();
-        self.start(&job, trigger, Some(fire.slot), late_ms);
+        if let Err(e) = self.start(&job, trigger, Some(fire.slot), late_ms) {
+            error!(job = %job.name, error = %e, "this slot of {} is not started", job.name);
+            self.skip(&job.name, SkipReason::Failed, e.to_string());
+        }
     }
 
     fn start(
@@ -328,7 +336,7 @@ impl Daemon {
         trigger: Trigger,
         slot: Option<jiff::Timestamp>,
         late_ms: i128,
-    ) -> String {
+    ) -> Result<String, crate::coordinator::RandomnessError> {
         let now = clock::now();
         let instance = format!("{}_{}", job.name, self.instances.next(&job.name, now));
         match slot {
@@ -345,8 +353,8 @@ impl Daemon {
             maintenance: &maintenance,
             trigger,
             scheduled: slot,
-        });
-        instance
+        })?;
+        Ok(instance)
     }
 
     /// "Run now": refused during global maintenance and while an instance runs (unless the
@@ -364,7 +372,8 @@ impl Daemon {
         }
         self.make_room(&job)
             .map_err(|running| Refusal::AlreadyRunning { running })?;
-        Ok(self.start(&job, Trigger::Manual, None, 0))
+        self.start(&job, Trigger::Manual, None, 0)
+            .map_err(|e| Refusal::Failed(e.to_string()))
     }
 
     /// The overlap rule before a start: `Err(running instance)` when the job forbids overlap;

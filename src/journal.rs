@@ -31,6 +31,8 @@ pub enum SkipReason {
     Overlap,
     /// Global maintenance mode.
     Maintenance,
+    /// The run could not be started (no randomness for its token).
+    Failed,
 }
 
 impl SkipReason {
@@ -38,6 +40,7 @@ impl SkipReason {
         match self {
             SkipReason::Overlap => "overlap",
             SkipReason::Maintenance => "maintenance",
+            SkipReason::Failed => "failed",
         }
     }
 }

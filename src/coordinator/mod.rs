@@ -172,11 +172,14 @@ impl Coordinator {
         self.core.running_instance(job)
     }
 
-    /// Starts a run; see [`Core::fire`].
-    pub fn fire(&mut self, firing: Firing<'_>) {
+    /// Starts a run; see [`Core::fire`]. Refused, with nothing started, when the kernel gives
+    /// no randomness for its token (a guessable token would let anyone forge results).
+    pub fn fire(&mut self, firing: Firing<'_>) -> Result<(), RandomnessError> {
+        let token = random_token()?;
         let now = self.now();
-        self.core.fire(firing, random_token(), now);
+        self.core.fire(firing, token, now);
         self.drain();
+        Ok(())
     }
 
     pub fn handle_salt_reply(&mut self, reply: SaltReply) {
@@ -227,7 +230,11 @@ impl Shuffle for Urandom {
     /// Fisher-Yates (a random subset per run, as the original).
     fn shuffle(&mut self, items: &mut [String]) {
         let mut bytes = vec![0u8; items.len() * 4];
-        random_bytes(&mut bytes);
+        if let Err(e) = getrandom::fill(&mut bytes) {
+            // Only the choice of targets is less random: the run still has its targets.
+            tracing::warn!(error = %e, "no randomness from the kernel; targets are taken in Salt's order");
+            return;
+        }
         for i in (1..items.len()).rev() {
             let r = u32::from_le_bytes([
                 bytes[i * 4],
@@ -240,25 +247,27 @@ impl Shuffle for Urandom {
     }
 }
 
-/// 128 random bits, hex.
-fn random_token() -> String {
+/// The kernel gave no randomness (`getrandom(2)` failed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw a run token: the kernel's randomness is unavailable ({0})")]
+pub struct RandomnessError(getrandom::Error);
+
+/// 128 random bits, hex; never a fallback value.
+pub fn random_token() -> Result<String, RandomnessError> {
     let mut bytes = [0u8; 16];
-    random_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut bytes).map_err(RandomnessError)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Fills `buf` from the kernel's randomness, through one source opened once.
-fn random_bytes(buf: &mut [u8]) {
-    static URANDOM: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
-        std::sync::OnceLock::new();
-    let source = URANDOM.get_or_init(|| {
-        std::fs::File::open("/dev/urandom")
-            .ok()
-            .map(std::sync::Mutex::new)
-    });
-    if let Some(file) = source
-        && let Ok(mut f) = file.lock()
-    {
-        let _ = std::io::Read::read_exact(&mut *f, buf);
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_tokens_are_128_random_bits() {
+        let a = super::random_token().unwrap();
+        let b = super::random_token().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_ne!(a, "0".repeat(32), "never a fallback value");
     }
 }
