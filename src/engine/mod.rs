@@ -47,6 +47,14 @@ pub fn meaning(code: i64) -> &'static str {
     }
 }
 
+/// How long a kill may take before the daemon ends the target itself: the wrapper's own
+/// escalation (SIGTERM, 5 s, SIGKILL) and its report fit well within it.
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// A negative code from the original wrapper within this of the job's timeout is its timeout
+/// kill (its clock starts a little before the daemon's confirmation does).
+const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSpec {
     pub job: String,
@@ -151,6 +159,8 @@ type Idx = usize;
 struct Target {
     state: State,
     kill_requested: bool,
+    /// When an asked-for kill gives up waiting for the wrapper (its entry in `kills`).
+    kill_due: Option<Mono>,
     /// What the journal saw last ended a line (or nothing was printed yet).
     at_line_start: bool,
     /// Salt's return for the launch was seen (its confirmation is logged once).
@@ -181,6 +191,8 @@ pub struct Run {
     beats: BTreeSet<(Mono, Idx)>,
     /// Daemon-side timeouts: (confirmation + timeout + grace, target).
     limits: BTreeSet<(Mono, Idx)>,
+    /// Kills not yet answered: (asked + [`KILL_WAIT`], target).
+    kills: BTreeSet<(Mono, Idx)>,
     /// Batches still to publish after the current one.
     batches_left: usize,
 }
@@ -204,6 +216,7 @@ impl Run {
             succeeded: 0,
             beats: BTreeSet::new(),
             limits: BTreeSet::new(),
+            kills: BTreeSet::new(),
             batches_left: 0,
         }
     }
@@ -223,6 +236,7 @@ impl Run {
         self.targets.push(Target {
             state: State::Expected,
             kill_requested: false,
+            kill_due: None,
             at_line_start: true,
             salt_seen: false,
         });
@@ -253,7 +267,11 @@ impl Run {
                     self.limits.insert((at + l, i));
                 }
             }
-            State::Done => {}
+            State::Done => {
+                if let Some(due) = self.targets[i].kill_due.take() {
+                    self.kills.remove(&(due, i));
+                }
+            }
         }
         self.targets[i].state = state;
     }
@@ -316,7 +334,9 @@ impl Run {
         for m in minions {
             // A run killed before Salt answered kills each target as it confirms.
             let i = self.target(m);
-            self.targets[i].kill_requested |= self.killed;
+            if self.killed && !self.targets[i].kill_requested {
+                self.request_kill(i, now);
+            }
         }
         for m in missing {
             let i = self.target(m);
@@ -428,7 +448,8 @@ impl Run {
             WrapperEvent::Started { .. } | WrapperEvent::Heartbeat => {}
             WrapperEvent::Output { ends_line } => self.targets[i].at_line_start = ends_line,
             WrapperEvent::Completed { retcode } => {
-                self.end(i, retcode, None, now);
+                let (code, note) = self.normalise(i, retcode, now);
+                self.end(i, code, note, now);
                 self.actions.push_back(Action::ConfirmComplete {
                     machine: machine.into(),
                 });
@@ -440,8 +461,45 @@ impl Run {
         self.check_end();
     }
 
+    /// The original wrapper reports a command killed by signal N as -N (Python's `returncode`),
+    /// even after a kill or its timeout: recorded as 143 after a kill, 124 at the job's
+    /// timeout, else 128+N as a shell would, with the raw value in the note.
+    fn normalise(&self, i: Idx, retcode: i64, now: Mono) -> (i64, Option<String>) {
+        if retcode >= 0 {
+            return (retcode, None);
+        }
+        let t = &self.targets[i];
+        let signal = retcode.unsigned_abs().min(127) as i64;
+        let timed_out = match (t.state, self.spec.timeout) {
+            (State::Confirmed { at, .. }, Some(limit)) => now + TIMEOUT_SLACK >= at + limit,
+            _ => false,
+        };
+        let code = if t.kill_requested {
+            codes::KILLED
+        } else if timed_out {
+            codes::TIMEOUT
+        } else {
+            128 + signal
+        };
+        let note = format!(
+            "[saltpeter: the wrapper reported exit code {retcode} (the command was killed by signal {signal}); recorded as {code}: {}]",
+            meaning(code)
+        );
+        (code, Some(note))
+    }
+
+    /// Marks target `i` as to be killed; if no result comes within [`KILL_WAIT`], the daemon
+    /// ends it itself (so every run can be ended, whatever the wrapper or Salt do).
+    fn request_kill(&mut self, i: Idx, now: Mono) {
+        let t = &mut self.targets[i];
+        t.kill_requested = true;
+        let due = now + KILL_WAIT;
+        t.kill_due = Some(due);
+        self.kills.insert((due, i));
+    }
+
     /// Kills one target (`Some`) or the whole run (`None`).
-    pub fn handle_kill(&mut self, machine: Option<&str>, _now: Mono) {
+    pub fn handle_kill(&mut self, machine: Option<&str>, now: Mono) {
         let machines: Vec<Idx> = match machine {
             Some(m) => vec![self.target(m)],
             None => {
@@ -451,12 +509,12 @@ impl Run {
         };
         let mut term = Vec::new();
         for i in machines {
-            let t = &mut self.targets[i];
+            let t = &self.targets[i];
             if t.state == State::Done || t.kill_requested {
                 continue;
             }
-            t.kill_requested = true;
             let confirmed = matches!(t.state, State::Confirmed { .. });
+            self.request_kill(i, now);
             if self.spec.legacy {
                 term.push(self.names[i].clone());
             } else if confirmed {
@@ -485,6 +543,23 @@ impl Run {
             let note = format!("[SALTPETER ERROR: Job exceeded timeout of {secs} seconds]");
             self.end(i, codes::TIMEOUT, Some(note), now);
         }
+        while let Some(&(due, i)) = self.kills.first() {
+            if now < due {
+                break;
+            }
+            let note = if self.spec.legacy {
+                "[Job terminated by user request]".to_string()
+            } else if matches!(self.targets[i].state, State::Expected) {
+                // The kill stays pending in the hub: a wrapper that starts late is killed.
+                "[Job killed before it started: Salt had not confirmed the wrapper]".to_string()
+            } else {
+                format!(
+                    "[Job terminated by user request - no result from the wrapper within {} seconds]",
+                    KILL_WAIT.as_secs()
+                )
+            };
+            self.end(i, codes::KILLED, Some(note), now);
+        }
         let hb = self.spec.heartbeat_timeout;
         while let Some(&(last_beat, i)) = self.beats.first() {
             if now < last_beat + hb {
@@ -506,10 +581,8 @@ impl Run {
             .first()
             .map(|(b, _)| *b + self.spec.heartbeat_timeout);
         let limit = self.limits.first().map(|(l, _)| *l);
-        match (beat, limit) {
-            (Some(b), Some(l)) => Some(b.min(l)),
-            (b, l) => b.or(l),
-        }
+        let kill = self.kills.first().map(|(k, _)| *k);
+        [beat, limit, kill].into_iter().flatten().min()
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {

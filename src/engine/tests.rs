@@ -561,3 +561,119 @@ mod properties {
         }
     }
 }
+
+fn notes(actions: &[Action]) -> Vec<(String, i64, Option<String>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::TargetEnded {
+                machine, result, ..
+            } => Some((machine.clone(), result.code, result.note.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A kill ends every target within KILL_WAIT, confirmed or not, and says which it was.
+#[test]
+fn a_kill_ends_every_target_within_the_kill_wait_whatever_salt_and_the_wrapper_do() {
+    let mut run = Run::new(spec(None));
+    run.handle_published(
+        "j",
+        &names(&["up", "silent", "prompt"]),
+        &[],
+        Duration::ZERO,
+    );
+    run.handle_salt_return("up", 0, "", S);
+    run.handle_salt_return("prompt", 0, "", S);
+    // Heartbeats keep the confirmed ones alive; "silent" never gets past Phase 1.
+    run.handle_kill(None, 2 * S);
+    assert_eq!(run.poll_timeout(), Some(2 * S + KILL_WAIT));
+    run.handle_wrapper("up", WrapperEvent::Heartbeat, 5 * S);
+    run.handle_wrapper("prompt", WrapperEvent::Completed { retcode: 143 }, 6 * S);
+    run.handle_timeout(2 * S + KILL_WAIT - Duration::from_millis(1));
+    assert!(!run.is_done(), "not before the kill wait");
+    run.handle_wrapper("up", WrapperEvent::Heartbeat, 10 * S);
+    run.handle_timeout(2 * S + KILL_WAIT);
+    assert!(run.is_done());
+    let ended = notes(&drain(&mut run));
+    assert_eq!(
+        ended,
+        [
+            ("prompt".to_string(), 143, None),
+            (
+                "up".to_string(),
+                143,
+                Some(
+                    "[Job terminated by user request - no result from the wrapper within 10 seconds]"
+                        .into()
+                )
+            ),
+            (
+                "silent".to_string(),
+                143,
+                Some("[Job killed before it started: Salt had not confirmed the wrapper]".into())
+            ),
+        ]
+    );
+    assert_eq!(run.poll_timeout(), None, "no deadline outlives its target");
+}
+
+/// Targets Salt names after a whole-run kill get their own kill wait.
+#[test]
+fn a_run_killed_before_the_publish_reply_ends_its_targets_too() {
+    let mut run = Run::new(spec(None));
+    run.handle_kill(None, Duration::ZERO);
+    run.handle_published("j", &names(&["a"]), &[], 3 * S);
+    assert_eq!(run.poll_timeout(), Some(3 * S + KILL_WAIT));
+    run.handle_timeout(3 * S + KILL_WAIT);
+    assert_eq!(ended(&drain(&mut run)), [("a".to_string(), 143)]);
+    assert!(run.is_done());
+}
+
+/// The original wrapper reports a signal as -N; the contract's codes are recorded, the raw
+/// value kept in the note.
+#[test]
+fn the_original_wrappers_negative_codes_are_normalised() {
+    let mut run = Run::new(spec(Some(60)));
+    run.handle_published(
+        "j",
+        &names(&["killed", "timed-out", "signalled", "ok"]),
+        &[],
+        Duration::ZERO,
+    );
+    for m in ["killed", "timed-out", "signalled", "ok"] {
+        run.handle_salt_return(m, 0, "", S);
+    }
+    run.handle_kill(Some("killed"), 2 * S);
+    run.handle_wrapper("killed", WrapperEvent::Completed { retcode: -15 }, 3 * S);
+    run.handle_wrapper("signalled", WrapperEvent::Completed { retcode: -9 }, 20 * S);
+    run.handle_wrapper("ok", WrapperEvent::Completed { retcode: 3 }, 20 * S);
+    // Within a few seconds of the job's timeout (the wrapper's clock starts a little earlier).
+    run.handle_wrapper("timed-out", WrapperEvent::Heartbeat, 50 * S);
+    run.handle_wrapper(
+        "timed-out",
+        WrapperEvent::Completed { retcode: -15 },
+        58 * S,
+    );
+    let ended = notes(&drain(&mut run));
+    let codes: Vec<(&str, i64)> = ended.iter().map(|(m, c, _)| (m.as_str(), *c)).collect();
+    assert_eq!(
+        codes,
+        [
+            ("killed", 143),
+            ("signalled", 137),
+            ("ok", 3),
+            ("timed-out", 124)
+        ]
+    );
+    assert_eq!(
+        ended[0].2.as_deref(),
+        Some(
+            "[saltpeter: the wrapper reported exit code -15 (the command was killed by signal 15); recorded as 143: killed by user request]"
+        )
+    );
+    assert!(ended[1].2.as_deref().unwrap().contains("-9"));
+    assert_eq!(ended[2].2, None, "a job's own code is left alone");
+    assert!(ended[3].2.as_deref().unwrap().contains("124: job timeout"));
+}
