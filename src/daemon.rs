@@ -124,6 +124,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     // Every step of every run goes to the history store.
     let metrics = Metrics::default();
     metrics.count_wrappers(hub.open_connections());
+    metrics.watch_store(history.health());
     let mut coordinator = Coordinator::new(
         hub,
         publisher,
@@ -167,8 +168,14 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     }
 
     loop {
-        // A slow store is backpressure on wrappers (they spool), never memory here.
-        daemon.history.writable().await;
+        // A slow (or full) store is backpressure on wrappers (they spool), never memory here;
+        // a stop is still heard while it lasts.
+        tokio::select! {
+            biased;
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            () = daemon.history.writable() => {}
+        }
         let deadline = daemon.planner.next_deadline();
         let run_deadline = daemon.coordinator.next_deadline();
         tokio::select! {

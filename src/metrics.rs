@@ -47,6 +47,16 @@ impl Histogram {
     }
 }
 
+/// Reads the history store's commit health: (commits failed so far, failing now).
+#[derive(Clone)]
+pub struct StoreHealth(std::sync::Arc<dyn Fn() -> (u64, bool) + Send + Sync>);
+
+impl std::fmt::Debug for StoreHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreHealth{:?}", (self.0)())
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     runs: BTreeMap<(String, bool), u64>,
@@ -57,6 +67,8 @@ struct Inner {
     phase2: Histogram,
     /// The hub's own count of open wrapper connections.
     wrappers: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// The history store's (commits failed, failing now).
+    store: Option<StoreHealth>,
     bus_connected: bool,
     bus_last_event: Option<Timestamp>,
     /// How late the last event arrived (its `_stamp` to now).
@@ -133,6 +145,12 @@ impl Metrics {
     /// The gauge of open wrapper connections reads the hub's own count.
     pub fn count_wrappers(&self, open: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         self.with(|m| m.wrappers = Some(open));
+    }
+
+    /// The store's commit failures are read from the store itself.
+    pub fn watch_store(&self, read: impl Fn() -> (u64, bool) + Send + Sync + 'static) {
+        let health = StoreHealth(std::sync::Arc::new(read));
+        self.with(|m| m.store = Some(health));
     }
 
     pub fn bus_state(&self, connected: bool) {
@@ -249,6 +267,19 @@ impl Metrics {
             );
             let _ = writeln!(out, "# TYPE saltpeter_database_bytes gauge");
             let _ = writeln!(out, "saltpeter_database_bytes {db_bytes}");
+            let (failures, failing) = m.store.as_ref().map_or((0, false), |h| (h.0)());
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_database_commit_failures_total Transactions the history store could not commit (full disk, read-only file system); their events are kept and retried."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_database_commit_failures_total counter");
+            let _ = writeln!(out, "saltpeter_database_commit_failures_total {failures}");
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_database_failing Whether events are waiting in memory because the last commit failed (nothing is acknowledged meanwhile)."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_database_failing gauge");
+            let _ = writeln!(out, "saltpeter_database_failing {}", u8::from(failing));
             if let Some(lag) = m.bus_lag {
                 let _ = writeln!(out, "# HELP saltpeter_event_bus_lag_seconds How late the last Salt event arrived (its _stamp to receipt).");
                 let _ = writeln!(out, "# TYPE saltpeter_event_bus_lag_seconds gauge");

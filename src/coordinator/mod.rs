@@ -21,7 +21,7 @@ pub use self::launch::accepts_tokenless;
 use crate::agents::{Hub, HubCommand, HubEvent};
 use crate::config::{Job, Settings};
 use crate::control::Refusal;
-use crate::history::{History, InFlight};
+use crate::history::{History, HistoryError, InFlight};
 use crate::journal::RunEvent;
 use crate::metrics::Metrics;
 use crate::salt::bus::BusMessage;
@@ -74,8 +74,17 @@ impl Coordinator {
                 while let Ok(more) = pending.try_recv() {
                     batch.push(more);
                 }
-                if store.flush().await.is_err() {
-                    return;
+                // Nothing is acknowledged before it is stored: while the store cannot commit
+                // (a full disk), wrappers keep their results and the acknowledgements wait.
+                loop {
+                    match store.flush().await {
+                        Ok(()) => break,
+                        Err(HistoryError::Stopped) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "acknowledgements wait until the history store can commit");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
                 }
                 for command in batch {
                     to_hub.send_now(command);

@@ -47,6 +47,10 @@ pub enum HistoryError {
     },
     #[error("the history store has stopped")]
     Stopped,
+    /// The store could not commit (disk full, read-only file system...): what was sent before
+    /// is kept in memory and retried, but it is not stored yet.
+    #[error("not stored yet: {0}")]
+    NotStored(String),
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -197,7 +201,10 @@ enum Query {
         to_ms: i64,
         reply: oneshot::Sender<Vec<TimelineItem>>,
     },
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<Result<(), HistoryError>>),
+    /// Runs SQL on the store's connection (tests: a full disk through `max_page_count`).
+    #[cfg(test)]
+    Exec(String, oneshot::Sender<()>),
 }
 
 enum Msg {
@@ -379,6 +386,9 @@ struct Shared {
     drained: Notify,
     stopped: AtomicBool,
     queries: AtomicU64,
+    /// Transactions that could not be committed, and whether the last one failed.
+    commit_failures: AtomicU64,
+    failing: AtomicBool,
 }
 
 /// Marks the store stopped when its thread ends, however it ends, so no writer waits forever.
@@ -441,6 +451,8 @@ impl History {
             drained: Notify::new(),
             stopped: AtomicBool::new(false),
             queries: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         });
         let mut store = Store {
             conn,
@@ -620,9 +632,29 @@ impl History {
         .await
     }
 
-    /// Resolves once everything sent before it is committed.
+    /// Resolves once everything sent before it is committed; [`HistoryError::NotStored`] when
+    /// the store could not commit it (it keeps it and retries; flush again later).
     pub async fn flush(&self) -> Result<(), HistoryError> {
-        self.ask(Query::Flush).await
+        self.ask(Query::Flush).await?
+    }
+
+    /// How the store's commits fare, for `/metrics`: (commits failed so far, whether what was
+    /// last sent is still waiting to be stored).
+    pub fn health(&self) -> impl Fn() -> (u64, bool) + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || {
+            (
+                shared.commit_failures.load(Ordering::Relaxed),
+                shared.failing.load(Ordering::Relaxed),
+            )
+        }
+    }
+
+    /// Runs `sql` on the store's own connection, between two transactions.
+    #[cfg(test)]
+    pub(crate) async fn exec(&self, sql: &str) {
+        let sql = sql.to_string();
+        self.ask(|reply| Query::Exec(sql, reply)).await.unwrap();
     }
 
     /// Holds the store thread until the returned sender is dropped.
@@ -669,6 +701,30 @@ struct Written {
 /// Events are committed together for at most this long (queries do not wait for it).
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// After a failed commit, the first retry; each further failure doubles the wait up to the max.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Errors of the storage itself (a full disk, a read-only or failing file system), after which
+/// nothing in the transaction can be trusted to be stored; others concern one event.
+fn is_storage_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            C::DiskFull
+                | C::SystemIoFailure
+                | C::ReadOnly
+                | C::CannotOpen
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::OutOfMemory
+                | C::DatabaseCorrupt
+                | C::NotADatabase
+        )
+    )
+}
+
 /// How often pending heartbeats are written (queries see them at once regardless).
 const BEATS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -685,19 +741,40 @@ impl Store {
     fn serve(&mut self, rx: std_mpsc::Receiver<Msg>) {
         let mut last_prune = std::time::Instant::now();
         let mut last_commit = std::time::Instant::now();
+        // Events of a transaction that could not be committed, kept (and still counted in the
+        // queue, so the daemon slows down rather than piling up more) until a commit succeeds.
+        let mut unstored: Vec<(RunEvent, usize)> = Vec::new();
+        let mut retry = RETRY_FIRST;
         self.prune();
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = if unstored.is_empty() {
+                match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(retry) {
+                    Ok(m) => Some(m),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             // Group commit: events are gathered for up to COMMIT_EVERY after the last commit
             // (a commit rewrites every page it touched, so a thousand streaming targets must be
             // a few commits a second, not one per message), but a query (a flush, a read)
             // ends the batch at once. Bounded so a query never waits behind many writes.
-            let mut asked = matches!(first, Msg::Query(_));
+            // Events that could not be stored before come first: they happened first.
+            let mut batch: Vec<Msg> = unstored
+                .drain(..)
+                .map(|(event, weight)| Msg::Event { event, weight })
+                .chain(first)
+                .collect();
             let weight_of = |m: &Msg| match m {
                 Msg::Event { weight, .. } => *weight,
                 _ => 0,
             };
-            let mut gathered = weight_of(&first);
-            let mut batch = vec![first];
+            let mut asked = batch.iter().any(|m| !matches!(m, Msg::Event { .. }));
+            let mut gathered: usize = batch.iter().map(weight_of).sum();
             let gather_until = last_commit + COMMIT_EVERY;
             // Past a quarter of the queue's limit the batch is committed at once: the queue's
             // bytes are released only by a commit, and a writer must not wait for the window.
@@ -721,28 +798,34 @@ impl Store {
             }
             let mut changed = Committed::default();
             let mut applied = 0;
-            let mut answers: Vec<Box<dyn FnOnce()>> = Vec::new();
+            // A batch ends at its first query, so queries come after its events: they are
+            // answered after the commit (or the rollback), from what is stored.
+            let mut queries: Vec<Query> = Vec::new();
+            let mut flushes: Vec<oneshot::Sender<Result<(), HistoryError>>> = Vec::new();
+            let mut kept: Vec<(RunEvent, usize)> = Vec::new();
+            // The first error that means the storage itself failed: the batch is not stored.
+            let mut failed: Option<rusqlite::Error> = None;
             if let Err(e) = self.conn.execute_batch("BEGIN") {
-                tracing::error!(error = %e, "history: cannot begin a transaction");
+                failed = Some(e);
             }
             for msg in batch {
                 match msg {
                     Msg::Event { event, weight } => {
-                        if let Err(e) = self.apply(&event) {
-                            tracing::error!(error = %e, ?event, "history: cannot store an event");
+                        if failed.is_none()
+                            && let Err(e) = self.apply(&event)
+                        {
+                            if is_storage_failure(&e) {
+                                failed = Some(e);
+                            } else {
+                                tracing::error!(error = %e, ?event, "history: cannot store an event");
+                            }
                         }
                         changed.note(&event);
                         applied += weight;
+                        kept.push((event, weight));
                     }
-                    Msg::Query(q) => {
-                        self.flush_outputs();
-                        if matches!(q, Query::SetMaintenance { .. }) {
-                            changed.maintenance = true;
-                        }
-                        if let Some(answer) = self.answer(q) {
-                            answers.push(answer);
-                        }
-                    }
+                    Msg::Query(Query::Flush(tx)) => flushes.push(tx),
+                    Msg::Query(q) => queries.push(q),
                     #[cfg(test)]
                     Msg::Pause { reached, resume } => {
                         let _ = reached.send(());
@@ -750,35 +833,90 @@ impl Store {
                     }
                 }
             }
-            self.flush_outputs();
-            if self.beats_written.elapsed() >= BEATS_EVERY {
+            if failed.is_none()
+                && let Err(e) = self.flush_outputs()
+            {
+                failed = Some(e);
+            }
+            if failed.is_none() && self.beats_written.elapsed() >= BEATS_EVERY {
                 self.write_beats();
             }
             last_commit = std::time::Instant::now();
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
-                tracing::error!(error = %e, "history: commit failed");
-                let _ = self.conn.execute_batch("ROLLBACK");
+            let outcome = match failed {
+                Some(e) => Err(e),
+                None => self.conn.execute_batch("COMMIT"),
+            };
+            match outcome {
+                Ok(()) => {
+                    if self.shared.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("history: storing again; nothing sent meanwhile was lost");
+                    }
+                    retry = RETRY_FIRST;
+                    // The batch's events are dropped by now: their bytes leave the queue.
+                    drop(kept);
+                    let left = self.shared.queued.fetch_sub(applied, Ordering::AcqRel) - applied;
+                    if left < self.shared.limit {
+                        self.shared.drained.notify_waiters();
+                    }
+                    // Live views and replies only after the commit: what they see is durable.
+                    // The notice goes first, so a caller whose flush returned knows it is out.
+                    if !changed.is_empty() {
+                        self.serial += 1;
+                        changed.serial = self.serial;
+                        let _ = self.commits.send(Arc::new(changed));
+                    }
+                    for tx in flushes {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    self.shared.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    self.shared.failing.store(true, Ordering::Relaxed);
+                    tracing::error!(error = %e, events = kept.len(), retry_in_ms = retry.as_millis() as u64, "history: cannot commit; keeping the events in memory and retrying (nothing is acknowledged meanwhile)");
+                    if !self.conn.is_autocommit() {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
+                    self.forget_unwritten();
+                    unstored = kept;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    for tx in flushes {
+                        let _ = tx.send(Err(HistoryError::NotStored(e.to_string())));
+                    }
+                }
             }
-            // The batch's events are dropped by now: their bytes leave the queue.
-            let left = self.shared.queued.fetch_sub(applied, Ordering::AcqRel) - applied;
-            if left < self.shared.limit {
-                self.shared.drained.notify_waiters();
+            for q in queries {
+                let maintenance = matches!(q, Query::SetMaintenance { .. });
+                let answer = self.answer(q);
+                if maintenance {
+                    // Its own write, after the batch; views hear of it before the caller does,
+                    // as of a commit.
+                    self.serial += 1;
+                    let notice = Committed {
+                        serial: self.serial,
+                        maintenance: true,
+                        ..Committed::default()
+                    };
+                    let _ = self.commits.send(Arc::new(notice));
+                }
+                if let Some(answer) = answer {
+                    answer();
+                }
             }
-            // Live views and replies only after the commit: what they see is durable. The
-            // notice goes first, so a caller whose flush returned knows it is out.
-            if !changed.is_empty() {
-                self.serial += 1;
-                changed.serial = self.serial;
-                let _ = self.commits.send(Arc::new(changed));
-            }
-            for a in answers {
-                a();
-            }
-            if last_prune.elapsed() > std::time::Duration::from_secs(3600) {
+            if unstored.is_empty() && last_prune.elapsed() > std::time::Duration::from_secs(3600) {
                 self.prune();
                 last_prune = std::time::Instant::now();
             }
         }
+    }
+
+    /// After a rollback: what this process remembers of targets' output must match the
+    /// database again (it is reloaded from there on the next output), so the kept events are
+    /// applied again exactly as the first time. Heartbeats written in the failed transaction
+    /// are lost; the next beat of each target replaces them.
+    fn forget_unwritten(&mut self) {
+        self.outputs.clear();
+        self.dirty.clear();
+        self.pending_chunks.clear();
     }
 
     fn apply(&mut self, event: &RunEvent) -> rusqlite::Result<()> {
@@ -936,7 +1074,7 @@ impl Store {
                 total,
                 at,
             } => {
-                self.flush_outputs();
+                self.flush_outputs()?;
                 self.conn
                         .prepare_cached("UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1")?
                         .execute(params![instance, ms(*at), success, *succeeded as i64, *total as i64])?;
@@ -1067,7 +1205,17 @@ impl Store {
         Ok(Some((output::assemble(&chunks, from, total), done)))
     }
 
-    fn flush_outputs(&mut self) {
+    /// Writes the batch's output; the first storage failure is returned (the batch is then
+    /// not stored), any other error is logged.
+    fn flush_outputs(&mut self) -> rusqlite::Result<()> {
+        let mut failed = None;
+        let mut check = |e: rusqlite::Error| {
+            if is_storage_failure(&e) {
+                failed.get_or_insert(e);
+            } else {
+                tracing::error!(error = %e, "history: cannot store output");
+            }
+        };
         for ((instance, machine, pos), data) in std::mem::take(&mut self.pending_chunks) {
             let insert = self.conn.prepare_cached(
                 "INSERT OR REPLACE INTO chunks (instance, machine, pos, data) VALUES (?1, ?2, ?3, ?4)",
@@ -1075,7 +1223,7 @@ impl Store {
             if let Err(e) =
                 insert.and_then(|mut st| st.execute(params![instance, machine, pos as i64, data]))
             {
-                tracing::error!(error = %e, "history: cannot store output");
+                check(e);
             }
         }
         for (instance, machine) in std::mem::take(&mut self.dirty) {
@@ -1096,9 +1244,10 @@ impl Store {
             if let Err(e) = update
                 .and_then(|mut st| st.execute(params![instance, machine, total, dropped, next_seq]))
             {
-                tracing::error!(error = %e, "history: cannot store output");
+                check(e);
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 
     fn answer(&mut self, q: Query) -> Option<Box<dyn FnOnce()>> {
@@ -1209,7 +1358,13 @@ impl Store {
                 let pages = size("PRAGMA page_count") * size("PRAGMA page_size");
                 reply(tx, pages.max(0) as u64)
             }
-            Query::Flush(tx) => reply(tx, ()),
+            // Answered after the commit, with its outcome (see `serve`).
+            Query::Flush(tx) => reply(tx, Ok(())),
+            #[cfg(test)]
+            Query::Exec(sql, tx) => {
+                self.conn.execute_batch(&sql).expect("test SQL");
+                reply(tx, ())
+            }
             Query::Running(tx) => {
                 let rows = (|| {
                     let mut st = self.conn.prepare(

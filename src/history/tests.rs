@@ -432,3 +432,49 @@ async fn heartbeats_are_seen_at_once_and_written_with_the_result() {
         "written with the result"
     );
 }
+
+/// A full disk (here SQLite's `max_page_count`): a flush is an error, not an Ok for data that
+/// is not stored; the events are kept and stored once there is room again, exactly once.
+#[tokio::test]
+async fn a_commit_that_fails_is_an_error_and_is_retried_until_it_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let events = run_events("j_1", "j", 0);
+    h.record(events[0].clone());
+    h.record(events[1].clone());
+    h.flush().await.unwrap();
+    let health = h.health();
+    assert_eq!(health(), (0, false));
+    // The disk is full: nothing more fits.
+    h.exec("PRAGMA max_page_count = 1").await;
+    let mut big = String::new();
+    for i in 0..2_000 {
+        big.push_str(&format!("line {i} of output that needs pages of its own\n"));
+    }
+    h.record(RunEvent::Output {
+        instance: "j_1".into(),
+        machine: "a".into(),
+        data: big.clone(),
+        seq: Some(0),
+    });
+    h.record(events[6].clone()); // a's result
+    let err = h.flush().await.unwrap_err();
+    assert!(matches!(err, HistoryError::NotStored(_)), "{err}");
+    let (failures, failing) = health();
+    assert!(failures >= 1 && failing);
+    // Not stored, so not shown as stored either.
+    let run = h.run("j_1").await.unwrap().unwrap();
+    assert_eq!(run.targets[0].exit_code, None);
+    // Still full: still an error (retried meanwhile).
+    assert!(h.flush().await.is_err());
+    // Room again: the kept events are stored once, in order, and the flush says so.
+    h.exec("PRAGMA max_page_count = 1073741823").await;
+    h.flush().await.unwrap();
+    assert!(!health().1);
+    let run = h.run("j_1").await.unwrap().unwrap();
+    let a = &run.targets[0];
+    assert_eq!((a.exit_code, a.output_bytes), (Some(0), big.len() as u64));
+    let (slice, done) = h.output("j_1", "a", 0).await.unwrap().unwrap();
+    assert_eq!((slice.text.len(), done), (big.len(), true));
+    assert_eq!(slice.text, big);
+}
