@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
@@ -109,12 +108,8 @@ async fn running(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
 }
 
 async fn ws(State(state): State<AppState>, req: Request) -> Response {
-    if !state.origin_allowed(req.headers()) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "WebSocket from a foreign Origin refused (see saltpeter_config.api_allowed_origins)",
-        )
-        .into_response();
+    if let Err(refused) = state.websocket_allowed(&req) {
+        return refused.into_response();
     }
     let token = req
         .uri()

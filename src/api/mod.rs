@@ -5,25 +5,33 @@
 //!
 //! Must not know: Salt, the wrapper protocol, the engine, SQL.
 
+mod access;
 mod legacy;
 mod metrics;
 mod rest;
 mod ui;
 mod ws;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::config::{ApiToken, Config, Diagnostic, Maintenance, Settings};
+use self::access::{Access, request_host};
+use crate::config::{Config, Diagnostic, Maintenance, Settings};
 use crate::control::{Control, Refusal};
 use crate::history::{History, HistoryError, MaintenanceState};
 use crate::metrics::Metrics;
+
+/// The header that marks a mutation as sent by a program (the CLI, the UI's script) rather than
+/// by an HTML form or a beacon: a browser sends it cross-origin only after a CORS preflight,
+/// which the API never grants. Any value will do; clients send `1`.
+pub const REQUEST_HEADER: &str = "x-saltpeter-request";
 
 /// What the API shows of the daemon's config, replaced on every reload or maintenance switch.
 #[derive(Clone, Debug)]
@@ -44,10 +52,7 @@ pub struct AppState {
     control: Control,
     history: History,
     snapshot: watch::Receiver<Arc<Snapshot>>,
-    tokens: Arc<Vec<ApiToken>>,
-    /// Mutations need an operator token (not on loopback, or tokens are configured).
-    guarded: bool,
-    origins: Arc<Vec<String>>,
+    access: Arc<Access>,
     pub metrics: Metrics,
 }
 
@@ -59,18 +64,16 @@ impl AppState {
         settings: &Settings,
         metrics: Metrics,
     ) -> AppState {
-        let loopback = settings
-            .api_ws_bind_addr
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(settings.api_ws_bind_addr == "localhost");
+        // Read once: a rename while running needs a restart, as for the bind address.
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok());
+        let hosts_file = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         AppState {
             control,
             history,
             snapshot,
-            guarded: !loopback || !settings.api_tokens.is_empty(),
-            tokens: Arc::new(settings.api_tokens.clone()),
-            origins: Arc::new(settings.api_allowed_origins.clone()),
+            access: Arc::new(Access::new(settings, hostname.as_deref(), &hosts_file)),
             metrics,
         }
     }
@@ -88,54 +91,42 @@ impl AppState {
 
     /// Whether the request may change things: an operator's bearer token, or an open API.
     fn authorize(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<(), ApiError> {
-        if !self.guarded {
-            return Ok(());
-        }
-        let presented = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or(query_token);
-        let Some(presented) = presented else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "this call needs an operator token (Authorization: Bearer <token>, see saltpeter_config.api_tokens)",
-            ));
-        };
-        match self
-            .tokens
-            .iter()
-            .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
-        {
-            Some(t) if t.operator => Ok(()),
-            Some(t) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("token {:?} is read-only", t.name),
-            )),
-            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")),
-        }
+        Ok(self.access.authorize(headers, query_token)?)
     }
 
-    /// A browser may open the UI WebSocket only from the API's own origin or an allowed one
-    /// (the original accepted any site: cross-site WebSocket hijacking).
-    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else {
-            return true; // not a browser
-        };
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let bare = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .unwrap_or(origin);
-        bare == host || self.origins.iter().any(|o| o == origin)
+    /// A browser may open the UI WebSocket only under one of the API's names and from its own
+    /// origin or an allowed one (the original accepted any site: cross-site WebSocket
+    /// hijacking, and DNS rebinding).
+    fn websocket_allowed(&self, req: &Request) -> Result<(), ApiError> {
+        let host = request_host(req);
+        self.access.check_host(host)?;
+        Ok(self.access.check_site(req.headers(), host)?)
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Every mutating request passes the browser-safety rules before its handler runs (and so
+/// before the token check), on loopback too.
+async fn guard_mutations(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mutation = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if mutation
+        && let Err(denied) = state
+            .access
+            .check_mutation(req.headers(), request_host(&req))
+    {
+        return ApiError::from(denied).into_response();
+    }
+    next.run(req).await
+}
+
+/// The UI's pages and scripts are served only under the API's own names (DNS rebinding).
+async fn known_host_only(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Err(denied) = state.access.check_host(request_host(&req)) {
+        return ApiError::from(denied).into_response();
+    }
+    next.run(req).await
 }
 
 /// A JSON error: `{"error": "<message>"}` with its status.
@@ -186,11 +177,14 @@ impl From<Refusal> for ApiError {
 
 /// The whole router.
 pub fn router(state: AppState) -> axum::Router {
+    let ui = ui::routes().route_layer(from_fn_with_state(state.clone(), known_host_only));
     axum::Router::new()
         .merge(rest::routes())
         .merge(legacy::routes())
-        .merge(ui::routes())
+        .merge(ui)
         .route("/metrics", axum::routing::get(metrics::handler))
+        // On every route, present and future; unknown paths still get their 404.
+        .route_layer(from_fn_with_state(state.clone(), guard_mutations))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         // Large bodies are refused before they are read.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))

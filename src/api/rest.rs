@@ -1,6 +1,8 @@
 //! `/api/v1`: jobs, runs, targets' output (whole, from an offset, or followed live as
 //! server-sent events), run now, kill, maintenance, reload, diagnostics. The shapes are
-//! documented in `proto/api/openapi.json`, which the tests check responses against.
+//! documented in `proto/api/openapi.json`, which the tests check responses against. The
+//! mutations reach their handlers only past the router's browser-safety guard (a JSON type or
+//! `X-Saltpeter-Request`, the API's own Host and origin); each then checks the token.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

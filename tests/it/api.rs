@@ -1,7 +1,9 @@
 //! The HTTP API through real sockets, with no Salt master (a run's launch waits for it, so it
 //! stays in flight): REST answers and refusals, maintenance that survives a restart, tokens,
-//! the WebSocket Origin check, and the original UI's WebSocket message sequence.
+//! what a browser may be made to send (forms, other sites, DNS rebinding), the WebSocket Origin
+//! check, and the original UI's WebSocket message sequence.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,43 @@ fn setup(dir: &std::path::Path, extra_job: &str) {
     write(dir, "jobs.yaml", &[job("long"), job("other")].concat());
 }
 
+/// A mutation as a program sends it: with the header no web page can send without a preflight.
+fn act(d: &Daemon, path: &str) -> (u16, Value) {
+    http(
+        "POST",
+        &format!("{}{path}", d.api()),
+        None,
+        &[("x-saltpeter-request", "1")],
+    )
+}
+
+/// One HTTP/1.1 exchange with exactly these header lines (a browser's, a form's, a rebinding
+/// page's): the status and the JSON body, or `Null`.
+fn raw(port: u16, request: &str, head: &[&str], body: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut text = format!("{request} HTTP/1.1\r\n");
+    for line in head {
+        text.push_str(line);
+        text.push_str("\r\n");
+    }
+    text.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status.unwrap_or_else(|| panic!("not HTTP: {answer}")),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
 #[test]
 fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,12 +89,12 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
         assert!(!body.to_string().contains("hunter2"), "{path} leaks env");
     }
 
-    let (code, started) = d.call("POST", "/api/v1/jobs/long/run", None);
+    let (code, started) = act(&d, "/api/v1/jobs/long/run");
     assert_eq!(code, 202, "{started}");
     let instance = started["instance"].as_str().unwrap().to_string();
     assert!(instance.starts_with("long_"));
     // The launch waits for the master: the run stays in flight, and a second click is refused.
-    let (code, again) = d.call("POST", "/api/v1/jobs/long/run", None);
+    let (code, again) = act(&d, "/api/v1/jobs/long/run");
     assert_eq!(code, 409, "{again}");
     assert!(
         again["error"]
@@ -76,16 +115,12 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
     assert_eq!(status[&instance]["name"], "long");
 
     // Refusals: each a JSON error with the right status.
-    let (code, e) = d.call("POST", "/api/v1/jobs/nope/run", None);
+    let (code, e) = act(&d, "/api/v1/jobs/nope/run");
     assert_eq!(
         (code, e["error"].as_str()),
         (404, Some("no job named \"nope\""))
     );
-    let (code, e) = d.call(
-        "POST",
-        &format!("/api/v1/runs/{instance}/kill?machine=ghost"),
-        None,
-    );
+    let (code, e) = act(&d, &format!("/api/v1/runs/{instance}/kill?machine=ghost"));
     assert_eq!(code, 404, "{e}");
     let (code, e) = d.call("GET", "/api/v1/runs/nope", None);
     assert_eq!(
@@ -115,7 +150,7 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
     assert_eq!((code, e["error"].as_str()), (404, Some("no such endpoint")));
 
     // Kill the run in flight; it ends when the publish gives up or lands, not before.
-    let (code, k) = d.call("POST", &format!("/api/v1/runs/{instance}/kill"), None);
+    let (code, k) = act(&d, &format!("/api/v1/runs/{instance}/kill"));
     assert_eq!(
         (code, k["instance"].as_str()),
         (200, Some(instance.as_str()))
@@ -130,7 +165,7 @@ fn rest_answers_refusals_and_maintenance_that_survives_a_restart() {
         Some("{\"on\": true, \"machine\": \"m7\"}"),
     );
     assert_eq!((code, m["machines"].clone()), (200, json!(["m7"])));
-    let (code, e) = d.call("POST", "/api/v1/jobs/other/run", None);
+    let (code, e) = act(&d, "/api/v1/jobs/other/run");
     assert_eq!(code, 409);
     assert!(e["error"].as_str().unwrap().contains("maintenance"), "{e}");
     let (_, config) = d.call("GET", "/config", None);
@@ -214,28 +249,52 @@ fn tokens_guard_commands_and_foreign_origins_are_refused() {
     let mut d = Daemon::start_with(dir.path(), tokens, tempfile::tempdir().unwrap());
     d.wait_api();
     let url = format!("{}/api/v1/jobs/long/run", d.api());
-    let (code, e) = http("POST", &url, None, &[]);
+    let scripted = ("x-saltpeter-request", "1");
+    let (code, e) = http("POST", &url, None, &[scripted]);
     assert_eq!(code, 401, "{e}");
-    let (code, _) = http(
-        "POST",
-        &url,
-        None,
-        &[("authorization", "Bearer wrong-token-000000000")],
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
     );
-    assert_eq!(code, 401);
-    let (code, e) = http(
+    // An unknown token and a read-only one get the same answer, naming neither.
+    let unknown = http(
         "POST",
         &url,
         None,
-        &[("authorization", "Bearer viewer-secret-1234567")],
+        &[scripted, ("authorization", "Bearer wrong-token-000000000")],
+    );
+    let read_only = http(
+        "POST",
+        &url,
+        None,
+        &[scripted, ("authorization", "Bearer viewer-secret-1234567")],
+    );
+    assert_eq!(unknown, read_only);
+    assert_eq!(unknown.0, 403, "{}", unknown.1);
+    let text = unknown.1.to_string();
+    assert!(
+        !text.contains("viewer") && !text.contains("read-only"),
+        "{text}"
+    );
+    // Tokens do not lift the browser rules: a form with an operator token is still refused.
+    let (code, _) = raw(
+        d.api_port,
+        "POST /api/v1/jobs/long/run",
+        &[
+            &format!("Host: 127.0.0.1:{}", d.api_port),
+            "Authorization: Bearer operator-secret-123456",
+            "Content-Type: application/x-www-form-urlencoded",
+        ],
+        "a=1",
     );
     assert_eq!(code, 403);
-    assert!(e["error"].as_str().unwrap().contains("read-only"));
     let (code, _) = http(
         "POST",
         &url,
         None,
-        &[("authorization", "Bearer operator-secret-123456")],
+        &[scripted, ("authorization", "Bearer operator-secret-123456")],
     );
     assert_eq!(code, 202);
     // Reads stay open.
@@ -261,6 +320,134 @@ fn tokens_guard_commands_and_foreign_origins_are_refused() {
     assert!(
         e["error"].as_str().unwrap().contains("operator token"),
         "{e}"
+    );
+}
+
+#[test]
+fn browsers_cannot_be_made_to_act_and_foreign_hosts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "");
+    // On loopback without tokens: open to programs, not to web pages.
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let port = d.api_port;
+    let host = format!("Host: 127.0.0.1:{port}");
+    let own = format!("Origin: http://127.0.0.1:{port}");
+    let run = "POST /api/v1/jobs/long/run";
+
+    // What any page could make the operator's browser send: a form, a beacon.
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let (code, e) = raw(port, run, &[&host, form], "x=1");
+    assert_eq!(code, 403, "{e}");
+    assert_eq!(
+        e["error"].as_str().map(|m| m
+            .contains("mutations need Content-Type: application/json or X-Saltpeter-Request: 1")),
+        Some(true),
+        "{e}"
+    );
+    assert_eq!(raw(port, run, &[&host, &own, form], "x=1").0, 403);
+    assert_eq!(raw(port, run, &[&host], "").0, 403);
+    let (code, e) = raw(
+        port,
+        "POST /api/v1/maintenance",
+        &[&host, "Content-Type: text/plain"],
+        "{\"on\": true}",
+    );
+    assert_eq!(code, 403, "{e}");
+    // Another site's script, even with the header (no preflight is ever granted, but a
+    // browser that skipped it is refused here too).
+    for foreign in [
+        "Sec-Fetch-Site: cross-site",
+        "Sec-Fetch-Site: same-site",
+        "Origin: http://evil.example",
+        "Origin: null",
+    ] {
+        let (code, e) = raw(port, run, &[&host, "X-Saltpeter-Request: 1", foreign], "");
+        assert_eq!(code, 403, "{foreign}: {e}");
+        assert_eq!(
+            e["error"],
+            "cross-origin request refused (allow it with saltpeter_config.api_allowed_origins)"
+        );
+    }
+    // DNS rebinding: the page's origin and the Host agree, but the name is the attacker's.
+    let (code, e) = raw(
+        port,
+        run,
+        &[
+            &format!("Host: evil.example:{port}"),
+            &format!("Origin: http://evil.example:{port}"),
+            "Sec-Fetch-Site: same-origin",
+            "Content-Type: application/json",
+        ],
+        "{}",
+    );
+    assert_eq!(code, 421, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("unknown Host"), "{e}");
+    // Nothing ran, nothing switched.
+    let (_, runs) = d.call("GET", "/api/v1/jobs/long/runs", None);
+    assert_eq!(runs["runs"], json!([]));
+    let (_, m) = d.call("GET", "/api/v1/maintenance", None);
+    assert_eq!(m["global"], false);
+
+    // What the UI's own page sends works.
+    let (code, started) = raw(
+        port,
+        run,
+        &[
+            &host,
+            &own,
+            "Sec-Fetch-Site: same-origin",
+            "X-Saltpeter-Request: 1",
+        ],
+        "",
+    );
+    assert_eq!(code, 202, "{started}");
+    let (code, m) = raw(
+        port,
+        "POST /api/v1/maintenance",
+        &[&host, &own, "Content-Type: application/json; charset=utf-8"],
+        "{\"on\": true, \"machine\": \"m1\"}",
+    );
+    assert_eq!((code, m["machines"].clone()), (200, json!(["m1"])), "{m}");
+
+    // Reads stay open under any name (curl, Prometheus); the UI and its WebSocket do not.
+    assert_eq!(
+        raw(port, "GET /api/v1/jobs", &["Host: evil.example"], "").0,
+        200
+    );
+    assert_eq!(
+        raw(port, "GET /metrics", &["Host: evil.example"], "").0,
+        200
+    );
+    for path in ["/", "/ui/", "/ui/app.js"] {
+        let get = format!("GET {path}");
+        let (code, e) = raw(port, &get, &["Host: evil.example"], "");
+        assert_eq!(code, 421, "{path}: {e}");
+        assert!(e["error"].is_string(), "{e}");
+        for name in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+            let (code, _) = raw(port, &get, &[&format!("Host: {name}")], "");
+            assert_eq!(code, 200, "{path} under {name}");
+        }
+    }
+    let upgrade = [
+        "Upgrade: websocket",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ];
+    let evil = format!("Host: evil.example:{port}");
+    let (code, e) = raw(
+        port,
+        "GET /ws",
+        &[&[evil.as_str()][..], &upgrade].concat(),
+        "",
+    );
+    assert_eq!(code, 421, "{e}");
+    // Under its own name (tungstenite sends `Host: 127.0.0.1:<port>`) the WebSocket opens.
+    let mut ws = ws_connect(port, Some(&format!("http://127.0.0.1:{port}"))).unwrap();
+    assert_eq!(next_json(&mut ws)["type"], "config");
+    assert_eq!(
+        ws_connect(port, Some("http://evil.example")).err(),
+        Some(403)
     );
 }
 

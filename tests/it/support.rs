@@ -172,6 +172,10 @@ pub fn http(
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
+    // Mutations must show they come from a program, not a web page (the API's browser rules).
+    if method != "GET" {
+        req = req.header("x-saltpeter-request", "1");
+    }
     let req = req.body(body.unwrap_or("").to_string()).unwrap();
     let mut resp = agent.run(req).expect("HTTP request");
     let status = resp.status().as_u16();

@@ -53,6 +53,10 @@ fn call(api: &ApiArgs, method: &str, path: &str, body: Option<Value>) -> anyhow:
     if let Some(t) = &api.token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
+    // The API refuses a mutation a web page could have sent; this header says it is not one.
+    if method != "GET" {
+        req = req.header(saltpeter::api::REQUEST_HEADER, "1");
+    }
     let text = body.map(|b| b.to_string()).unwrap_or_default();
     if !text.is_empty() {
         req = req.header("content-type", "application/json");
