@@ -72,6 +72,13 @@ pub enum RunEvent {
         machine: String,
         at: Timestamp,
     },
+    /// Why a target still waits in Phase 1 (a probe not delivered, and when it is tried
+    /// again); `None`: that reason is over.
+    Waiting {
+        instance: String,
+        machine: String,
+        why: Option<String>,
+    },
     WrapperStarted {
         instance: String,
         machine: String,
@@ -122,6 +129,7 @@ impl RunEvent {
             | RunEvent::Published { instance, .. }
             | RunEvent::MachineSkipped { instance, .. }
             | RunEvent::Confirmed { instance, .. }
+            | RunEvent::Waiting { instance, .. }
             | RunEvent::WrapperStarted { instance, .. }
             | RunEvent::Heartbeat { instance, .. }
             | RunEvent::Output { instance, .. }

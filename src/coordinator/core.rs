@@ -488,13 +488,36 @@ impl Core {
             }
             (Purpose::Term, _) => {}
             (Purpose::Probe(minions), Ok(p)) => {
+                let was_troubled = ctx.gather.as_ref().is_some_and(|g| g.trouble().is_some());
+                if let Some(g) = ctx.gather.as_mut() {
+                    g.handle_probe_sent(&minions, &p.minions, now.mono);
+                }
                 self.route(Route::Probe, &p.jid, instance);
                 debug!(%instance, ?minions, "probing silent minions");
+                if was_troubled {
+                    self.show_waiting(instance, &minions, None);
+                }
+            }
+            (Purpose::Probe(minions), Err(PublishError::NoMinions { message })) => {
+                info!(%instance, ?minions, %message, "Salt knows none of these minions any more");
+                if let Some(g) = ctx.gather.as_mut() {
+                    g.handle_probe_refused(&minions, &message);
+                }
             }
             (Purpose::Probe(minions), Err(e)) => {
-                debug!(%instance, error = %e, "a probe could not be published; the minions wait");
-                if let Some(g) = ctx.gather.as_mut() {
-                    g.handle_probe_failed(&minions);
+                let Some(g) = ctx.gather.as_mut() else {
+                    return;
+                };
+                g.handle_probe_failed(&minions, &e.to_string(), now.mono);
+                if let Some((_, at)) = g.trouble() {
+                    let wait = at.saturating_sub(now.mono);
+                    warn!(%instance, error = %e, retry_in_s = wait.as_secs(), "a probe of silent minions was not delivered; they wait (Phase 1 has no timeout)");
+                    let next = now.wall + wait;
+                    let why = format!(
+                        "probe not delivered: {e}; next try at {}",
+                        next.round(jiff::Unit::Second).unwrap_or(next)
+                    );
+                    self.show_waiting(instance, &minions, Some(why));
                 }
             }
         }
@@ -788,6 +811,18 @@ impl Core {
         }
     }
 
+    /// Says (in the store, for the API, the UI and `saltpeter status`) why these targets still
+    /// wait, or that they no longer wait for that reason (`None`).
+    fn show_waiting(&mut self, instance: &str, minions: &[String], why: Option<String>) {
+        for m in minions {
+            self.record(RunEvent::Waiting {
+                instance: instance.into(),
+                machine: m.clone(),
+                why: why.clone(),
+            });
+        }
+    }
+
     /// Carries out a run's actions, probes what Gather asks for, and retires finished runs.
     fn settle(&mut self, instance: &str, now: Now) {
         let Some(ctx) = self.runs.get_mut(instance) else {
@@ -810,8 +845,9 @@ impl Core {
                     }
                     GatherAction::CheckCache => check_cache = true,
                     // Down, unless its wrapper already proved otherwise (the engine knows).
-                    GatherAction::GaveUp { minion, .. } => {
-                        ctx.run.handle_target_down(&minion, now.mono)
+                    GatherAction::GaveUp { minion, detail, .. } => {
+                        ctx.run
+                            .handle_target_down(&minion, detail.as_deref(), now.mono)
                     }
                 }
             }

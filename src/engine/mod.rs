@@ -408,8 +408,9 @@ impl Run {
         }
     }
 
-    /// `machine` answered neither the job nor Salt's probe.
-    pub fn handle_target_down(&mut self, machine: &str, now: Mono) {
+    /// `machine` answered neither the job nor Salt's probe; `why`: Salt's own words, when it
+    /// said the minion is unknown to it.
+    pub fn handle_target_down(&mut self, machine: &str, why: Option<&str>, now: Mono) {
         let i = self.target(machine);
         let t = &self.targets[i];
         if t.state == State::Expected {
@@ -422,7 +423,8 @@ impl Run {
                     now,
                 );
             } else {
-                self.end(i, codes::ERROR, Some("Target did not respond".into()), now);
+                let note = why.unwrap_or("Target did not respond").to_string();
+                self.end(i, codes::ERROR, Some(note), now);
             }
             self.check_end();
         }

@@ -242,7 +242,7 @@ fn missing_and_down_targets_get_255_without_holding_the_others() {
     );
     run.handle_salt_return("a", 0, "", S);
     run.handle_wrapper("a", WrapperEvent::Completed { retcode: 0 }, 2 * S);
-    run.handle_target_down("down", 12 * S);
+    run.handle_target_down("down", None, 12 * S);
     let actions = drain(&mut run);
     assert_eq!(
         ended(&actions),
@@ -347,7 +347,7 @@ fn legacy_mode_takes_salts_return_as_the_result_and_kills_through_salt() {
         machines: names(&["c"])
     }));
     assert!(!actions.iter().any(|a| matches!(a, Action::SendKill { .. })));
-    run.handle_target_down("c", 20 * S);
+    run.handle_target_down("c", None, 20 * S);
     let actions = [actions, drain(&mut run)].concat();
     assert_eq!(
         ended(&actions),
@@ -536,7 +536,7 @@ mod properties {
                 match ends[i] {
                     End::Complete(code) => run.handle_wrapper(m, WrapperEvent::Completed { retcode: code }, now),
                     End::SaltFails => run.handle_salt_return(m, 127, "not found", now),
-                    End::Down => run.handle_target_down(m, now),
+                    End::Down => run.handle_target_down(m, None, now),
                     End::Silent => unreachable!(),
                 }
                 finished += 1;

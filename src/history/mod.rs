@@ -304,6 +304,9 @@ impl Committed {
             | RunEvent::Confirmed {
                 instance, machine, ..
             }
+            | RunEvent::Waiting {
+                instance, machine, ..
+            }
             | RunEvent::WrapperStarted {
                 instance, machine, ..
             }
@@ -968,6 +971,21 @@ impl Store {
                      WHERE instance = ?1 AND machine = ?2 AND state = 'expected'",
                     )?
                     .execute(params![instance, machine, ms(*at)])?;
+            }
+            RunEvent::Waiting {
+                instance,
+                machine,
+                why,
+            } => {
+                // The note of a target still in Phase 1 says why it waits; its result's note
+                // replaces it.
+                self.ensure_target(instance, machine)?;
+                self.conn
+                    .prepare_cached(
+                        "UPDATE targets SET note = ?3
+                         WHERE instance = ?1 AND machine = ?2 AND state = 'expected'",
+                    )?
+                    .execute(params![instance, machine, why])?;
             }
             RunEvent::WrapperStarted {
                 instance,

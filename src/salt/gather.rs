@@ -4,7 +4,10 @@
 //! Driven by inputs and `now` (a monotonic offset), so its tests need no clock.
 //!
 //! Before it gives up on a minion it asks its driver to read Salt's job cache once (a return
-//! the event bus lost is no reason to call a minion down). Cost: a return is a map update and a
+//! the event bus lost is no reason to call a minion down). A probe's clock starts when Salt
+//! accepted it, never before: a probe that waits for the master, or cannot be delivered, proves
+//! nothing, and is tried again with backoff, forever; only Salt's own answer that it knows no
+//! such minion ends one at once. Cost: a return is a map update and a
 //! deadline touches only the minions still open.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -16,6 +19,8 @@ use super::wire::JobRet;
 #[derive(Clone, Debug, PartialEq)]
 pub enum MinionState {
     Waiting,
+    /// A probe was asked for; Salt has not accepted it yet (no clock runs).
+    Sending,
     /// Probed with `saltutil.find_job`; no answer yet.
     Probed,
     Returned(Box<JobRet>),
@@ -31,7 +36,25 @@ pub enum NoReturn {
     NotResponding,
     /// The probe said the job is not running there, and no return came.
     JobNotRunning,
+    /// Salt matched no such minion for the probe (its key is gone).
+    Unknown,
 }
+
+impl NoReturn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoReturn::NoKey => "no accepted key",
+            NoReturn::NotResponding => "not responding",
+            NoReturn::JobNotRunning => "job not running, no return",
+            NoReturn::Unknown => "unknown to the master",
+        }
+    }
+}
+
+/// The first wait before a probe that could not be delivered is tried again; it doubles up
+/// to [`PROBE_RETRY_MAX`].
+pub const PROBE_RETRY_FIRST: Duration = Duration::from_secs(10);
+pub const PROBE_RETRY_MAX: Duration = Duration::from_secs(120);
 
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +66,13 @@ pub enum GatherAction {
     /// [`Gather::handle_return`], then call [`Gather::handle_timeout`] again: some minions are
     /// about to be given up on.
     CheckCache,
-    /// This minion will not return (reported once, when it is given up on).
-    GaveUp { minion: String, why: NoReturn },
+    /// This minion will not return (reported once, when it is given up on); `detail`: Salt's
+    /// own words, when it said so.
+    GaveUp {
+        minion: String,
+        why: NoReturn,
+        detail: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -61,6 +89,10 @@ pub struct Gather {
     cache_checked: bool,
     deadline: Option<Duration>,
     actions: VecDeque<GatherAction>,
+    /// The wait before the next try of an undelivered probe.
+    retry: Duration,
+    /// Why the last probe was not delivered, and when it is tried again (cleared on delivery).
+    trouble: Option<(String, Duration)>,
 }
 
 impl Gather {
@@ -96,6 +128,8 @@ impl Gather {
             cache_checked: false,
             deadline: None,
             actions: VecDeque::new(),
+            retry: PROBE_RETRY_FIRST,
+            trouble: None,
         };
         if !gather.is_done() {
             gather.deadline = Some(now + timeout);
@@ -134,7 +168,8 @@ impl Gather {
         let Some(state) = self.minions.get_mut(minion) else {
             return;
         };
-        if *state != MinionState::Probed {
+        // An answer may beat the publish reply that says the probe was accepted.
+        if !matches!(state, MinionState::Probed | MinionState::Sending) {
             return;
         }
         *state = MinionState::Waiting;
@@ -150,24 +185,95 @@ impl Gather {
         self.not_running.remove(minion);
     }
 
-    /// The probe could not be published (the master is away): those minions wait again; a
-    /// master that cannot be reached never makes a minion "not responding".
-    pub fn handle_probe_failed(&mut self, minions: &[String]) {
+    /// Salt accepted the probe at `now`: `matched` are the minions it was sent to, and from
+    /// now they have `gather_timeout` to answer. Those Salt did not match are unknown to it.
+    pub fn handle_probe_sent(&mut self, minions: &[String], matched: &[String], now: Duration) {
+        self.trouble = None;
+        self.retry = PROBE_RETRY_FIRST;
+        let mut sent = false;
+        for m in minions {
+            if !self.open.contains(m) {
+                continue;
+            }
+            if matched.contains(m) {
+                // Its answer may have come first (then it waits again, judged at the deadline).
+                if self.minions.get(m) == Some(&MinionState::Sending) {
+                    self.minions.insert(m.clone(), MinionState::Probed);
+                }
+                sent = true;
+            } else if self.minions.get(m) == Some(&MinionState::Sending) {
+                let detail =
+                    "Salt matched no such minion for the probe (is its key still accepted?)";
+                self.give_up(m, NoReturn::Unknown, Some(detail.into()));
+            }
+        }
+        if sent {
+            self.deadline = Some(now + self.gather_timeout);
+        }
+    }
+
+    /// The probe could not be delivered (the master is away or failing): those minions wait
+    /// again, and the probe is tried again after a backoff, forever; a master that cannot be
+    /// reached never makes a minion "not responding". `why` is shown while they wait.
+    pub fn handle_probe_failed(&mut self, minions: &[String], why: &str, now: Duration) {
+        let mut any = false;
         for m in minions {
             if let Some(state) = self
                 .minions
                 .get_mut(m)
-                .filter(|s| **s == MinionState::Probed)
+                .filter(|s| **s == MinionState::Sending)
             {
                 *state = MinionState::Waiting;
+                any = true;
             }
         }
+        if any {
+            let at = now + self.retry;
+            self.trouble = Some((why.to_string(), at));
+            self.deadline = Some(at);
+            self.retry = (self.retry * 2).min(PROBE_RETRY_MAX);
+        }
+    }
+
+    /// Salt refused the probe for good: it knows none of these minions (`detail`: its words).
+    pub fn handle_probe_refused(&mut self, minions: &[String], detail: &str) {
+        self.trouble = None;
+        for m in minions {
+            if self.minions.get(m) == Some(&MinionState::Sending) {
+                self.give_up(m, NoReturn::Unknown, Some(detail.to_string()));
+            }
+        }
+    }
+
+    /// Why the last probe was not delivered and when it is tried again (`None` once one was).
+    pub fn trouble(&self) -> Option<(&str, Duration)> {
+        self.trouble.as_ref().map(|(why, at)| (why.as_str(), *at))
+    }
+
+    fn give_up(&mut self, minion: &str, why: NoReturn, detail: Option<String>) {
+        self.open.remove(minion);
+        self.not_running.remove(minion);
+        self.minions
+            .insert(minion.to_string(), MinionState::NoReturn(why));
+        self.actions.push_back(GatherAction::GaveUp {
+            minion: minion.to_string(),
+            why,
+            detail,
+        });
     }
 
     /// Advances to `now`. A call before the deadline does nothing. Before anyone is given up
     /// on, the driver is asked once to check the job cache ([`GatherAction::CheckCache`]).
     pub fn handle_timeout(&mut self, now: Duration) {
         if self.deadline.is_none_or(|d| now < d) {
+            return;
+        }
+        // A probe Salt has not accepted yet has no clock: nothing is judged meanwhile.
+        if self
+            .open
+            .iter()
+            .any(|m| self.minions[m] == MinionState::Sending)
+        {
             return;
         }
         let gives_up = self
@@ -193,7 +299,7 @@ impl Gather {
                     NoReturn::JobNotRunning
                 }
                 MinionState::Waiting => {
-                    *state = MinionState::Probed;
+                    *state = MinionState::Sending;
                     probe.push(minion.clone());
                     self.open.insert(minion);
                     continue;
@@ -201,13 +307,17 @@ impl Gather {
                 _ => continue,
             };
             *state = MinionState::NoReturn(why);
-            self.actions.push_back(GatherAction::GaveUp { minion, why });
+            self.actions.push_back(GatherAction::GaveUp {
+                minion,
+                why,
+                detail: None,
+            });
         }
         self.not_running.clear();
+        // The probe's clock starts when Salt accepts it (`handle_probe_sent`).
         self.deadline = None;
         if !probe.is_empty() {
             self.actions.push_back(GatherAction::Probe(probe));
-            self.deadline = Some(now + self.gather_timeout);
         }
     }
 
@@ -294,6 +404,12 @@ mod tests {
             g.poll_action(),
             Some(GatherAction::Probe(names(&["b", "c", "d"])))
         );
+        assert_eq!(
+            g.poll_timeout(),
+            None,
+            "no clock until Salt accepts the probe"
+        );
+        g.handle_probe_sent(&names(&["b", "c", "d"]), &names(&["b", "c", "d"]), 5 * S);
         assert_eq!(g.poll_timeout(), Some(15 * S));
         g.handle_probe_reply("b", true); // still running
         g.handle_probe_reply("c", false); // not running and no return (yet)
@@ -307,14 +423,16 @@ mod tests {
             g.poll_action(),
             Some(GatherAction::GaveUp {
                 minion: "c".into(),
-                why: NoReturn::JobNotRunning
+                why: NoReturn::JobNotRunning,
+                detail: None,
             })
         );
         assert_eq!(
             g.poll_action(),
             Some(GatherAction::GaveUp {
                 minion: "d".into(),
-                why: NoReturn::NotResponding
+                why: NoReturn::NotResponding,
+                detail: None,
             })
         );
         assert_eq!(
@@ -334,18 +452,107 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_that_could_not_be_sent_proves_nothing() {
+    fn a_probe_that_could_not_be_sent_proves_nothing_and_is_retried_with_backoff_forever() {
         let mut g = Gather::new("1", &names(&["a"]), &[], Duration::ZERO, 5 * S, 10 * S);
         g.handle_timeout(5 * S);
         assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
-        g.handle_probe_failed(&names(&["a"]));
-        g.handle_timeout(15 * S);
+        let mut now = 5 * S;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            g.handle_probe_failed(&names(&["a"]), "master unreachable", now);
+            let (why, at) = g.trouble().expect("the reason is kept for display");
+            assert_eq!(why, "master unreachable");
+            assert_eq!(g.poll_timeout(), Some(at));
+            waits.push((at - now).as_secs());
+            now = at;
+            g.handle_timeout(now);
+            assert_eq!(g.minions()["a"], MinionState::Sending, "never given up");
+            assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 120, 120, 120, 120]);
+        // Delivered at last: its clock starts now, and the trouble is over.
+        g.handle_probe_sent(&names(&["a"]), &names(&["a"]), now);
+        assert_eq!(g.trouble(), None);
+        assert_eq!(g.poll_timeout(), Some(now + 10 * S));
+    }
+
+    /// However long Salt takes to accept a probe, the wait for its answer starts then.
+    #[test]
+    fn a_slow_probe_is_never_counted_as_an_answer() {
+        let mut g = Gather::new("1", &names(&["a"]), &[], Duration::ZERO, 5 * S, 10 * S);
+        g.handle_timeout(5 * S);
+        assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
+        // Five minutes later, still no reply from the master for the probe's publish.
+        g.handle_timeout(305 * S);
+        assert_eq!(g.poll_action(), None);
+        assert_eq!(g.minions()["a"], MinionState::Sending);
+        g.handle_probe_sent(&names(&["a"]), &names(&["a"]), 306 * S);
+        g.handle_timeout(315 * S);
+        assert_eq!(
+            g.poll_action(),
+            None,
+            "10 s from acceptance, not from the ask"
+        );
+        g.handle_timeout(316 * S);
+        assert_eq!(g.poll_action(), Some(GatherAction::CheckCache));
+    }
+
+    /// Salt's own "no such minion" is an answer: given up at once, with its words.
+    #[test]
+    fn a_probe_salt_refuses_for_an_unknown_minion_ends_it_at_once() {
+        let mut g = Gather::new(
+            "1",
+            &names(&["a", "b", "c"]),
+            &[],
+            Duration::ZERO,
+            5 * S,
+            10 * S,
+        );
+        g.handle_timeout(5 * S);
+        assert_eq!(
+            g.poll_action(),
+            Some(GatherAction::Probe(names(&["a", "b", "c"])))
+        );
+        // Salt matched only "a": "b" lost its key meanwhile.
+        g.handle_probe_sent(&names(&["a", "b"]), &names(&["a"]), 6 * S);
+        match g.poll_action() {
+            Some(GatherAction::GaveUp {
+                minion,
+                why: NoReturn::Unknown,
+                detail: Some(_),
+            }) => assert_eq!(minion, "b"),
+            other => panic!("{other:?}"),
+        }
+        // A later probe refused outright (no minion matched).
+        g.handle_probe_refused(&names(&["c"]), "No minions matched the target.");
+        assert_eq!(
+            g.poll_action(),
+            Some(GatherAction::GaveUp {
+                minion: "c".into(),
+                why: NoReturn::Unknown,
+                detail: Some("No minions matched the target.".into()),
+            })
+        );
+        assert_eq!(g.minions()["a"], MinionState::Probed);
+    }
+
+    #[test]
+    fn an_answer_that_beats_the_probes_publish_reply_counts() {
+        let mut g = Gather::new("1", &names(&["a"]), &[], Duration::ZERO, 5 * S, 10 * S);
+        g.handle_timeout(5 * S);
+        g.poll_action();
+        g.handle_probe_reply("a", true);
+        g.handle_probe_sent(&names(&["a"]), &names(&["a"]), 6 * S);
         assert_eq!(
             g.minions()["a"],
-            MinionState::Probed,
-            "probed again, not given up"
+            MinionState::Waiting,
+            "still running: waited for"
         );
-        assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
+        assert_eq!(
+            g.poll_timeout(),
+            Some(16 * S),
+            "and probed again after the wait"
+        );
     }
 
     #[test]
@@ -353,6 +560,7 @@ mod tests {
         let mut g = Gather::new("1", &names(&["a"]), &[], Duration::ZERO, 5 * S, 10 * S);
         g.handle_timeout(5 * S);
         assert_eq!(g.poll_action(), Some(GatherAction::Probe(names(&["a"]))));
+        g.handle_probe_sent(&names(&["a"]), &names(&["a"]), 5 * S);
         g.handle_timeout(15 * S);
         assert_eq!(g.poll_action(), Some(GatherAction::CheckCache));
         // The bus lost it; the cache has it.

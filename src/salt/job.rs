@@ -106,9 +106,16 @@ pub async fn run(
                                 // minions.
                                 match client.publish(&probe).await {
                                     Ok(p) => {
+                                        gather.handle_probe_sent(&minions, &p.minions, now());
                                         probes.insert(p.jid, minions);
                                     }
-                                    Err(_) => gather.handle_probe_failed(&minions),
+                                    // Salt's own answer: it knows no such minion.
+                                    Err(PublishError::NoMinions { message }) => {
+                                        gather.handle_probe_refused(&minions, &message)
+                                    }
+                                    Err(e) => {
+                                        gather.handle_probe_failed(&minions, &e.to_string(), now())
+                                    }
                                 }
                             }
                         }

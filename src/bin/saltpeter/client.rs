@@ -145,9 +145,11 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn target_state(t: &Value) -> String {
-    match t["exit_code"].as_i64() {
-        Some(c) => format!("exit {c} ({})", s(&t["meaning"])),
-        None => s(&t["state"]).to_string(),
+    match (t["exit_code"].as_i64(), t["note"].as_str()) {
+        (Some(c), _) => format!("exit {c} ({})", s(&t["meaning"])),
+        // Why a target still waits (e.g. a probe the master did not take, and the next try).
+        (None, Some(why)) => format!("{}: {why}", s(&t["state"])),
+        (None, None) => s(&t["state"]).to_string(),
     }
 }
 

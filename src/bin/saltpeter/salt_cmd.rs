@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use saltpeter::salt::gather::{MinionState, NoReturn};
+use saltpeter::salt::gather::MinionState;
 use saltpeter::salt::job::{self, Progress};
 use saltpeter::salt::{JobRet, Publish, SaltClient, SaltSettings, Tgt, args, bus, wire};
 use serde_json::json;
@@ -62,8 +62,8 @@ pub async fn run(a: SaltArgs) -> anyhow::Result<ExitCode> {
             MinionState::Returned(ret) => {
                 failed.push(format!("{minion} (retcode {})", ret.retcode.unwrap_or(1)))
             }
-            MinionState::NoReturn(why) => silent.push(format!("{minion} ({})", reason(*why))),
-            MinionState::Waiting | MinionState::Probed => {
+            MinionState::NoReturn(why) => silent.push(format!("{minion} ({})", why.as_str())),
+            MinionState::Waiting | MinionState::Sending | MinionState::Probed => {
                 silent.push(format!("{minion} (no answer)"))
             }
         }
@@ -100,14 +100,6 @@ pub async fn run(a: SaltArgs) -> anyhow::Result<ExitCode> {
 
 fn succeeded(ret: &JobRet) -> bool {
     ret.retcode.map_or(ret.success != Some(false), |c| c == 0)
-}
-
-fn reason(why: NoReturn) -> &'static str {
-    match why {
-        NoReturn::NoKey => "no accepted key",
-        NoReturn::NotResponding => "not responding",
-        NoReturn::JobNotRunning => "job not running, no return",
-    }
 }
 
 fn show(out: &mut impl Write, p: &Progress<'_>, json_out: bool) -> std::io::Result<()> {

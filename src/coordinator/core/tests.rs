@@ -530,3 +530,131 @@ fn the_original_wrapper_is_let_in_only_where_the_operator_allowed_it() {
     );
     assert_eq!(registered(&ours), Some(false));
 }
+
+/// Phase 1 stays honest: a probe the master cannot take is retried with backoff forever while
+/// the target shows why it waits; a kill still ends it; Salt's "no such minion" ends it at once.
+#[test]
+fn an_undelivered_probe_waits_with_its_reason_and_salts_refusal_ends_the_target() {
+    let probe_fails = |h: &mut Harness, minion: &str| {
+        let now = h.now();
+        let failed = Err(PublishError::Timeout {
+            endpoint: "tcp://127.0.0.1:4506".into(),
+            timeout: 10 * S,
+        });
+        h.core.handle_salt_reply(
+            "j_1",
+            Purpose::Probe(vec![minion.into()]),
+            failed,
+            &mut NoShuffle,
+            now,
+        );
+        h.collect();
+    };
+    let waiting = |h: &Harness| -> Vec<Option<String>> {
+        h.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Record(RunEvent::Waiting { why, .. }) => Some(why.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let probes = |h: &Harness| {
+        h.effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Publish {
+                        purpose: Purpose::Probe(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let mut h = Harness::new(&job_yaml("j", "a,b", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a", "b"]);
+    h.hub("j_1", "b", HubEventKind::Heartbeat, S);
+    h.hub("j_1", "b", HubEventKind::Completed { retcode: 0 }, S);
+    // An hour of a master that times out every probe: `a` is never given up on.
+    let mut t = 10 * S;
+    h.advance_to(t);
+    for _ in 0..40 {
+        assert_eq!(probes(&h), waiting(&h).len() + 1);
+        probe_fails(&mut h, "a");
+        let why = waiting(&h).last().cloned().flatten().expect("a reason");
+        assert!(
+            why.starts_with(
+                "probe not delivered: the Salt master at tcp://127.0.0.1:4506 did not answer"
+            ),
+            "{why}"
+        );
+        assert!(why.contains("next try at"), "{why}");
+        t = h.core.next_deadline().expect("a retry is due");
+        h.advance_to(t);
+    }
+    assert!(t > 3600 * S, "retried for an hour: {t:?}");
+    assert!(
+        !h.results().iter().any(|(_, m, _)| m == "a"),
+        "never ended by a master's trouble"
+    );
+    // Delivered at last: the reason is cleared.
+    let (probe, _) = h.published("j_1", &Purpose::Probe(vec!["a".into()]));
+    h.publish_reply("j_1", Purpose::Probe(vec!["a".into()]), &probe, &["a"]);
+    assert_eq!(waiting(&h).last(), Some(&None));
+
+    // Another run: Salt says it knows no such minion: 255 at once, with Salt's words.
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    h.advance_to(10 * S);
+    let now = h.now();
+    let refused = Err(PublishError::NoMinions {
+        message: "No minions matched the target.".into(),
+    });
+    h.core.handle_salt_reply(
+        "j_1",
+        Purpose::Probe(vec!["a".into()]),
+        refused,
+        &mut NoShuffle,
+        now,
+    );
+    h.collect();
+    assert_eq!(h.results(), [("j_1".into(), "a".into(), 255)]);
+    let note = h.effects.iter().find_map(|e| match e {
+        Effect::Record(RunEvent::TargetEnded { note, .. }) => note.clone(),
+        _ => None,
+    });
+    assert_eq!(note.as_deref(), Some("No minions matched the target."));
+}
+
+/// A kill ends a target whose probe cannot be delivered within the kill wait.
+#[test]
+fn a_kill_ends_a_target_stuck_in_phase_one() {
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    h.advance_to(10 * S);
+    let now = h.now();
+    let failed = Err(PublishError::Unconfigured {
+        reason: "test".into(),
+    });
+    h.core.handle_salt_reply(
+        "j_1",
+        Purpose::Probe(vec!["a".into()]),
+        failed,
+        &mut NoShuffle,
+        now,
+    );
+    h.collect();
+    h.core.kill("j_1", None, h.now()).unwrap();
+    h.collect();
+    h.advance_to(20 * S);
+    assert_eq!(h.results(), [("j_1".into(), "a".into(), 143)]);
+    assert!(h.ended("j_1"));
+}
