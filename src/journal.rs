@@ -64,6 +64,11 @@ pub enum RunEvent {
         jid: String,
         machines: Vec<String>,
     },
+    /// The batches of the run not yet published, in order (`batch_size`), as of now.
+    BatchesLeft {
+        instance: String,
+        batches: Vec<Vec<String>>,
+    },
     /// A machine was left out of the run because it is under maintenance.
     MachineSkipped { instance: String, machine: String },
     /// Phase 1 is over for this target: its wrapper runs.
@@ -127,6 +132,7 @@ impl RunEvent {
         match self {
             RunEvent::Started { instance, .. }
             | RunEvent::Published { instance, .. }
+            | RunEvent::BatchesLeft { instance, .. }
             | RunEvent::MachineSkipped { instance, .. }
             | RunEvent::Confirmed { instance, .. }
             | RunEvent::Waiting { instance, .. }

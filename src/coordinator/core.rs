@@ -131,6 +131,8 @@ struct RunCtx {
     pick: usize,
     /// `batch_size` (0: all at once).
     batch_size: usize,
+    /// Published in several batches: what is left is stored as each one is published.
+    batched: bool,
     /// Machines under maintenance when the run fired.
     maintenance: BTreeSet<String>,
     /// The earliest deadline of this run in the heap (entries for other instants are stale).
@@ -278,6 +280,10 @@ impl Core {
         for (m, code) in &run.done {
             engine.handle_recovered(m, *code);
         }
+        // Batches not yet published follow the current one (which may be over already).
+        if !run.batches.is_empty() {
+            engine.handle_resolved(&[], run.batches.len() + 1, now.mono);
+        }
         engine.handle_published(&jid, &machines, &[], now.mono);
         for t in run.open.iter().filter(|t| t.confirmed) {
             engine.handle_wrapper(&t.machine, WrapperEvent::Heartbeat, now.mono);
@@ -312,10 +318,11 @@ impl Core {
                 gather,
                 logdir: settings.logdir.clone().into(),
                 template,
-                batches: VecDeque::new(),
+                batches: run.batches.iter().cloned().collect(),
                 resolving: None,
                 pick: 0,
                 batch_size: 0,
+                batched: !run.batches.is_empty(),
                 maintenance: BTreeSet::new(),
                 armed: None,
             },
@@ -378,6 +385,7 @@ impl Core {
                 resolving: None,
                 pick: job.number_of_targets as usize,
                 batch_size: job.batch_size as usize,
+                batched: false,
                 maintenance: maintenance.iter().cloned().collect(),
                 armed: None,
             },
@@ -442,6 +450,10 @@ impl Core {
         match (purpose, result) {
             (Purpose::Launch, Ok(p)) => {
                 let (job, logdir) = (ctx.run.spec().job.clone(), ctx.logdir.clone());
+                // This batch is published: what is left is the rest.
+                let left = ctx
+                    .batched
+                    .then(|| ctx.batches.iter().cloned().collect::<Vec<_>>());
                 ctx.run
                     .handle_published(&p.jid, &p.minions, &p.missing, now.mono);
                 ctx.gather = Some(Gather::new(
@@ -464,6 +476,12 @@ impl Core {
                 }
                 let mut machines = p.minions;
                 machines.extend(p.missing);
+                if let Some(batches) = left {
+                    self.record(RunEvent::BatchesLeft {
+                        instance: instance.into(),
+                        batches,
+                    });
+                }
                 self.emit(Effect::Hub(HubCommand::Name {
                     instance: instance.into(),
                     machines: machines.clone(),
@@ -571,6 +589,10 @@ impl Core {
         };
         ctx.batches = chosen.chunks(size).map(<[String]>::to_vec).collect();
         ctx.run.handle_resolved(&down, ctx.batches.len(), now.mono);
+        // Stored until each is published, so a restart goes on with the rest.
+        let batched = ctx.batches.len() > 1;
+        ctx.batched = batched;
+        let all: Vec<Vec<String>> = ctx.batches.iter().cloned().collect();
         let first = ctx.batches.pop_front();
         if first.is_none() {
             ctx.run.handle_published("-", &[], &[], now.mono);
@@ -586,6 +608,12 @@ impl Core {
             self.record(RunEvent::MachineSkipped {
                 instance: instance.into(),
                 machine: m,
+            });
+        }
+        if batched {
+            self.record(RunEvent::BatchesLeft {
+                instance: instance.into(),
+                batches: all,
             });
         }
         match first {

@@ -133,6 +133,8 @@ pub struct InFlight {
     pub open: Vec<OpenTarget>,
     /// Targets that had their result, with its exit code.
     pub done: Vec<(String, i64)>,
+    /// Batches not yet published (`batch_size`), in order.
+    pub batches: Vec<Vec<String>>,
 }
 
 /// A target without a result in a run that had not ended.
@@ -238,6 +240,9 @@ fn weight(event: &RunEvent) -> usize {
         + match event {
             RunEvent::Output { data, .. } => data.len(),
             RunEvent::Published { machines, .. } => machines.iter().map(String::len).sum(),
+            RunEvent::BatchesLeft { batches, .. } => {
+                batches.iter().flatten().map(String::len).sum()
+            }
             RunEvent::TargetEnded { note, .. } => note.as_ref().map_or(0, String::len),
             RunEvent::Skipped { detail, .. } => detail.len(),
             _ => 0,
@@ -299,6 +304,7 @@ impl Committed {
             }
             RunEvent::Started { instance, .. }
             | RunEvent::Published { instance, .. }
+            | RunEvent::BatchesLeft { instance, .. }
             | RunEvent::RunEnded { instance, .. } => (instance, None),
             RunEvent::MachineSkipped { instance, machine }
             | RunEvent::Confirmed {
@@ -972,6 +978,13 @@ impl Store {
                     )?
                     .execute(params![instance, machine, ms(*at)])?;
             }
+            RunEvent::BatchesLeft { instance, batches } => {
+                let json = (!batches.is_empty())
+                    .then(|| serde_json::to_string(batches).expect("lists of strings"));
+                self.conn
+                    .prepare_cached("UPDATE runs SET batches = ?2 WHERE instance = ?1")?
+                    .execute(params![instance, json])?;
+            }
             RunEvent::Waiting {
                 instance,
                 machine,
@@ -1536,11 +1549,12 @@ impl Store {
     }
 
     fn in_flight(&self) -> rusqlite::Result<Vec<InFlight>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT instance, job, token, jid FROM runs WHERE ended_ms IS NULL")?;
+        let mut st = self.conn.prepare(
+            "SELECT instance, job, token, jid, batches FROM runs WHERE ended_ms IS NULL",
+        )?;
         let runs = st
             .query_map([], |r| {
+                let batches: Option<String> = r.get(4)?;
                 Ok(InFlight {
                     instance: r.get(0)?,
                     job: r.get(1)?,
@@ -1548,6 +1562,10 @@ impl Store {
                     jid: r.get(3)?,
                     open: Vec::new(),
                     done: Vec::new(),
+                    // Written by this module only; unreadable would mean a damaged row.
+                    batches: batches
+                        .and_then(|j| serde_json::from_str(&j).ok())
+                        .unwrap_or_default(),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

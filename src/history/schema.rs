@@ -66,6 +66,9 @@ pub const MIGRATIONS: &[&str] = &[
      UPDATE targets SET output_bytes = length(CAST(head AS BLOB)) + dropped + length(CAST(tail AS BLOB));
      ALTER TABLE targets DROP COLUMN head;
      ALTER TABLE targets DROP COLUMN tail;",
+    // 4: the batches of a `batch_size` run not yet published (JSON lists of machines), so a
+    // restarted daemon goes on with them.
+    "ALTER TABLE runs ADD COLUMN batches TEXT;",
 ];
 
 #[derive(Debug, thiserror::Error)]

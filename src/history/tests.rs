@@ -478,3 +478,25 @@ async fn a_commit_that_fails_is_an_error_and_is_retried_until_it_is_stored() {
     assert_eq!((slice.text.len(), done), (big.len(), true));
     assert_eq!(slice.text, big);
 }
+
+#[tokio::test]
+async fn batches_left_are_found_again_with_the_run_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    h.record(started("j_1", "j", 0));
+    let batches = vec![
+        vec!["b".to_string()],
+        vec!["c".to_string(), "d".to_string()],
+    ];
+    h.record(RunEvent::BatchesLeft {
+        instance: "j_1".into(),
+        batches: batches.clone(),
+    });
+    let found = h.in_flight().await.unwrap();
+    assert_eq!(found[0].batches, batches);
+    h.record(RunEvent::BatchesLeft {
+        instance: "j_1".into(),
+        batches: Vec::new(),
+    });
+    assert!(h.in_flight().await.unwrap()[0].batches.is_empty());
+}

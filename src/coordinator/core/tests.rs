@@ -658,3 +658,92 @@ fn a_kill_ends_a_target_stuck_in_phase_one() {
     assert_eq!(h.results(), [("j_1".into(), "a".into(), 143)]);
     assert!(h.ended("j_1"));
 }
+
+/// The batches not yet published are stored as each one is published, and a run adopted after
+/// a restart goes on with them.
+#[test]
+fn batches_left_are_stored_and_go_on_after_a_restart() {
+    let stored = |h: &Harness| -> Vec<Vec<Vec<String>>> {
+        h.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Record(RunEvent::BatchesLeft { batches, .. }) => Some(batches.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let lists = |v: &[&[&str]]| -> Vec<Vec<String>> {
+        v.iter()
+            .map(|b| b.iter().map(|m| m.to_string()).collect())
+            .collect()
+    };
+    let mut h = Harness::new(&job_yaml("j", "a,b,c", "  batch_size: 1\n"));
+    h.fire("j", "j_1");
+    let (ping, _) = h.published("j_1", &Purpose::Resolve);
+    h.publish_reply("j_1", Purpose::Resolve, &ping, &["a", "b", "c"]);
+    for m in ["a", "b", "c"] {
+        h.bus(Event::job_return(&ping, m, "test.ping", 0, None, false));
+    }
+    assert_eq!(stored(&h), [lists(&[&["a"], &["b"], &["c"]])]);
+    let (jid, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!(tgt, Tgt::List(vec!["a".into()]));
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    assert_eq!(stored(&h)[1], lists(&[&["b"], &["c"]]));
+
+    // The daemon restarts while the first batch runs: the store has this.
+    let in_flight = InFlight {
+        instance: "j_1".into(),
+        job: "j".into(),
+        token: "token".into(),
+        jid: Some(jid.clone()),
+        open: vec![crate::history::OpenTarget {
+            machine: "a".into(),
+            confirmed: true,
+            next_seq: 0,
+        }],
+        done: Vec::new(),
+        batches: lists(&[&["b"], &["c"]]),
+    };
+    let mut h = Harness::new(&job_yaml("j", "a,b,c", "  batch_size: 1\n"));
+    let job = h.jobs["j"].clone();
+    let settings = h.settings.clone();
+    let now = h.now();
+    h.core.adopt(&in_flight, Some(&job), &settings, now);
+    h.collect();
+    h.hub("j_1", "a", HubEventKind::Completed { retcode: 0 }, S);
+    let (second, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!(tgt, Tgt::List(vec!["b".into()]), "the second batch follows");
+    h.publish_reply("j_1", Purpose::Launch, &second, &["b"]);
+    assert_eq!(stored(&h).last(), Some(&lists(&[&["c"]])));
+    h.hub("j_1", "b", HubEventKind::Completed { retcode: 0 }, 2 * S);
+    let (third, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!(tgt, Tgt::List(vec!["c".into()]));
+    h.publish_reply("j_1", Purpose::Launch, &third, &["c"]);
+    assert_eq!(stored(&h).last(), Some(&Vec::new()), "nothing left");
+    h.hub("j_1", "c", HubEventKind::Completed { retcode: 0 }, 3 * S);
+    assert!(h.ended("j_1"));
+    assert_eq!(h.results().len(), 3);
+}
+
+/// A restart after a batch ended but before the next was published: the next one starts.
+#[test]
+fn a_restart_between_batches_publishes_the_next_one() {
+    let in_flight = InFlight {
+        instance: "j_1".into(),
+        job: "j".into(),
+        token: "token".into(),
+        jid: Some("20261130000000000001".into()),
+        open: Vec::new(),
+        done: vec![("a".into(), 0)],
+        batches: vec![vec!["b".into()]],
+    };
+    let mut h = Harness::new(&job_yaml("j", "a,b", "  batch_size: 1\n"));
+    let job = h.jobs["j"].clone();
+    let settings = h.settings.clone();
+    let now = h.now();
+    h.core.adopt(&in_flight, Some(&job), &settings, now);
+    h.collect();
+    let (_, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!(tgt, Tgt::List(vec!["b".into()]));
+    assert!(!h.ended("j_1"));
+}
