@@ -110,6 +110,14 @@ pub enum RunEvent {
         note: Option<String>,
         at: Timestamp,
     },
+    /// The wrapper reported its result after the daemon had ended the target (heartbeat lost,
+    /// timeout): kept as a note, the target's result stands.
+    LateResult {
+        instance: String,
+        machine: String,
+        retcode: i64,
+        at: Timestamp,
+    },
     RunEnded {
         instance: String,
         success: bool,
@@ -140,6 +148,7 @@ impl RunEvent {
             | RunEvent::Heartbeat { instance, .. }
             | RunEvent::Output { instance, .. }
             | RunEvent::TargetEnded { instance, .. }
+            | RunEvent::LateResult { instance, .. }
             | RunEvent::RunEnded { instance, .. } => Some(instance),
             RunEvent::Skipped { .. } => None,
         }

@@ -28,6 +28,10 @@ use crate::protocol::{self, WrapperMsg};
 
 /// How many output messages a wrapper may have in flight unacknowledged.
 pub const WINDOW: u32 = 64;
+/// How long an ended run's targets that never completed are still heard, so a wrapper cut off
+/// past its heartbeat deadline (its target ended 253) can still deliver its output and result,
+/// which are recorded as a note rather than thrown away.
+pub const LATE_RESULTS_FOR: Duration = Duration::from_secs(600);
 /// How often an undelivered kill is sent again.
 pub const KILL_RETRY: Duration = Duration::from_secs(1);
 /// Output bytes per second accepted from one connection unless configured
@@ -185,7 +189,9 @@ pub enum HubCommand {
     Kill { instance: String, machine: String },
     /// The engine recorded this target's result: acknowledge `complete`.
     ConfirmComplete { instance: String, machine: String },
-    /// The run is over: its wrappers get `JOB_NOT_FOUND` from now on.
+    /// The run is over: wrappers of targets that never completed are still heard for
+    /// [`LATE_RESULTS_FOR`] (their late results become notes); then, and for every other
+    /// target at once, its wrappers get `JOB_NOT_FOUND`.
     Unregister { instance: String },
 }
 

@@ -15,7 +15,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Adopted, HubCommand, HubEvent, HubEventKind, KILL_RETRY, WINDOW};
+use super::{Adopted, HubCommand, HubEvent, HubEventKind, KILL_RETRY, LATE_RESULTS_FOR, WINDOW};
 use crate::protocol::{self, AckType, DaemonMsg, Ext, WrapperMsg, codes};
 
 /// A connection, as numbered by the shell.
@@ -102,6 +102,8 @@ struct Run {
     tokenless: bool,
     /// The machines Salt named for the run; no one else may speak for it.
     targets: HashMap<String, Target>,
+    /// The run is over; only its targets that never completed are kept, until this instant.
+    ended: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -135,6 +137,9 @@ pub struct Registry {
     /// removed early: one that no longer matches its target's [`Kill::RetryAt`] is dropped
     /// when it comes up.
     kills: BinaryHeap<Reverse<KillDue>>,
+    /// Ended runs kept for late results, by when they go (an entry whose run no longer ends at
+    /// that instant is stale).
+    retire: BinaryHeap<Reverse<(Instant, String)>>,
     out: VecDeque<Output>,
     /// Kill entries looked at by [`Registry::handle_timeout`], to prove a retry does not scan.
     #[cfg(test)]
@@ -297,6 +302,7 @@ impl Registry {
             token: run.token.clone(),
             tokenless: run.tokenless,
             targets,
+            ended: None,
         };
         self.runs.insert(run.instance.clone(), adopted);
     }
@@ -306,9 +312,12 @@ impl Registry {
         self.out.pop_front()
     }
 
-    /// When [`Registry::handle_timeout`] is due next (a kill to send again).
+    /// When [`Registry::handle_timeout`] is due next (a kill to send again, an ended run to
+    /// forget).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.kills.peek().map(|Reverse(k)| k.due)
+        let kill = self.kills.peek().map(|Reverse(k)| k.due);
+        let retire = self.retire.peek().map(|Reverse((at, _))| *at);
+        kill.into_iter().chain(retire).min()
     }
 
     pub fn handle_opened(&mut self, conn: ConnId) {
@@ -410,6 +419,7 @@ impl Registry {
                     token,
                     tokenless,
                     targets: HashMap::new(),
+                    ended: None,
                 };
                 self.runs.insert(instance.clone(), run);
                 self.name(&instance, machines);
@@ -419,15 +429,48 @@ impl Registry {
             HubCommand::ConfirmComplete { instance, machine } => {
                 self.confirm_complete(&instance, &machine, stamp)
             }
-            HubCommand::Unregister { instance } => {
-                // Its kill entries go stale and are dropped when they come up.
-                self.runs.remove(&instance);
-            }
+            HubCommand::Unregister { instance } => self.unregister(instance, now),
         }
     }
 
-    /// Sends again every kill due by `now` (and only those).
+    /// The run is over. Targets that never completed (ended by the daemon: heartbeat lost,
+    /// timeout) are kept for [`LATE_RESULTS_FOR`]; their kill entries go stale.
+    fn unregister(&mut self, instance: String, now: Instant) {
+        let Some(run) = self.runs.get_mut(&instance) else {
+            return;
+        };
+        run.targets.retain(|_, t| t.completed.is_none());
+        for t in run.targets.values_mut() {
+            t.kill = Kill::NotAsked;
+        }
+        if run.targets.is_empty() {
+            self.runs.remove(&instance);
+            return;
+        }
+        let until = now + LATE_RESULTS_FOR;
+        run.ended = Some(until);
+        self.retire.push(Reverse((until, instance)));
+    }
+
+    /// Sends again every kill due by `now` (and only those), and forgets ended runs whose late
+    /// window is over.
     pub fn handle_timeout(&mut self, now: Instant, stamp: &str) {
+        while self
+            .retire
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((at, instance))) = self.retire.pop() else {
+                break;
+            };
+            if self
+                .runs
+                .get(&instance)
+                .is_some_and(|r| r.ended == Some(at))
+            {
+                self.runs.remove(&instance);
+            }
+        }
         while self.kills.peek().is_some_and(|Reverse(k)| k.due <= now) {
             let Some(Reverse(k)) = self.kills.pop() else {
                 break;

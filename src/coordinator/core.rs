@@ -703,8 +703,15 @@ impl Core {
     /// An event from the machines hub; `now` is when the hub received it.
     pub fn handle_hub(&mut self, event: HubEvent, now: Now) {
         let Some(ctx) = self.runs.get_mut(&event.instance) else {
+            // An ended run's target the daemon had ended itself (the hub still hears it).
+            self.handle_late(event, now);
             return;
         };
+        if matches!(event.kind, HubEventKind::Completed { .. }) && ctx.run.has_ended(&event.machine)
+        {
+            self.handle_late(event, now);
+            return;
+        }
         let HubEvent {
             instance,
             machine,
@@ -748,6 +755,41 @@ impl Core {
         };
         ctx.run.handle_wrapper(&machine, wrapper_event, now.mono);
         self.settle(&instance, now);
+    }
+
+    /// A wrapper heard from after its target ended: its output is stored as it comes, and its
+    /// result becomes a note (acknowledged once stored, so the wrapper can stop).
+    fn handle_late(&mut self, event: HubEvent, now: Now) {
+        let HubEvent {
+            instance,
+            machine,
+            kind,
+            ..
+        } = event;
+        match kind {
+            HubEventKind::Output { data, seq } => self.record(RunEvent::Output {
+                instance,
+                machine,
+                data,
+                seq: Some(seq),
+            }),
+            HubEventKind::Completed { retcode } => {
+                info!(
+                    "Late result for {instance}:{machine}: the wrapper reported exit code {retcode} after the target had ended; kept as a note"
+                );
+                self.record(RunEvent::LateResult {
+                    instance: instance.clone(),
+                    machine: machine.clone(),
+                    retcode,
+                    at: now.wall,
+                });
+                self.emit(Effect::HubAfterCommit(HubCommand::ConfirmComplete {
+                    instance,
+                    machine,
+                }));
+            }
+            _ => {}
+        }
     }
 
     /// Kills a run (or one target of it).

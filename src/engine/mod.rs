@@ -608,6 +608,13 @@ impl Run {
             .is_some_and(|i| self.targets[*i].state == State::Expected)
     }
 
+    /// Whether `machine` is a target that has its result already.
+    pub fn has_ended(&self, machine: &str) -> bool {
+        self.index
+            .get(machine)
+            .is_some_and(|i| self.targets[*i].state == State::Done)
+    }
+
     /// Targets still waiting for Salt's confirmation (a scan: for a restart, not per event).
     pub fn unconfirmed(&self) -> Vec<String> {
         (0..self.targets.len())

@@ -324,6 +324,9 @@ impl Committed {
             }
             | RunEvent::TargetEnded {
                 instance, machine, ..
+            }
+            | RunEvent::LateResult {
+                instance, machine, ..
             } => (instance, Some(machine)),
         };
         if !self.runs.contains_key(instance) {
@@ -977,6 +980,24 @@ impl Store {
                      WHERE instance = ?1 AND machine = ?2 AND state = 'expected'",
                     )?
                     .execute(params![instance, machine, ms(*at)])?;
+            }
+            RunEvent::LateResult {
+                instance,
+                machine,
+                retcode,
+                at,
+            } => {
+                let line = format!(
+                    "[saltpeter: the wrapper reported exit code {retcode} ({}) at {at}, after this target had ended]",
+                    crate::engine::meaning(*retcode)
+                );
+                self.conn
+                    .prepare_cached(
+                        "UPDATE targets SET note = CASE WHEN note IS NULL OR note = '' THEN ?3
+                                                        ELSE note || char(10) || ?3 END
+                         WHERE instance = ?1 AND machine = ?2",
+                    )?
+                    .execute(params![instance, machine, line])?;
             }
             RunEvent::BatchesLeft { instance, batches } => {
                 let json = (!batches.is_empty())

@@ -500,3 +500,26 @@ async fn batches_left_are_found_again_with_the_run_in_flight() {
     });
     assert!(h.in_flight().await.unwrap()[0].batches.is_empty());
 }
+
+#[tokio::test]
+async fn a_late_result_is_added_to_the_targets_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    for e in run_events("j_1", "j", 0) {
+        h.record(e);
+    }
+    h.record(RunEvent::LateResult {
+        instance: "j_1".into(),
+        machine: "b".into(),
+        retcode: 0,
+        at: t(90),
+    });
+    let run = h.run("j_1").await.unwrap().unwrap();
+    let b = &run.targets[1];
+    assert_eq!(b.exit_code, Some(127), "the result stands");
+    let note = b.note.as_deref().unwrap();
+    assert!(
+        note.starts_with("not found\n[saltpeter: the wrapper reported exit code 0 (success) at "),
+        "{note}"
+    );
+}

@@ -489,11 +489,18 @@ fn unregistered_runs_and_strangers_get_job_not_found() {
         },
         MS,
     );
-    // Its pending kill is not sent again.
+    // Its pending kill is not sent again; its target, which never completed, is heard only
+    // for late results, then forgotten.
     assert_eq!(hub.timeout(KILL_RETRY), []);
+    assert_eq!(hub.reg.poll_timeout(), Some(hub.at(MS) + LATE_RESULTS_FOR));
+    assert_eq!(hub.timeout(MS + LATE_RESULTS_FOR), []);
     assert_eq!(hub.reg.poll_timeout(), None);
     hub.reg.handle_opened(1);
-    let out = hub.message(1, connect("i1", "m1", Some("tok")), 2 * MS);
+    let out = hub.message(
+        1,
+        connect("i1", "m1", Some("tok")),
+        2 * MS + LATE_RESULTS_FOR,
+    );
     assert_eq!(error_code(&sends(&out)[0].1), codes::JOB_NOT_FOUND);
     assert_eq!(out.last(), Some(&Output::Close { conn: 1 }));
     // A machine that is not a target of a listed run.
@@ -544,4 +551,57 @@ fn a_retry_among_20000_targets_visits_only_the_due_kill() {
     hub.reg.handle_timeout(due + KILL_RETRY / 2, STAMP);
     assert_eq!(hub.drain(), []);
     assert_eq!(hub.reg.kills_visited, 1);
+}
+
+/// A run's end keeps only the targets that never completed (the daemon ended them: heartbeat
+/// lost), and only for LATE_RESULTS_FOR: their wrappers can still deliver output and result.
+#[test]
+fn an_ended_runs_silent_targets_are_heard_for_their_late_results_then_forgotten() {
+    let mut hub = Hub::new();
+    hub.register("i1", &["done", "cut-off"], Some("tok"));
+    hub.reg.handle_opened(1);
+    hub.message(1, connect("i1", "done", Some("tok")), MS);
+    hub.message(1, complete("i1", "done", 0), MS);
+    hub.command(
+        HubCommand::ConfirmComplete {
+            instance: "i1".into(),
+            machine: "done".into(),
+        },
+        MS,
+    );
+    hub.drain();
+    hub.command(
+        HubCommand::Unregister {
+            instance: "i1".into(),
+        },
+        10 * MS,
+    );
+    assert_eq!(
+        hub.reg.poll_timeout(),
+        Some(hub.at(10 * MS) + LATE_RESULTS_FOR)
+    );
+    // The completed target is gone at once.
+    hub.reg.handle_opened(2);
+    let out = hub.message(2, connect("i1", "done", Some("tok")), 20 * MS);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::NOT_A_TARGET);
+    // The cut-off one reconnects a minute later: its output and result still arrive.
+    let later = Duration::from_secs(60);
+    hub.reg.handle_opened(3);
+    let out = hub.message(3, connect("i1", "cut-off", Some("tok")), later);
+    assert_eq!(events(&out), [HubEventKind::Connected { protocol: 1 }]);
+    let out = hub.message(3, output("i1", "cut-off", 0, "late"), later);
+    assert_eq!(sends(&out), [(3, ack(AckType::Output, Some(0)))]);
+    let out = hub.message(3, complete("i1", "cut-off", 3), later);
+    assert_eq!(events(&out), [HubEventKind::Completed { retcode: 3 }]);
+    // A forged token is still refused.
+    hub.reg.handle_opened(4);
+    let out = hub.message(4, connect("i1", "cut-off", Some("guess")), later);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::BAD_TOKEN);
+    // After the late window, the run is forgotten.
+    let gone = Duration::from_millis(10) + LATE_RESULTS_FOR;
+    hub.timeout(gone);
+    assert_eq!(hub.reg.poll_timeout(), None);
+    hub.reg.handle_opened(5);
+    let out = hub.message(5, connect("i1", "cut-off", Some("tok")), gone);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::JOB_NOT_FOUND);
 }

@@ -747,3 +747,37 @@ fn a_restart_between_batches_publishes_the_next_one() {
     assert_eq!(tgt, Tgt::List(vec!["b".into()]));
     assert!(!h.ended("j_1"));
 }
+
+/// A wrapper cut off past its heartbeat deadline (253) that comes back after the run ended:
+/// its output is stored, its result kept as a note and acknowledged once stored.
+#[test]
+fn a_late_result_after_253_is_recorded_as_a_note_and_acknowledged() {
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    h.hub("j_1", "a", HubEventKind::Heartbeat, S);
+    h.advance_to(16 * S);
+    assert_eq!(h.results(), [("j_1".into(), "a".into(), 253)]);
+    assert!(h.ended("j_1"));
+    let output = HubEventKind::Output {
+        data: "more\n".into(),
+        seq: 4,
+    };
+    h.hub("j_1", "a", output, 60 * S);
+    h.hub("j_1", "a", HubEventKind::Completed { retcode: 0 }, 60 * S);
+    let late = h.effects.iter().any(|e| {
+        matches!(e, Effect::Record(RunEvent::LateResult { machine, retcode: 0, .. }) if machine == "a")
+    });
+    assert!(late, "the late result is kept");
+    let stored_output = h
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Record(RunEvent::Output { data, .. }) if data == "more\n"));
+    assert!(stored_output);
+    assert!(matches!(
+        h.effects.last(),
+        Some(Effect::HubAfterCommit(HubCommand::ConfirmComplete { .. }))
+    ));
+    assert_eq!(h.results().len(), 1, "the result stands");
+}
