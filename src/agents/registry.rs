@@ -54,12 +54,17 @@ enum Refusal {
     /// its way, so the wrapper is told to try again rather than to give up).
     #[error("{machine} is not (yet) a target of {instance}")]
     NotATarget { instance: String, machine: String },
+    /// A `resume` this daemon cannot have acknowledged.
+    #[error("resume {resume} is past the output this daemon acknowledged ({next_seq} message(s))")]
+    BadResume { resume: i64, next_seq: i64 },
 }
 
 impl Refusal {
     fn code(&self) -> &'static str {
         match self {
-            Refusal::ConnectionGone | Refusal::OtherTarget { .. } => codes::BAD_MESSAGE,
+            Refusal::ConnectionGone | Refusal::OtherTarget { .. } | Refusal::BadResume { .. } => {
+                codes::BAD_MESSAGE
+            }
             Refusal::RunGone => codes::JOB_NOT_FOUND,
             Refusal::NotATarget { .. } => codes::NOT_A_TARGET,
             Refusal::BadToken | Refusal::MissingToken => codes::BAD_TOKEN,
@@ -93,6 +98,10 @@ struct Target {
     /// The engine recorded the result.
     confirmed: bool,
     kill: Kill,
+    /// Taken over from before a restart and not reconnected since: only then may a wrapper
+    /// say it had more output acknowledged than this daemon has (acknowledged in the moments
+    /// before a crash). In any other case a `resume` past `next_seq` is a lie.
+    may_resume_past: bool,
 }
 
 struct Run {
@@ -155,6 +164,7 @@ impl Target {
             completed: None,
             confirmed: false,
             kill: Kill::NotAsked,
+            may_resume_past: false,
         }
     }
 }
@@ -200,6 +210,20 @@ impl Answer<'_> {
 }
 
 impl Target {
+    /// A `resume` may pass `next_seq` only for an adopted target's first reconnection, and
+    /// never to the end of the sequence space.
+    fn check_resume(&mut self, resume: Option<i64>) -> Result<(), Refusal> {
+        let past = resume.is_some_and(|r| r >= self.next_seq);
+        let first = std::mem::replace(&mut self.may_resume_past, false);
+        match resume {
+            Some(r) if past && (!first || r == i64::MAX || r < 0) => Err(Refusal::BadResume {
+                resume: r,
+                next_seq: self.next_seq,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn on_connect(&mut self, resume: Option<i64>, protocol: u32, to: &mut Answer) {
         let (instance, machine) = (to.instance, to.machine);
         // The wrapper had more acknowledged than this daemon stored (acknowledged in the last
@@ -294,6 +318,7 @@ impl Registry {
             .map(|(machine, next_seq)| {
                 let mut t = Target::new();
                 t.next_seq = *next_seq;
+                t.may_resume_past = true;
                 (machine.clone(), t)
             })
             .collect();
@@ -382,7 +407,20 @@ impl Registry {
             stamp,
         };
         match msg {
-            WrapperMsg::Connect { resume, .. } => t.on_connect(resume, admitted.protocol, &mut to),
+            WrapperMsg::Connect { resume, .. } => {
+                if let Err(refusal) = t.check_resume(resume) {
+                    warn!(%instance, %machine, error = %refusal, "machines hub: refused a wrapper");
+                    let code = refusal.code();
+                    to.send(DaemonMsg::Error {
+                        code: code.to_string(),
+                        message: refusal.to_string(),
+                        timestamp: stamp.to_string(),
+                    });
+                    out.push_back(Output::Close { conn });
+                    return;
+                }
+                t.on_connect(resume, admitted.protocol, &mut to)
+            }
             WrapperMsg::Start { pid, version, .. } => t.on_start(pid, version, &mut to),
             WrapperMsg::Output { data, seq, .. } => t.on_output(data, seq, &mut to),
             WrapperMsg::Heartbeat { header, .. } => {

@@ -605,3 +605,65 @@ fn an_ended_runs_silent_targets_are_heard_for_their_late_results_then_forgotten(
     let out = hub.message(5, connect("i1", "cut-off", Some("tok")), gone);
     assert_eq!(error_code(&sends(&out)[0].1), codes::JOB_NOT_FOUND);
 }
+
+fn connect_resuming(instance: &str, machine: &str, resume: i64) -> WrapperMsg {
+    WrapperMsg::Connect {
+        header: header(instance, machine),
+        ext: ext(Some("tok")),
+        resume: Some(resume),
+    }
+}
+
+/// A `resume` past what this daemon acknowledged is believed only from an adopted target's
+/// first reconnection (acknowledged just before a crash), and never up to i64::MAX.
+#[test]
+fn a_resume_past_the_acknowledged_output_is_a_lie_unless_just_adopted() {
+    let mut hub = Hub::new();
+    hub.register("i1", &["m1"], Some("tok"));
+    hub.reg.handle_opened(1);
+    hub.message(1, connect("i1", "m1", Some("tok")), MS);
+    hub.message(1, output("i1", "m1", 0, "a"), MS);
+    for (conn, resume) in [(2, 1_000), (3, i64::MAX)] {
+        hub.reg.handle_opened(conn);
+        let out = hub.message(conn, connect_resuming("i1", "m1", resume), 2 * MS);
+        assert_eq!(
+            error_code(&sends(&out)[0].1),
+            codes::BAD_MESSAGE,
+            "{resume}"
+        );
+        assert_eq!(out.last(), Some(&Output::Close { conn }));
+        assert_eq!(events(&out), [], "nothing reaches the run");
+    }
+    // The real wrapper goes on where it was.
+    let out = hub.message(1, output("i1", "m1", 1, "b"), 3 * MS);
+    assert_eq!(sends(&out), [(1, ack(AckType::Output, Some(1)))]);
+
+    // Adopted: the first reconnection may report a gap; not to i64::MAX, and only once.
+    let mut hub = Hub::new();
+    let adopted = |hub: &mut Hub, instance: &str| {
+        hub.reg.adopt(&Adopted {
+            instance: instance.into(),
+            job_name: "job".into(),
+            token: Some("tok".into()),
+            tokenless: false,
+            targets: vec![("m1".into(), 5)],
+        })
+    };
+    adopted(&mut hub, "i2");
+    hub.reg.handle_opened(4);
+    let out = hub.message(4, connect_resuming("i2", "m1", 7), MS);
+    assert!(matches!(
+        events(&out)[..],
+        [
+            HubEventKind::Output { seq: 7, .. },
+            HubEventKind::Connected { .. }
+        ]
+    ));
+    hub.reg.handle_opened(5);
+    let out = hub.message(5, connect_resuming("i2", "m1", 20), 2 * MS);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::BAD_MESSAGE);
+    adopted(&mut hub, "i3");
+    hub.reg.handle_opened(6);
+    let out = hub.message(6, connect_resuming("i3", "m1", i64::MAX), 3 * MS);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::BAD_MESSAGE);
+}
