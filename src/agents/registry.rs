@@ -384,7 +384,11 @@ impl Registry {
     pub fn handle_message(&mut self, conn: ConnId, msg: WrapperMsg, at: Instant, stamp: &str) {
         let header = msg.header();
         let (instance, machine) = (header.job_instance.clone(), header.machine.clone());
-        let admitted = match self.admit(conn, &instance, &machine, msg.ext()) {
+        let resume = match &msg {
+            WrapperMsg::Connect { resume, .. } => *resume,
+            _ => None,
+        };
+        let admitted = match self.admit(conn, &instance, &machine, msg.ext(), resume) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 self.refuse(conn, &instance, &machine, refusal, stamp);
@@ -407,20 +411,7 @@ impl Registry {
             stamp,
         };
         match msg {
-            WrapperMsg::Connect { resume, .. } => {
-                if let Err(refusal) = t.check_resume(resume) {
-                    warn!(%instance, %machine, error = %refusal, "machines hub: refused a wrapper");
-                    let code = refusal.code();
-                    to.send(DaemonMsg::Error {
-                        code: code.to_string(),
-                        message: refusal.to_string(),
-                        timestamp: stamp.to_string(),
-                    });
-                    out.push_back(Output::Close { conn });
-                    return;
-                }
-                t.on_connect(resume, admitted.protocol, &mut to)
-            }
+            WrapperMsg::Connect { resume, .. } => t.on_connect(resume, admitted.protocol, &mut to),
             WrapperMsg::Start { pid, version, .. } => t.on_start(pid, version, &mut to),
             WrapperMsg::Output { data, seq, .. } => t.on_output(data, seq, &mut to),
             WrapperMsg::Heartbeat { header, .. } => {
@@ -604,6 +595,7 @@ impl Registry {
         instance: &str,
         machine: &str,
         ext: Option<&Ext>,
+        resume: Option<i64>,
     ) -> Result<Admitted, Refusal> {
         let c = self.conns.get_mut(&conn).ok_or(Refusal::ConnectionGone)?;
         // A connection speaks for one target only.
@@ -638,6 +630,8 @@ impl Registry {
                 instance: instance.to_string(),
                 machine: machine.to_string(),
             })?;
+        // Checked before the connection becomes the target's: a lie takes nothing over.
+        t.check_resume(resume)?;
         // The connection that spoke last is the target's current one (kills go there).
         let newly_bound = t.conn != Some(conn);
         t.conn = Some(conn);
@@ -657,7 +651,7 @@ impl Registry {
     ) {
         match refusal {
             Refusal::ConnectionGone => return,
-            Refusal::BadToken | Refusal::MissingToken => {
+            Refusal::BadToken | Refusal::MissingToken | Refusal::BadResume { .. } => {
                 warn!(%instance, %machine, error = %refusal, "machines hub: refused a wrapper")
             }
             Refusal::NotATarget { .. } => {
