@@ -61,6 +61,24 @@ install_salt() {
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "salt==$SALT_VERSION"
 }
 
+# The original Saltpeter's Python wrapper (its package without its daemon's dependencies, and
+# the websockets library it needs), for tests of this daemon against it. Pinned like Salt:
+# 0.9.30 is the release closest to the reference (0.9.31, never published); 0.9.32's wrapper
+# fails every job that is not killed ("cannot access local variable 'retcode'").
+ORIGINAL_SALTPETER=0.9.30
+WEBSOCKETS=17.4
+install_original_wrapper() {
+  local shim="$VENV/bin/sp_wrapper.py"
+  if [[ -x "$shim" ]] && "$VENV/bin/python" -c "import websockets, saltpeter.wrapper, saltpeter.version as v; assert v.__version__ == '$ORIGINAL_SALTPETER'" 2>/dev/null; then
+    return
+  fi
+  log "installing the original wrapper (saltpeter $ORIGINAL_SALTPETER) into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "websockets==$WEBSOCKETS"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "saltpeter==$ORIGINAL_SALTPETER"
+  printf '#!%s\nfrom saltpeter.wrapper import main\nmain()\n' "$VENV/bin/python" > "$shim"
+  chmod 755 "$shim"
+}
+
 print_env() {
   [[ -f "$LAB_DIR/lab.env" ]] || die "no lab in $LAB_DIR (run: $0 start)"
   cat "$LAB_DIR/lab.env"
@@ -119,6 +137,7 @@ CONF
     echo "LAB_DIR=$LAB_DIR"
     echo "SALT_VERSION=$SALT_VERSION"
     echo "SALT_BIN=$VENV/bin"
+    echo "ORIGINAL_WRAPPER=$VENV/bin/sp_wrapper.py"
     echo "MASTER_CONFIG=$ETC/master"
     echo "RET_PORT=$ret_port"
     echo "PUBLISH_PORT=$publish_port"
@@ -189,8 +208,16 @@ lab_up() {
 case "$cmd" in
   start)
     [[ $(id -u) == 0 ]] || die "the lab runs as root"
-    if lab_up; then print_env; exit 0; fi
+    if lab_up; then
+      # A lab started by an older version of this script: add what it lacks.
+      install_original_wrapper
+      grep -q '^ORIGINAL_WRAPPER=' "$LAB_DIR/lab.env" \
+        || echo "ORIGINAL_WRAPPER=$VENV/bin/sp_wrapper.py" >> "$LAB_DIR/lab.env"
+      print_env
+      exit 0
+    fi
     install_salt
+    install_original_wrapper
     "$0" stop --dir "$LAB_DIR" >/dev/null 2>&1 || true
     rm -rf "$LAB_DIR"
     mkdir -p "$LAB_DIR"

@@ -13,7 +13,7 @@ use crate::support::{Daemon, write};
 
 const WITHIN: Duration = Duration::from_secs(90);
 
-fn job(name: &str, extra: &str) -> String {
+pub(crate) fn job(name: &str, extra: &str) -> String {
     // Wrappers outliving this test give up delivering after a minute.
     format!(
         "{name}:\n  sec: '*/20'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  env:\n    SP_DELIVERY_TIMEOUT: 60\n{extra}"
@@ -214,7 +214,12 @@ fn a_target_without_a_key_and_a_paused_wrapper() {
 }
 
 /// Polls a run until `done` says so.
-fn poll_run(d: &Daemon, instance: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn poll_run(
+    d: &Daemon,
+    instance: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + WITHIN;
     loop {
         let (_, run) = d.call("GET", &format!("/api/v1/runs/{instance}"), None);
@@ -226,14 +231,14 @@ fn poll_run(d: &Daemon, instance: &str, what: &str, done: impl Fn(&Value) -> boo
     }
 }
 
-fn target<'a>(run: &'a Value, machine: &str) -> &'a Value {
+pub(crate) fn target<'a>(run: &'a Value, machine: &str) -> &'a Value {
     run["targets"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["machine"] == machine))
         .unwrap_or(&Value::Null)
 }
 
-fn far(name: &str, extra: &str) -> String {
+pub(crate) fn far(name: &str, extra: &str) -> String {
     job(name, extra).replace("sec: '*/20'", "sec: 0\n  year: 2099")
 }
 

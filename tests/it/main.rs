@@ -4,6 +4,7 @@ mod api; // the HTTP API, the original UI protocol, tokens and origins, through 
 mod cli; // the `saltpeter` command's subcommands, as a user runs them
 mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdown
 mod engine_lab; // the daemon end to end on a real Salt lab: Phase 1, Phase 2, exit codes
+mod faults; // the fault suite on the lab: forged messages, the original wrapper, a full disk
 mod fleet; // the whole daemon under 2,000 simulated wrappers: a kill while all of them stream
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it

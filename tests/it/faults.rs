@@ -1,0 +1,385 @@
+//! The fault suite on the real lab: forged wrapper messages against a run in flight, the
+//! original Python wrapper as a real process (its negative codes normalised), and the history
+//! database on a full file system. Each test has a deadline; none changes a result it must not.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::engine_lab::{far, poll_run, target};
+use crate::lab::lab;
+use crate::support::{Daemon, write};
+
+/// The value of `var` in the environment of a running `sp-wrapper` of `job`.
+fn wrapper_env(job: &str, var: &str) -> Option<String> {
+    let wanted = format!("SP_JOB_NAME={job}");
+    let prefix = format!("{var}=");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if !vars.contains(&wanted.as_bytes()) {
+            continue;
+        }
+        for v in vars {
+            if let Some(value) = v.strip_prefix(prefix.as_bytes()) {
+                return Some(String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Sends `messages` on a fresh connection to the machines hub and returns the replies.
+fn forge(port: u16, messages: &[String]) -> Vec<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        for m in messages {
+            if ws.send(Message::text(m.clone())).await.is_err() {
+                break;
+            }
+        }
+        let mut replies = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            if let Message::Text(t) = m {
+                replies.push(serde_json::from_str(&t).unwrap());
+            }
+        }
+        replies
+    })
+}
+
+fn header(instance: &str, machine: &str) -> String {
+    format!(
+        r#""job_name": "steady", "job_instance": "{instance}", "machine": "{machine}", "timestamp": "2026-11-30T10:00:00.000000+00:00""#
+    )
+}
+
+fn error_code(replies: &[Value]) -> Option<&str> {
+    replies
+        .iter()
+        .find(|r| r["type"] == "error")
+        .and_then(|r| r["code"].as_str())
+}
+
+/// Forged messages during a real run: no token, a wrong token, a made-up machine, a
+/// `complete` for another run's target, a `resume` far past the stored output and one of
+/// i64::MAX. Each is refused, no result changes, and the hub keeps serving the real wrappers.
+#[test]
+fn forged_messages_change_nothing_and_the_hub_keeps_serving() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "01-settings.yaml",
+        &lab.daemon_settings(&dir.path().join("log")),
+    );
+    let script = "for i in 1 2 3 4 5 6 7 8; do echo line $i; sleep 1; done";
+    let jobs = [
+        far("steady", &format!("  command: {script}\n")),
+        far("other", "  command: sleep 8\n"),
+    ]
+    .concat();
+    write(dir.path(), "jobs.yaml", &jobs);
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let minions = lab.minions();
+    let (_, r) = d.call("POST", "/api/v1/jobs/steady/run", None);
+    let steady = r["instance"].as_str().unwrap().to_string();
+    let (_, r) = d.call("POST", "/api/v1/jobs/other/run", None);
+    let other = r["instance"].as_str().unwrap().to_string();
+    poll_run(&d, &steady, "output flowing", |run| {
+        minions
+            .iter()
+            .all(|m| target(run, m)["output_bytes"].as_u64() > Some(0))
+    });
+    let token = wrapper_env("steady", "SP_RUN_TOKEN").expect("a wrapper of the run");
+    let port = d.hub_port;
+    let m1 = &minions[0];
+
+    let h = header(&steady, m1);
+    let no_token = forge(port, &[format!(r#"{{"type": "connect", {h}}}"#)]);
+    assert_eq!(error_code(&no_token), Some("BAD_TOKEN"), "{no_token:?}");
+    let msg = no_token[0]["message"].as_str().unwrap();
+    assert!(msg.contains("allow_legacy_wrappers"), "{msg}");
+    let wrong = forge(
+        port,
+        &[format!(
+            r#"{{"type": "complete", {h}, "retcode": 99, "token": "guess"}}"#
+        )],
+    );
+    assert_eq!(error_code(&wrong), Some("BAD_TOKEN"), "{wrong:?}");
+    let made_up = header(&steady, "made-up");
+    let made_up = forge(
+        port,
+        &[format!(
+            r#"{{"type": "complete", {made_up}, "retcode": 99, "token": "{token}"}}"#
+        )],
+    );
+    assert_eq!(error_code(&made_up), Some("NOT_A_TARGET"), "{made_up:?}");
+    // This run's token for another run's target.
+    let theirs = header(&other, m1);
+    let cross = forge(
+        port,
+        &[format!(
+            r#"{{"type": "complete", {theirs}, "retcode": 99, "token": "{token}"}}"#
+        )],
+    );
+    assert_eq!(error_code(&cross), Some("BAD_TOKEN"), "{cross:?}");
+    for resume in [1_000_000, i64::MAX] {
+        let lie = forge(
+            port,
+            &[format!(
+                r#"{{"type": "connect", {h}, "token": "{token}", "protocol": 1, "resume": {resume}}}"#
+            )],
+        );
+        assert_eq!(error_code(&lie), Some("BAD_MESSAGE"), "{resume}: {lie:?}");
+    }
+
+    // The real wrappers were not disturbed: every result and byte is theirs.
+    let run = poll_run(&d, &steady, "the run ending", |run| run["running"] == false);
+    assert_eq!(run["success"], true, "{run:#}");
+    let expected: String = (1..=8).map(|i| format!("line {i}\n")).collect();
+    for m in &minions {
+        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
+        let (_, out) = d.call(
+            "GET",
+            &format!("/api/v1/runs/{steady}/targets/{m}/output"),
+            None,
+        );
+        assert_eq!(out["text"].as_str(), Some(expected.as_str()), "{m}: {out}");
+    }
+    let run = poll_run(&d, &other, "the other run ending", |run| {
+        run["running"] == false
+    });
+    assert_eq!(run["success"], true, "{run:#}");
+    assert!(
+        !d.seen.iter().any(|l| l.contains("made-up")),
+        "a made-up machine reached the run"
+    );
+}
+
+/// The original Python wrapper (saltpeter 0.9.30, installed by the lab script) as a real
+/// process: success, failure, and its -15 after a kill or a timeout recorded as 143 and 124.
+#[test]
+fn the_original_python_wrapper_gets_the_contracts_exit_codes() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let original = &lab.env["ORIGINAL_WRAPPER"];
+    let settings = format!(
+        "{}  allow_legacy_wrappers: true\n",
+        lab.daemon_settings(&dir.path().join("log"))
+    );
+    write(dir.path(), "01-settings.yaml", &settings);
+    // Three lab minions share one host, and the original's lock file is per job only.
+    let wrapper = format!("  wrapper_path: {original}\n  concurrency: allow\n");
+    // The original wrapper's lock would refuse a copy left over from an interrupted run.
+    for job in ["orig-killed", "orig-slow"] {
+        kill_jobs_of(job);
+    }
+    let jobs = [
+        far("orig-ok", &format!("  command: echo fine\n{wrapper}")),
+        far(
+            "orig-fails",
+            &format!("  command: echo bad; exit 3\n{wrapper}"),
+        ),
+        far("orig-killed", &format!("  command: sleep 120\n{wrapper}")),
+        far(
+            "orig-slow",
+            &format!("  command: sleep 120\n  timeout: 3\n{wrapper}"),
+        ),
+    ]
+    .concat();
+    write(dir.path(), "jobs.yaml", &jobs);
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let minions = lab.minions();
+    let mut instances = Vec::new();
+    for job in ["orig-ok", "orig-fails", "orig-killed", "orig-slow"] {
+        let (code, r) = d.call("POST", &format!("/api/v1/jobs/{job}/run"), None);
+        assert_eq!(code, 202, "{job}: {r}");
+        instances.push(r["instance"].as_str().unwrap().to_string());
+    }
+    let [ok, fails, killed, slow] = &instances[..] else {
+        unreachable!()
+    };
+    poll_run(&d, killed, "the original wrapper running", |run| {
+        minions.iter().all(|m| target(run, m)["state"] == "running")
+    });
+    let (code, _) = d.call("POST", "/api/v1/jobs/orig-killed/kill", None);
+    assert_eq!(code, 200);
+    let expect = [(ok, 0), (fails, 3), (killed, 143), (slow, 124)];
+    for (instance, code) in expect {
+        let run = poll_run(&d, instance, "the run ending", |run| {
+            run["running"] == false
+        });
+        for m in &minions {
+            let t = target(&run, m);
+            assert_eq!(t["exit_code"], code, "{instance}:{m}: {run:#}");
+            if code == 143 || code == 124 {
+                // The raw value is kept in the note.
+                let note = t["note"].as_str().unwrap_or_default();
+                assert!(
+                    note.contains("reported exit code -15"),
+                    "{instance}:{m}: {note}"
+                );
+            }
+        }
+    }
+    let (_, out) = d.call(
+        "GET",
+        &format!("/api/v1/runs/{ok}/targets/{}/output", minions[0]),
+        None,
+    );
+    assert_eq!(out["text"], "fine\n");
+    // 0.9.30 stops only the shell at a timeout: its `sleep` would outlive the test.
+    for job in ["orig-killed", "orig-slow"] {
+        kill_jobs_of(job);
+    }
+}
+
+/// SIGKILLs every process started for `job` (found by its environment): wrappers of any kind
+/// and their commands.
+fn kill_jobs_of(job: &str) {
+    let wanted = format!("SP_JOB_NAME={job}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let runs_job = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()));
+        if runs_job {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Mounts a tmpfs of `size` at `dir` (the test script runs as root); unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs (needs root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `dir` (leaving no free block) with one file.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    let small = vec![0u8; 512];
+    while std::io::Write::write_all(&mut f, &small).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
+/// The database on a file system that fills up during a run: no result is acknowledged while
+/// it cannot be stored (the wrappers keep theirs), /metrics says so, and once there is room
+/// again every result and byte lands, once.
+#[test]
+fn a_full_disk_loses_no_acknowledged_result_and_recovers_by_itself() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "01-settings.yaml",
+        &lab.daemon_settings(&dir.path().join("log")),
+    );
+    let script = "for i in $(seq 1 40); do echo line $i of a job whose output must survive a full disk; sleep 0.2; done";
+    write(
+        dir.path(),
+        "jobs.yaml",
+        &far("chatty", &format!("  command: {script}\n")),
+    );
+    let mount = tempfile::tempdir().unwrap();
+    let _tmpfs = Tmpfs::mount(mount.path(), "4m");
+    let state = tempfile::tempdir_in(mount.path()).unwrap();
+    let state_dir = state.path().to_path_buf();
+    let mut d = Daemon::start_with(dir.path(), "", state);
+    d.wait_api();
+    let minions = lab.minions();
+    let (_, r) = d.call("POST", "/api/v1/jobs/chatty/run", None);
+    let instance = r["instance"].as_str().unwrap().to_string();
+    poll_run(&d, &instance, "output flowing", |run| {
+        minions
+            .iter()
+            .all(|m| target(run, m)["output_bytes"].as_u64() > Some(0))
+    });
+    // The disk fills while the job prints and ends.
+    let filler = fill(&state_dir);
+    let failing = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = crate::support::http("GET", &format!("{}/metrics", d.api()), None, &[]).1;
+        let text = metrics.as_str().unwrap_or_default().to_string();
+        if text.contains("saltpeter_database_failing 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < failing,
+            "the store never reported the full disk: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Long enough for every job to finish; nothing may be stored meanwhile as done.
+    std::thread::sleep(Duration::from_secs(10));
+    let (_, run) = d.call("GET", &format!("/api/v1/runs/{instance}"), None);
+    assert_eq!(
+        run["running"], true,
+        "a result was shown that is not stored: {run:#}"
+    );
+    // Room again: the daemon recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let run = poll_run(
+        &d,
+        &instance,
+        "the run ending after space returned",
+        |run| run["running"] == false,
+    );
+    assert_eq!(run["success"], true, "{run:#}");
+    let expected: String = (1..=40)
+        .map(|i| format!("line {i} of a job whose output must survive a full disk\n"))
+        .collect();
+    for m in &minions {
+        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
+        let (_, out) = d.call(
+            "GET",
+            &format!("/api/v1/runs/{instance}/targets/{m}/output"),
+            None,
+        );
+        assert_eq!(out["text"].as_str(), Some(expected.as_str()), "{m}");
+    }
+    let metrics = crate::support::http("GET", &format!("{}/metrics", d.api()), None, &[]).1;
+    let text = metrics.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("saltpeter_database_failing 0"), "{text}");
+    drop(d);
+}
