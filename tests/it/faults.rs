@@ -383,3 +383,59 @@ fn a_full_disk_loses_no_acknowledged_result_and_recovers_by_itself() {
     assert!(text.contains("saltpeter_database_failing 0"), "{text}");
     drop(d);
 }
+
+/// SIGKILL of the daemon during the second of three batches: after the restart the second
+/// batch's target is taken over and the third batch follows; every target ends once, with its
+/// output.
+#[test]
+fn a_crash_during_the_second_of_three_batches_loses_no_batch() {
+    let (lab, _guard) = lab();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "01-settings.yaml",
+        &lab.daemon_settings(&dir.path().join("log")),
+    );
+    let script = "echo start on $SP_MACHINE_ID; sleep 4; echo done";
+    write(
+        dir.path(),
+        "jobs.yaml",
+        &far("thirds", &format!("  command: {script}\n  batch_size: 1\n")),
+    );
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let minions = lab.minions();
+    let (_, r) = d.call("POST", "/api/v1/jobs/thirds/run", None);
+    let instance = r["instance"].as_str().unwrap().to_string();
+    // The second batch runs: one target done, one running, one not yet published.
+    poll_run(&d, &instance, "the second batch running", |run| {
+        let states: Vec<&Value> = minions.iter().map(|m| &target(run, m)["state"]).collect();
+        states.iter().filter(|s| **s == "done").count() == 1
+            && states.iter().filter(|s| **s == "running").count() == 1
+    });
+    let mut d = d.crash_and_restart(dir.path());
+    d.wait_api();
+    let run = poll_run(&d, &instance, "all three batches done", |run| {
+        run["running"] == false
+    });
+    assert_eq!(run["success"], true, "{run:#}");
+    assert_eq!(run["total"], 3, "{run:#}");
+    for m in &minions {
+        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
+        let (_, out) = d.call(
+            "GET",
+            &format!("/api/v1/runs/{instance}/targets/{m}/output"),
+            None,
+        );
+        assert_eq!(
+            out["text"].as_str(),
+            Some(format!("start on {m}\ndone\n").as_str()),
+            "{m}"
+        );
+    }
+    // The restarted daemon itself published the third batch.
+    d.expect_line(
+        &format!("Starting the next batch of {instance}"),
+        Duration::from_secs(5),
+    );
+}
