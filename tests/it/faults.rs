@@ -72,25 +72,56 @@ fn error_code(replies: &[Value]) -> Option<&str> {
         .and_then(|r| r["code"].as_str())
 }
 
+/// A config directory for a daemon on the lab with these jobs (and settings lines).
+fn config_dir(lab: &crate::lab::Lab, jobs: &str, settings: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let base = lab.daemon_settings(&dir.path().join("log"));
+    write(dir.path(), "01-settings.yaml", &format!("{base}{settings}"));
+    write(dir.path(), "jobs.yaml", jobs);
+    dir
+}
+
+/// Waits for `instance` to end successfully, each target with exit 0 and the output
+/// `expected(machine)`; returns the run.
+fn ends_ok(
+    d: &Daemon,
+    instance: &str,
+    minions: &[String],
+    expected: impl Fn(&str) -> String,
+) -> Value {
+    let run = poll_run(d, instance, "the run ending", |run| run["running"] == false);
+    assert_eq!(run["success"], true, "{run:#}");
+    for m in minions {
+        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
+        let path = format!("/api/v1/runs/{instance}/targets/{m}/output");
+        let (_, out) = d.call("GET", &path, None);
+        assert_eq!(
+            out["text"].as_str(),
+            Some(expected(m).as_str()),
+            "{m}: {out}"
+        );
+    }
+    run
+}
+
+fn metrics(d: &Daemon) -> String {
+    let text = crate::support::http("GET", &format!("{}/metrics", d.api()), None, &[]).1;
+    text.as_str().unwrap_or_default().to_string()
+}
+
 /// Forged messages during a real run: no token, a wrong token, a made-up machine, a
 /// `complete` for another run's target, a `resume` far past the stored output and one of
 /// i64::MAX. Each is refused, no result changes, and the hub keeps serving the real wrappers.
 #[test]
 fn forged_messages_change_nothing_and_the_hub_keeps_serving() {
     let (lab, _guard) = lab();
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "01-settings.yaml",
-        &lab.daemon_settings(&dir.path().join("log")),
-    );
     let script = "for i in 1 2 3 4 5 6 7 8; do echo line $i; sleep 1; done";
     let jobs = [
         far("steady", &format!("  command: {script}\n")),
         far("other", "  command: sleep 8\n"),
     ]
     .concat();
-    write(dir.path(), "jobs.yaml", &jobs);
+    let dir = config_dir(lab, &jobs, "");
     let mut d = Daemon::start(dir.path());
     d.wait_api();
     let minions = lab.minions();
@@ -147,22 +178,9 @@ fn forged_messages_change_nothing_and_the_hub_keeps_serving() {
     }
 
     // The real wrappers were not disturbed: every result and byte is theirs.
-    let run = poll_run(&d, &steady, "the run ending", |run| run["running"] == false);
-    assert_eq!(run["success"], true, "{run:#}");
     let expected: String = (1..=8).map(|i| format!("line {i}\n")).collect();
-    for m in &minions {
-        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
-        let (_, out) = d.call(
-            "GET",
-            &format!("/api/v1/runs/{steady}/targets/{m}/output"),
-            None,
-        );
-        assert_eq!(out["text"].as_str(), Some(expected.as_str()), "{m}: {out}");
-    }
-    let run = poll_run(&d, &other, "the other run ending", |run| {
-        run["running"] == false
-    });
-    assert_eq!(run["success"], true, "{run:#}");
+    ends_ok(&d, &steady, &minions, |_| expected.clone());
+    ends_ok(&d, &other, &minions, |_| String::new());
     assert!(
         !d.seen.iter().any(|l| l.contains("made-up")),
         "a made-up machine reached the run"
@@ -174,13 +192,7 @@ fn forged_messages_change_nothing_and_the_hub_keeps_serving() {
 #[test]
 fn the_original_python_wrapper_gets_the_contracts_exit_codes() {
     let (lab, _guard) = lab();
-    let dir = tempfile::tempdir().unwrap();
     let original = &lab.env["ORIGINAL_WRAPPER"];
-    let settings = format!(
-        "{}  allow_legacy_wrappers: true\n",
-        lab.daemon_settings(&dir.path().join("log"))
-    );
-    write(dir.path(), "01-settings.yaml", &settings);
     // Three lab minions share one host, and the original's lock file is per job only.
     let wrapper = format!("  wrapper_path: {original}\n  concurrency: allow\n");
     // The original wrapper's lock would refuse a copy left over from an interrupted run.
@@ -200,7 +212,7 @@ fn the_original_python_wrapper_gets_the_contracts_exit_codes() {
         ),
     ]
     .concat();
-    write(dir.path(), "jobs.yaml", &jobs);
+    let dir = config_dir(lab, &jobs, "  allow_legacy_wrappers: true\n");
     let mut d = Daemon::start(dir.path());
     d.wait_api();
     let minions = lab.minions();
@@ -309,18 +321,8 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn a_full_disk_loses_no_acknowledged_result_and_recovers_by_itself() {
     let (lab, _guard) = lab();
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "01-settings.yaml",
-        &lab.daemon_settings(&dir.path().join("log")),
-    );
     let script = "for i in $(seq 1 40); do echo line $i of a job whose output must survive a full disk; sleep 0.2; done";
-    write(
-        dir.path(),
-        "jobs.yaml",
-        &far("chatty", &format!("  command: {script}\n")),
-    );
+    let dir = config_dir(lab, &far("chatty", &format!("  command: {script}\n")), "");
     let mount = tempfile::tempdir().unwrap();
     let _tmpfs = Tmpfs::mount(mount.path(), "4m");
     let state = tempfile::tempdir_in(mount.path()).unwrap();
@@ -339,8 +341,7 @@ fn a_full_disk_loses_no_acknowledged_result_and_recovers_by_itself() {
     let filler = fill(&state_dir);
     let failing = Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = crate::support::http("GET", &format!("{}/metrics", d.api()), None, &[]).1;
-        let text = metrics.as_str().unwrap_or_default().to_string();
+        let text = metrics(&d);
         if text.contains("saltpeter_database_failing 1") {
             break;
         }
@@ -359,27 +360,11 @@ fn a_full_disk_loses_no_acknowledged_result_and_recovers_by_itself() {
     );
     // Room again: the daemon recovers by itself.
     std::fs::remove_file(&filler).unwrap();
-    let run = poll_run(
-        &d,
-        &instance,
-        "the run ending after space returned",
-        |run| run["running"] == false,
-    );
-    assert_eq!(run["success"], true, "{run:#}");
     let expected: String = (1..=40)
         .map(|i| format!("line {i} of a job whose output must survive a full disk\n"))
         .collect();
-    for m in &minions {
-        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
-        let (_, out) = d.call(
-            "GET",
-            &format!("/api/v1/runs/{instance}/targets/{m}/output"),
-            None,
-        );
-        assert_eq!(out["text"].as_str(), Some(expected.as_str()), "{m}");
-    }
-    let metrics = crate::support::http("GET", &format!("{}/metrics", d.api()), None, &[]).1;
-    let text = metrics.as_str().unwrap_or_default().to_string();
+    ends_ok(&d, &instance, &minions, |_| expected.clone());
+    let text = metrics(&d);
     assert!(text.contains("saltpeter_database_failing 0"), "{text}");
     drop(d);
 }
@@ -390,18 +375,9 @@ fn a_full_disk_loses_no_acknowledged_result_and_recovers_by_itself() {
 #[test]
 fn a_crash_during_the_second_of_three_batches_loses_no_batch() {
     let (lab, _guard) = lab();
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "01-settings.yaml",
-        &lab.daemon_settings(&dir.path().join("log")),
-    );
     let script = "echo start on $SP_MACHINE_ID; sleep 4; echo done";
-    write(
-        dir.path(),
-        "jobs.yaml",
-        &far("thirds", &format!("  command: {script}\n  batch_size: 1\n")),
-    );
+    let jobs = far("thirds", &format!("  command: {script}\n  batch_size: 1\n"));
+    let dir = config_dir(lab, &jobs, "");
     let mut d = Daemon::start(dir.path());
     d.wait_api();
     let minions = lab.minions();
@@ -415,24 +391,8 @@ fn a_crash_during_the_second_of_three_batches_loses_no_batch() {
     });
     let mut d = d.crash_and_restart(dir.path());
     d.wait_api();
-    let run = poll_run(&d, &instance, "all three batches done", |run| {
-        run["running"] == false
-    });
-    assert_eq!(run["success"], true, "{run:#}");
+    let run = ends_ok(&d, &instance, &minions, |m| format!("start on {m}\ndone\n"));
     assert_eq!(run["total"], 3, "{run:#}");
-    for m in &minions {
-        assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");
-        let (_, out) = d.call(
-            "GET",
-            &format!("/api/v1/runs/{instance}/targets/{m}/output"),
-            None,
-        );
-        assert_eq!(
-            out["text"].as_str(),
-            Some(format!("start on {m}\ndone\n").as_str()),
-            "{m}"
-        );
-    }
     // The restarted daemon itself published the third batch.
     d.expect_line(
         &format!("Starting the next batch of {instance}"),

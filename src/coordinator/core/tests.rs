@@ -103,6 +103,24 @@ impl Harness {
         self.collect();
     }
 
+    /// The reply to a probe of `minion`: delivered elsewhere, here its failure or refusal.
+    fn probe_reply(&mut self, minion: &str, result: Result<Published, PublishError>) {
+        let now = self.now();
+        let purpose = Purpose::Probe(vec![minion.into()]);
+        self.core
+            .handle_salt_reply("j_1", purpose, result, &mut NoShuffle, now);
+        self.collect();
+    }
+
+    /// Job `j` on `targets`, fired as `j_1` and published to `minions`: its launch jid.
+    fn launched(targets: &str, minions: &[&str]) -> (Harness, String) {
+        let mut h = Harness::new(&job_yaml("j", targets, ""));
+        h.fire("j", "j_1");
+        let (jid, _) = h.published("j_1", &Purpose::Launch);
+        h.publish_reply("j_1", Purpose::Launch, &jid, minions);
+        (h, jid)
+    }
+
     fn bus(&mut self, event: Event) {
         let now = self.now();
         self.core
@@ -536,19 +554,11 @@ fn the_original_wrapper_is_let_in_only_where_the_operator_allowed_it() {
 #[test]
 fn an_undelivered_probe_waits_with_its_reason_and_salts_refusal_ends_the_target() {
     let probe_fails = |h: &mut Harness, minion: &str| {
-        let now = h.now();
         let failed = Err(PublishError::Timeout {
             endpoint: "tcp://127.0.0.1:4506".into(),
             timeout: 10 * S,
         });
-        h.core.handle_salt_reply(
-            "j_1",
-            Purpose::Probe(vec![minion.into()]),
-            failed,
-            &mut NoShuffle,
-            now,
-        );
-        h.collect();
+        h.probe_reply(minion, failed);
     };
     let waiting = |h: &Harness| -> Vec<Option<String>> {
         h.effects
@@ -573,10 +583,7 @@ fn an_undelivered_probe_waits_with_its_reason_and_salts_refusal_ends_the_target(
             })
             .count()
     };
-    let mut h = Harness::new(&job_yaml("j", "a,b", ""));
-    h.fire("j", "j_1");
-    let (jid, _) = h.published("j_1", &Purpose::Launch);
-    h.publish_reply("j_1", Purpose::Launch, &jid, &["a", "b"]);
+    let (mut h, _) = Harness::launched("a,b", &["a", "b"]);
     h.hub("j_1", "b", HubEventKind::Heartbeat, S);
     h.hub("j_1", "b", HubEventKind::Completed { retcode: 0 }, S);
     // An hour of a master that times out every probe: `a` is never given up on.
@@ -607,23 +614,12 @@ fn an_undelivered_probe_waits_with_its_reason_and_salts_refusal_ends_the_target(
     assert_eq!(waiting(&h).last(), Some(&None));
 
     // Another run: Salt says it knows no such minion: 255 at once, with Salt's words.
-    let mut h = Harness::new(&job_yaml("j", "a", ""));
-    h.fire("j", "j_1");
-    let (jid, _) = h.published("j_1", &Purpose::Launch);
-    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    let (mut h, _) = Harness::launched("a", &["a"]);
     h.advance_to(10 * S);
-    let now = h.now();
     let refused = Err(PublishError::NoMinions {
         message: "No minions matched the target.".into(),
     });
-    h.core.handle_salt_reply(
-        "j_1",
-        Purpose::Probe(vec!["a".into()]),
-        refused,
-        &mut NoShuffle,
-        now,
-    );
-    h.collect();
+    h.probe_reply("a", refused);
     assert_eq!(h.results(), [("j_1".into(), "a".into(), 255)]);
     let note = h.effects.iter().find_map(|e| match e {
         Effect::Record(RunEvent::TargetEnded { note, .. }) => note.clone(),
@@ -635,23 +631,12 @@ fn an_undelivered_probe_waits_with_its_reason_and_salts_refusal_ends_the_target(
 /// A kill ends a target whose probe cannot be delivered within the kill wait.
 #[test]
 fn a_kill_ends_a_target_stuck_in_phase_one() {
-    let mut h = Harness::new(&job_yaml("j", "a", ""));
-    h.fire("j", "j_1");
-    let (jid, _) = h.published("j_1", &Purpose::Launch);
-    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    let (mut h, _) = Harness::launched("a", &["a"]);
     h.advance_to(10 * S);
-    let now = h.now();
     let failed = Err(PublishError::Unconfigured {
         reason: "test".into(),
     });
-    h.core.handle_salt_reply(
-        "j_1",
-        Purpose::Probe(vec!["a".into()]),
-        failed,
-        &mut NoShuffle,
-        now,
-    );
-    h.collect();
+    h.probe_reply("a", failed);
     h.core.kill("j_1", None, h.now()).unwrap();
     h.collect();
     h.advance_to(20 * S);
@@ -752,10 +737,7 @@ fn a_restart_between_batches_publishes_the_next_one() {
 /// its output is stored, its result kept as a note and acknowledged once stored.
 #[test]
 fn a_late_result_after_253_is_recorded_as_a_note_and_acknowledged() {
-    let mut h = Harness::new(&job_yaml("j", "a", ""));
-    h.fire("j", "j_1");
-    let (jid, _) = h.published("j_1", &Purpose::Launch);
-    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    let (mut h, _) = Harness::launched("a", &["a"]);
     h.hub("j_1", "a", HubEventKind::Heartbeat, S);
     h.advance_to(16 * S);
     assert_eq!(h.results(), [("j_1".into(), "a".into(), 253)]);
