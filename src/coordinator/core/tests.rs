@@ -121,6 +121,11 @@ impl Harness {
         (h, jid)
     }
 
+    /// What `f` picks out of the effects so far, in order.
+    fn pick<T>(&self, f: impl FnMut(&Effect) -> Option<T>) -> Vec<T> {
+        self.effects.iter().filter_map(f).collect()
+    }
+
     fn bus(&mut self, event: Event) {
         let now = self.now();
         self.core
@@ -450,14 +455,11 @@ fn a_kill_reaches_confirmed_targets_at_once_and_others_as_they_confirm() {
 #[test]
 fn only_machines_salt_named_are_named_to_the_hub() {
     let named = |h: &Harness| -> Vec<String> {
-        h.effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Hub(HubCommand::Name { machines, .. }) => Some(machines.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect()
+        h.pick(|e| match e {
+            Effect::Hub(HubCommand::Name { machines, .. }) => Some(machines.clone()),
+            _ => None,
+        })
+        .concat()
     };
     let mut h = Harness::new(&job_yaml("j", "a,b", ""));
     h.fire("j", "j_1");
@@ -561,13 +563,10 @@ fn an_undelivered_probe_waits_with_its_reason_and_salts_refusal_ends_the_target(
         h.probe_reply(minion, failed);
     };
     let waiting = |h: &Harness| -> Vec<Option<String>> {
-        h.effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Record(RunEvent::Waiting { why, .. }) => Some(why.clone()),
-                _ => None,
-            })
-            .collect()
+        h.pick(|e| match e {
+            Effect::Record(RunEvent::Waiting { why, .. }) => Some(why.clone()),
+            _ => None,
+        })
     };
     let probes = |h: &Harness| {
         h.effects
@@ -649,13 +648,10 @@ fn a_kill_ends_a_target_stuck_in_phase_one() {
 #[test]
 fn batches_left_are_stored_and_go_on_after_a_restart() {
     let stored = |h: &Harness| -> Vec<Vec<Vec<String>>> {
-        h.effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Record(RunEvent::BatchesLeft { batches, .. }) => Some(batches.clone()),
-                _ => None,
-            })
-            .collect()
+        h.pick(|e| match e {
+            Effect::Record(RunEvent::BatchesLeft { batches, .. }) => Some(batches.clone()),
+            _ => None,
+        })
     };
     let lists = |v: &[&[&str]]| -> Vec<Vec<String>> {
         v.iter()
