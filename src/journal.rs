@@ -64,6 +64,9 @@ pub enum RunEvent {
         jid: String,
         machines: Vec<String>,
     },
+    /// A launch is about to be published under `jid` (stored first: a restart before Salt's
+    /// reply publishes it again under the same jid, which minions that got it ignore).
+    Launching { instance: String, jid: String },
     /// The batches of the run not yet published, in order (`batch_size`), as of now.
     BatchesLeft {
         instance: String,
@@ -141,6 +144,7 @@ impl RunEvent {
             RunEvent::Started { instance, .. }
             | RunEvent::Published { instance, .. }
             | RunEvent::BatchesLeft { instance, .. }
+            | RunEvent::Launching { instance, .. }
             | RunEvent::MachineSkipped { instance, .. }
             | RunEvent::Confirmed { instance, .. }
             | RunEvent::Waiting { instance, .. }

@@ -133,6 +133,9 @@ struct RunCtx {
     batch_size: usize,
     /// Published in several batches: what is left is stored as each one is published.
     batched: bool,
+    /// The jid of a launch sent before a restart whose reply was not recorded: the next
+    /// launch uses it again (minions that got it ignore it the second time).
+    relaunch_jid: Option<String>,
     /// Machines under maintenance when the run fired.
     maintenance: BTreeSet<String>,
     /// The earliest deadline of this run in the heap (entries for other instants are stale).
@@ -271,20 +274,31 @@ impl Core {
 
     /// Takes over a run that was in flight when the daemon stopped: its wrappers reconnect to
     /// the hub (registered already), confirmed targets get a fresh heartbeat clock, unconfirmed
-    /// ones are looked for in Salt's job cache and probed.
+    /// ones are looked for in Salt's job cache and probed. A launch sent without a recorded
+    /// reply is sent again under its jid (minions that got it ignore it); a run stopped before
+    /// any launch starts over.
     pub fn adopt(&mut self, run: &InFlight, job: Option<&Arc<Job>>, settings: &Settings, now: Now) {
         let spec = run_spec(&run.job, &run.instance, job.map(|j| &**j));
         let jid = run.jid.clone().unwrap_or_else(|| "-".into());
         let machines: Vec<String> = run.open.iter().map(|t| t.machine.clone()).collect();
+        // Nothing published yet (for good): the run goes on from its first launch.
+        let unpublished = run.jid.is_none() && job.is_some();
         let mut engine = Run::new(spec);
         for (m, code) in &run.done {
             engine.handle_recovered(m, *code);
         }
-        // Batches not yet published follow the current one (which may be over already).
-        if !run.batches.is_empty() {
-            engine.handle_resolved(&[], run.batches.len() + 1, now.mono);
+        if unpublished {
+            // The first batch is launched again below; the others follow it.
+            if !run.batches.is_empty() {
+                engine.handle_resolved(&[], run.batches.len(), now.mono);
+            }
+        } else {
+            // Batches not yet published follow the current one (which may be over already).
+            if !run.batches.is_empty() {
+                engine.handle_resolved(&[], run.batches.len() + 1, now.mono);
+            }
+            engine.handle_published(&jid, &machines, &[], now.mono);
         }
-        engine.handle_published(&jid, &machines, &[], now.mono);
         for t in run.open.iter().filter(|t| t.confirmed) {
             engine.handle_wrapper(&t.machine, WrapperEvent::Heartbeat, now.mono);
         }
@@ -320,9 +334,10 @@ impl Core {
                 template,
                 batches: run.batches.iter().cloned().collect(),
                 resolving: None,
-                pick: 0,
-                batch_size: 0,
+                pick: job.map_or(0, |j| j.number_of_targets as usize),
+                batch_size: job.map_or(0, |j| j.batch_size as usize),
                 batched: !run.batches.is_empty(),
+                relaunch_jid: run.launching.clone(),
                 maintenance: BTreeSet::new(),
                 armed: None,
             },
@@ -334,6 +349,19 @@ impl Core {
                 instance: run.instance.clone(),
                 jid,
             });
+        }
+        if unpublished {
+            match run.launching {
+                Some(_) => {
+                    let first = self
+                        .runs
+                        .get_mut(&run.instance)
+                        .and_then(|c| c.batches.pop_front());
+                    self.launch(&run.instance, first, now);
+                }
+                // Stopped while it resolved its targets: nothing ran anywhere yet.
+                None => self.begin(&run.instance, now),
+            }
         }
         self.settle(&run.instance, now);
     }
@@ -371,7 +399,6 @@ impl Core {
         } else {
             launch::legacy(job, instance)
         };
-        let resolve = job.number_of_targets > 0 || job.batch_size > 0 || !maintenance.is_empty();
         let logdir = PathBuf::from(&settings.logdir);
         self.insert_run(
             instance.to_string(),
@@ -386,15 +413,24 @@ impl Core {
                 pick: job.number_of_targets as usize,
                 batch_size: job.batch_size as usize,
                 batched: false,
+                relaunch_jid: None,
                 maintenance: maintenance.iter().cloned().collect(),
                 armed: None,
             },
         );
         let start = Record::Start { instance };
         self.job_log_record(&logdir, &job.name, &start, now.wall);
-        if resolve {
-            // Find the responsive targets first, as the original's test.ping did.
-            let mut ping = command::ping_like(&template);
+        self.begin(instance, now);
+    }
+
+    /// The run's first step: find the responsive targets (subsets, batches, machines under
+    /// maintenance), as the original's test.ping did, or publish the job at once.
+    fn begin(&mut self, instance: &str, now: Now) {
+        let Some(ctx) = self.runs.get(instance) else {
+            return;
+        };
+        if ctx.pick > 0 || ctx.batch_size > 0 || !ctx.maintenance.is_empty() {
+            let mut ping = command::ping_like(&ctx.template);
             ping.jid = self.jid_gen.next(now.wall);
             self.route(Route::Resolve, &ping.jid, instance);
             self.emit(Effect::Publish {
@@ -410,9 +446,12 @@ impl Core {
 
     /// Publishes the run's job, to `batch` (a list target) or to the job's own target.
     fn launch(&mut self, instance: &str, batch: Option<Vec<String>>, now: Now) {
-        let jid = self.jid_gen.next(now.wall);
         let Some(ctx) = self.runs.get_mut(instance) else {
             return;
+        };
+        let jid = match ctx.relaunch_jid.take() {
+            Some(jid) => jid,
+            None => self.jid_gen.next(now.wall),
         };
         let mut publish = ctx.template.clone();
         if let Some(batch) = batch {
@@ -427,6 +466,11 @@ impl Core {
         publish.jid = jid.clone();
         ctx.jid = jid.clone();
         self.route(Route::Launch, &jid, instance);
+        // Stored before it is sent: a restart before the reply sends it again, same jid.
+        self.record(RunEvent::Launching {
+            instance: instance.into(),
+            jid: jid.clone(),
+        });
         self.emit(Effect::Publish {
             instance: instance.into(),
             purpose: Purpose::Launch,

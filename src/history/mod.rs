@@ -135,6 +135,8 @@ pub struct InFlight {
     pub done: Vec<(String, i64)>,
     /// Batches not yet published (`batch_size`), in order.
     pub batches: Vec<Vec<String>>,
+    /// A launch sent to Salt whose reply was not recorded: its jid, to publish it again.
+    pub launching: Option<String>,
 }
 
 /// A target without a result in a run that had not ended.
@@ -305,6 +307,7 @@ impl Committed {
             RunEvent::Started { instance, .. }
             | RunEvent::Published { instance, .. }
             | RunEvent::BatchesLeft { instance, .. }
+            | RunEvent::Launching { instance, .. }
             | RunEvent::RunEnded { instance, .. } => (instance, None),
             RunEvent::MachineSkipped { instance, machine }
             | RunEvent::Confirmed {
@@ -999,6 +1002,11 @@ impl Store {
                     )?
                     .execute(params![instance, machine, line])?;
             }
+            RunEvent::Launching { instance, jid } => {
+                self.conn
+                    .prepare_cached("UPDATE runs SET launch_jid = ?2 WHERE instance = ?1")?
+                    .execute(params![instance, jid])?;
+            }
             RunEvent::BatchesLeft { instance, batches } => {
                 let json = (!batches.is_empty())
                     .then(|| serde_json::to_string(batches).expect("lists of strings"));
@@ -1571,16 +1579,19 @@ impl Store {
 
     fn in_flight(&self) -> rusqlite::Result<Vec<InFlight>> {
         let mut st = self.conn.prepare(
-            "SELECT instance, job, token, jid, batches FROM runs WHERE ended_ms IS NULL",
+            "SELECT instance, job, token, jid, batches, launch_jid FROM runs WHERE ended_ms IS NULL",
         )?;
         let runs = st
             .query_map([], |r| {
                 let batches: Option<String> = r.get(4)?;
+                let jid: Option<String> = r.get(3)?;
+                let launch_jid: Option<String> = r.get(5)?;
                 Ok(InFlight {
                     instance: r.get(0)?,
                     job: r.get(1)?,
                     token: r.get(2)?,
-                    jid: r.get(3)?,
+                    launching: launch_jid.filter(|l| jid.as_ref() != Some(l)),
+                    jid,
                     open: Vec::new(),
                     done: Vec::new(),
                     // Written by this module only; unreadable would mean a damaged row.

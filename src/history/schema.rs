@@ -67,8 +67,10 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE targets DROP COLUMN head;
      ALTER TABLE targets DROP COLUMN tail;",
     // 4: the batches of a `batch_size` run not yet published (JSON lists of machines), so a
-    // restarted daemon goes on with them.
-    "ALTER TABLE runs ADD COLUMN batches TEXT;",
+    // restarted daemon goes on with them; the jid of the launch last sent to Salt, so a
+    // restart before its reply publishes it again under the same jid (minions run a jid once).
+    "ALTER TABLE runs ADD COLUMN batches TEXT;
+     ALTER TABLE runs ADD COLUMN launch_jid TEXT;",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -523,3 +523,35 @@ async fn a_late_result_is_added_to_the_targets_note() {
         "{note}"
     );
 }
+
+#[tokio::test]
+async fn a_launch_without_its_reply_is_found_again_with_its_jid() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    h.record(started("j_1", "j", 0));
+    let launching = |jid: &str| RunEvent::Launching {
+        instance: "j_1".into(),
+        jid: jid.into(),
+    };
+    h.record(launching("J1"));
+    assert_eq!(
+        h.in_flight().await.unwrap()[0].launching.as_deref(),
+        Some("J1")
+    );
+    h.record(RunEvent::Published {
+        instance: "j_1".into(),
+        jid: "J1".into(),
+        machines: vec!["a".into()],
+    });
+    let run = &h.in_flight().await.unwrap()[0];
+    assert_eq!(
+        (run.jid.as_deref(), run.launching.as_deref()),
+        (Some("J1"), None)
+    );
+    // The next batch's launch, not yet answered.
+    h.record(launching("J2"));
+    assert_eq!(
+        h.in_flight().await.unwrap()[0].launching.as_deref(),
+        Some("J2")
+    );
+}

@@ -399,3 +399,29 @@ fn a_crash_during_the_second_of_three_batches_loses_no_batch() {
         Duration::from_secs(5),
     );
 }
+
+/// SIGKILL of the daemon before the publish reply (the master is away, the launch waits for
+/// it): the restarted daemon sends the launch again under the jid it stored, and the run ends
+/// once on every target.
+#[test]
+fn a_crash_before_the_publish_reply_relaunches_under_the_same_jid() {
+    let (lab, _guard) = lab();
+    let jobs = far("early", "  command: echo ran on $SP_MACHINE_ID\n");
+    let dir = config_dir(lab, &jobs, "");
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    let minions = lab.minions();
+    lab.ctl(&["stop-master"]);
+    let (code, r) = d.call("POST", "/api/v1/jobs/early/run", None);
+    assert_eq!(code, 202, "{r}");
+    let instance = r["instance"].as_str().unwrap().to_string();
+    // The run is stored (with its launch's jid) while the publish waits for the master.
+    poll_run(&d, &instance, "the run stored", |run| {
+        run["running"] == true
+    });
+    let mut d = d.crash_and_restart(dir.path());
+    lab.ctl(&["start-master"]);
+    d.wait_api();
+    ends_ok(&d, &instance, &minions, |m| format!("ran on {m}\n"));
+    crate::salt_lab::wait_all_answer(lab);
+}

@@ -684,6 +684,7 @@ fn batches_left_are_stored_and_go_on_after_a_restart() {
         }],
         done: Vec::new(),
         batches: lists(&[&["b"], &["c"]]),
+        launching: None,
     };
     let mut h = Harness::new(&job_yaml("j", "a,b,c", "  batch_size: 1\n"));
     let job = h.jobs["j"].clone();
@@ -717,6 +718,7 @@ fn a_restart_between_batches_publishes_the_next_one() {
         open: Vec::new(),
         done: vec![("a".into(), 0)],
         batches: vec![vec!["b".into()]],
+        launching: None,
     };
     let mut h = Harness::new(&job_yaml("j", "a,b", "  batch_size: 1\n"));
     let job = h.jobs["j"].clone();
@@ -758,4 +760,73 @@ fn a_late_result_after_253_is_recorded_as_a_note_and_acknowledged() {
         Some(Effect::HubAfterCommit(HubCommand::ConfirmComplete { .. }))
     ));
     assert_eq!(h.results().len(), 1, "the result stands");
+}
+
+/// A restart before the publish reply was recorded: the launch is sent again under the jid it
+/// was stored with (minions that got it ignore a jid they ran), never under a new one; a
+/// restart while the targets were being resolved starts the run over (nothing ran yet).
+#[test]
+fn a_launch_without_a_recorded_reply_is_sent_again_under_its_jid() {
+    let adopt = |yaml: &str, run: InFlight| -> Harness {
+        let mut h = Harness::new(yaml);
+        let job = h.jobs["j"].clone();
+        let settings = h.settings.clone();
+        let now = h.now();
+        h.core.adopt(&run, Some(&job), &settings, now);
+        h.collect();
+        h
+    };
+    let in_flight =
+        |jid: Option<&str>, launching: Option<&str>, batches: Vec<Vec<String>>| InFlight {
+            instance: "j_1".into(),
+            job: "j".into(),
+            token: "token".into(),
+            jid: jid.map(String::from),
+            open: Vec::new(),
+            done: Vec::new(),
+            batches,
+            launching: launching.map(String::from),
+        };
+    // The whole job's launch.
+    let mut h = adopt(
+        &job_yaml("j", "a,b", ""),
+        in_flight(None, Some("J1"), vec![]),
+    );
+    let (jid, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!(
+        (jid.as_str(), tgt),
+        ("J1", Tgt::List(vec!["a".into(), "b".into()]))
+    );
+    h.publish_reply("j_1", Purpose::Launch, "J1", &["a", "b"]);
+    h.hub("j_1", "a", HubEventKind::Completed { retcode: 0 }, S);
+    h.hub("j_1", "b", HubEventKind::Completed { retcode: 0 }, S);
+    assert!(h.ended("j_1"));
+
+    // The first of two batches.
+    let batches = vec![vec!["a".to_string()], vec!["b".to_string()]];
+    let h = adopt(
+        &job_yaml("j", "a,b", "  batch_size: 1\n"),
+        in_flight(None, Some("J1"), batches),
+    );
+    let (jid, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!((jid.as_str(), tgt), ("J1", Tgt::List(vec!["a".into()])));
+
+    // The second batch, sent after the first was done.
+    let h = adopt(
+        &job_yaml("j", "a,b", "  batch_size: 1\n"),
+        InFlight {
+            done: vec![("a".into(), 0)],
+            ..in_flight(Some("J1"), Some("J2"), vec![vec!["b".to_string()]])
+        },
+    );
+    let (jid, tgt) = h.published("j_1", &Purpose::Launch);
+    assert_eq!((jid.as_str(), tgt), ("J2", Tgt::List(vec!["b".into()])));
+
+    // Stopped while resolving: resolved again, then launched under a new jid.
+    let h = adopt(
+        &job_yaml("j", "a,b", "  batch_size: 1\n"),
+        in_flight(None, None, vec![]),
+    );
+    h.published("j_1", &Purpose::Resolve);
+    assert!(!h.ended("j_1"));
 }
