@@ -12,7 +12,7 @@
 
 pub mod registry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -236,9 +236,62 @@ pub fn spawn(listener: TcpListener, options: HubOptions) -> (Hub, mpsc::Receiver
     )
 }
 
+/// What the registry task has for one connection to send, read by its writer. A queue that
+/// allocates nothing while empty: a channel would hold a block of 32 messages (about 2 KiB) for
+/// each of thousands of mostly idle wrappers.
+struct Outbox {
+    queue: std::sync::Mutex<VecDeque<Message>>,
+    ready: tokio::sync::Notify,
+}
+
+/// Messages waiting for one connection past which more are dropped: a wrapper that does not
+/// read its replies is not waited for.
+const OUTBOX_LIMIT: usize = 256;
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Queues `m` unless the queue is full (then it is dropped).
+    fn push(&self, m: Message) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= OUTBOX_LIMIT {
+                return;
+            }
+            q.push_back(m);
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next message, waiting for one. A push between the check and the wait leaves a
+    /// permit (`notify_one`), so no wake-up is lost.
+    async fn next(&self) -> Message {
+        loop {
+            let next = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let m = q.pop_front();
+                if q.is_empty() && q.capacity() > 8 {
+                    // A burst is over: give its memory back.
+                    q.shrink_to(0);
+                }
+                m
+            };
+            if let Some(m) = next {
+                return m;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// From connection tasks to the registry task.
 enum Inbound {
-    Opened(ConnId, mpsc::Sender<Message>),
+    Opened(ConnId, std::sync::Arc<Outbox>),
     /// A message, when its frame was read, and the output budget it holds.
     Message(ConnId, WrapperMsg, Instant, Held),
     /// A frame that was not a valid message: reply with an error.
@@ -257,7 +310,7 @@ async fn drive(
     open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut conns: HashMap<ConnId, mpsc::Sender<Message>> = HashMap::new();
+    let mut conns: HashMap<ConnId, std::sync::Arc<Outbox>> = HashMap::new();
     // The budget of the message being handled goes with the event it produces.
     let mut held = Held::default();
     loop {
@@ -266,12 +319,12 @@ async fn drive(
                 // A wrapper that does not read its replies is not waited for.
                 Output::Send { conn, msg } => {
                     if let Some(out) = conns.get(&conn) {
-                        let _ = out.try_send(Message::text(msg.encode()));
+                        out.push(Message::text(msg.encode()));
                     }
                 }
                 Output::Close { conn } => {
                     if let Some(out) = conns.get(&conn) {
-                        let _ = out.try_send(Message::Close(None));
+                        out.push(Message::Close(None));
                     }
                 }
                 Output::Event(mut event) => {
@@ -383,13 +436,15 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let (mut sink, mut source) = ws.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(256);
+    let outbox = std::sync::Arc::new(Outbox::new());
     inbound
-        .send(Inbound::Opened(id, out_tx))
+        .send(Inbound::Opened(id, outbox.clone()))
         .await
         .map_err(|e| e.to_string())?;
+    // Ends with a close it was asked to send, a failed send, or the connection (aborted).
     let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
+        loop {
+            let m = outbox.next().await;
             let close = matches!(m, Message::Close(_));
             if sink.send(m).await.is_err() || close {
                 break;
