@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use tracing::warn;
 
 use super::core::JobLogEntry;
-use crate::history::History;
+use crate::history::{History, HistoryError, OutputReader};
 use crate::joblog;
 
 type Entry = (PathBuf, String, JobLogEntry);
@@ -20,40 +20,31 @@ pub struct JobLogWriter {
 }
 
 impl JobLogWriter {
-    /// Starts the thread; results are read through `history` on the current runtime.
+    /// Starts the thread; results are read from `history` once committed, through a
+    /// read-only connection of the thread's own.
     pub fn spawn(history: History) -> JobLogWriter {
         let (tx, rx) = mpsc::channel::<Entry>();
         let runtime = tokio::runtime::Handle::current();
         let spawned = std::thread::Builder::new()
             .name("job-log".into())
             .spawn(move || {
-                for (logdir, job, entry) in rx {
-                    let written = match entry {
-                        JobLogEntry::Text(text) => joblog::append_text(&logdir, &job, &text),
-                        JobLogEntry::MachineResult {
-                            instance,
-                            machine,
-                            code,
-                            at,
-                        } => {
-                            let output = |offset| {
-                                runtime
-                                    .block_on(history.output(&instance, &machine, offset))
-                                    .ok()
-                                    .flatten()
-                                    .map(|(slice, _)| (slice.text, slice.next))
-                            };
-                            let result = joblog::Result {
-                                instance: &instance,
-                                machine: &machine,
-                                code,
-                                at,
-                            };
-                            write_result(&logdir, &job, &result, output)
-                        }
-                    };
-                    if let Err(e) = written {
-                        warn!(error = %e, logdir = %logdir.display(), "cannot write the job log of {job}");
+                let reader = history
+                    .output_reader()
+                    .inspect_err(|e| warn!(error = %e, "job log: cannot open the history to read results; they are written without their output"))
+                    .ok();
+                while let Ok(first) = rx.recv() {
+                    // Everything queued so far is one burst: one wait for the store's commit
+                    // for all its results (a query per target would end the store's group
+                    // commits thousands of times at the end of a large run).
+                    let burst: Vec<Entry> = std::iter::once(first).chain(rx.try_iter()).collect();
+                    let results = burst
+                        .iter()
+                        .any(|(_, _, e)| matches!(e, JobLogEntry::MachineResult { .. }));
+                    if results {
+                        wait_stored(&runtime, &history);
+                    }
+                    for (logdir, job, entry) in burst {
+                        write_entry(&logdir, &job, entry, reader.as_ref());
                     }
                 }
             });
@@ -65,6 +56,47 @@ impl JobLogWriter {
 
     pub fn send(&self, logdir: PathBuf, job: String, entry: JobLogEntry) {
         let _ = self.tx.send((logdir, job, entry));
+    }
+}
+
+/// Waits until what was recorded before is committed (retrying while the store cannot commit,
+/// so a result is written with its output).
+fn wait_stored(runtime: &tokio::runtime::Handle, history: &History) {
+    loop {
+        match runtime.block_on(history.flush()) {
+            Ok(()) | Err(HistoryError::Stopped) => return,
+            Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+        }
+    }
+}
+
+fn write_entry(logdir: &Path, job: &str, entry: JobLogEntry, reader: Option<&OutputReader>) {
+    let written = match entry {
+        JobLogEntry::Text(text) => joblog::append_text(logdir, job, &text),
+        JobLogEntry::MachineResult {
+            instance,
+            machine,
+            code,
+            at,
+        } => {
+            let output = |offset| {
+                reader?
+                    .output(&instance, &machine, offset)
+                    .ok()
+                    .flatten()
+                    .map(|(slice, _)| (slice.text, slice.next))
+            };
+            let result = joblog::Result {
+                instance: &instance,
+                machine: &machine,
+                code,
+                at,
+            };
+            write_result(logdir, job, &result, output)
+        }
+    };
+    if let Err(e) = written {
+        warn!(error = %e, logdir = %logdir.display(), "cannot write the job log of {job}");
     }
 }
 

@@ -422,6 +422,25 @@ pub struct History {
     tx: std_mpsc::Sender<Msg>,
     commits: broadcast::Sender<Arc<Committed>>,
     shared: Arc<Shared>,
+    path: Arc<std::path::PathBuf>,
+}
+
+/// A read-only connection of its own, for a reader of committed output that must not end the
+/// store's group commits with a query per target (the job log at the end of a large run).
+pub struct OutputReader {
+    conn: Connection,
+}
+
+impl OutputReader {
+    /// A target's committed output from byte `offset`, and whether it has ended.
+    pub fn output(
+        &self,
+        instance: &str,
+        machine: &str,
+        offset: u64,
+    ) -> Result<Option<(Slice, bool)>, HistoryError> {
+        Ok(read_output(&self.conn, instance, machine, offset)?)
+    }
 }
 
 impl History {
@@ -496,6 +515,7 @@ impl History {
             tx,
             commits,
             shared,
+            path: Arc::new(path.to_path_buf()),
         })
     }
 
@@ -647,6 +667,20 @@ impl History {
         .await
     }
 
+    /// A read-only connection to the same database; it sees what is committed.
+    pub fn output_reader(&self) -> Result<OutputReader, HistoryError> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&*self.path, flags).map_err(|source| {
+            HistoryError::Open {
+                path: self.path.display().to_string(),
+                source,
+            }
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(OutputReader { conn })
+    }
+
     /// Resolves once everything sent before it is committed; [`HistoryError::NotStored`] when
     /// the store could not commit it (it keeps it and retries; flush again later).
     pub async fn flush(&self) -> Result<(), HistoryError> {
@@ -711,6 +745,38 @@ struct Written {
     cap: CapState,
     next_seq: Option<i64>,
     dirty: bool,
+}
+
+/// A target's output from byte `from` as stored, and whether the target has ended.
+fn read_output(
+    conn: &Connection,
+    instance: &str,
+    machine: &str,
+    from: u64,
+) -> rusqlite::Result<Option<(Slice, bool)>> {
+    let Some((total, state)) = conn
+        .query_row(
+            "SELECT output_bytes, state FROM targets WHERE instance = ?1 AND machine = ?2",
+            params![instance, machine],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    // From the chunk that holds `from` on (the index bounds the scan).
+    let mut st = conn.prepare_cached(
+        "SELECT pos, data FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos >=
+           COALESCE((SELECT MAX(pos) FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos <= ?3), 0)
+         ORDER BY pos",
+    )?;
+    let chunks = st
+        .query_map(params![instance, machine, from as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let done = state == "done" || state == "maintenance";
+    Ok(Some((output::assemble(&chunks, from, total), done)))
 }
 
 /// Events are committed together for at most this long (queries do not wait for it).
@@ -1233,38 +1299,6 @@ impl Store {
     }
 
     /// A target's output from `from`, and whether the target has ended.
-    fn read_output(
-        &self,
-        instance: &str,
-        machine: &str,
-        from: u64,
-    ) -> rusqlite::Result<Option<(Slice, bool)>> {
-        let Some((total, state)) = self
-            .conn
-            .query_row(
-                "SELECT output_bytes, state FROM targets WHERE instance = ?1 AND machine = ?2",
-                params![instance, machine],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-            )
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        // From the chunk that holds `from` on (the index bounds the scan).
-        let mut st = self.conn.prepare(
-            "SELECT pos, data FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos >=
-               COALESCE((SELECT MAX(pos) FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos <= ?3), 0)
-             ORDER BY pos",
-        )?;
-        let chunks = st
-            .query_map(params![instance, machine, from as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let done = state == "done" || state == "maintenance";
-        Ok(Some((output::assemble(&chunks, from, total), done)))
-    }
-
     /// Writes the batch's output; the first storage failure is returned (the batch is then
     /// not stored), any other error is logged.
     fn flush_outputs(&mut self) -> rusqlite::Result<()> {
@@ -1364,7 +1398,7 @@ impl Store {
                 reply: tx,
             } => reply(
                 tx,
-                self.read_output(&instance, &machine, offset)
+                read_output(&self.conn, &instance, &machine, offset)
                     .inspect_err(log)
                     .ok()
                     .flatten(),
