@@ -33,7 +33,11 @@ fn post(url: &str) {
         .http_status_as_error(false)
         .build()
         .into();
-    let resp = agent.post(url).header("x-saltpeter-request", "1").send_empty().unwrap();
+    let resp = agent
+        .post(url)
+        .header("x-saltpeter-request", "1")
+        .send_empty()
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 202, "run now refused");
 }
 
