@@ -82,8 +82,9 @@ async fn wrapper_throughput() {
         hub.send_now(HubCommand::Register {
             instance: instance.into(),
             job_name: "bench".into(),
-            machines: Some(vec!["m".into()]),
+            machines: vec!["m".into()],
             token: None,
+            tokenless: false,
         });
         let start = Instant::now();
         let out = Command::new(bin)
@@ -162,8 +163,9 @@ fn hub_server(conns: usize) {
         hub.send_now(HubCommand::Register {
             instance: "scale".into(),
             job_name: "bench".into(),
-            machines: Some((0..conns).map(|i| format!("m{i}")).collect()),
+            machines: (0..conns).map(|i| format!("m{i}")).collect(),
             token: None,
+            tokenless: false,
         });
         while events.recv().await.is_some() {}
     });

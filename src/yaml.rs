@@ -195,12 +195,18 @@ enum Frame {
     Map(Pos, usize, Vec<(Node, Node)>, Option<Node>),
 }
 
+/// The most nodes aliases may copy in one document: far beyond any job directory's shared
+/// defaults, and a bound on "billion laughs" (aliases of aliases: 500 bytes, 10^9 nodes).
+const MAX_ALIAS_NODES: usize = 1_000_000;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     anchors: std::collections::HashMap<usize, Node>,
     root: Option<Node>,
     duplicates: Vec<DuplicateKey>,
+    /// Nodes copied by aliases so far.
+    copied: usize,
 }
 
 impl Builder {
@@ -220,10 +226,20 @@ impl Builder {
                 self.push(node, anchor)
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                let node = self.anchors.get(&id).ok_or_else(|| YamlError {
                     pos: at,
                     message: "alias to an unknown anchor".into(),
                 })?;
+                self.copied += count_nodes(node, MAX_ALIAS_NODES - self.copied + 1);
+                if self.copied > MAX_ALIAS_NODES {
+                    return Err(YamlError {
+                        pos: at,
+                        message: format!(
+                            "aliases here expand to more than {MAX_ALIAS_NODES} nodes"
+                        ),
+                    });
+                }
+                let node = node.clone();
                 // An alias is read where it is used, so its findings point there.
                 self.push(relocate(node, at), 0)
             }
@@ -330,6 +346,24 @@ impl Builder {
     }
 }
 
+/// The nodes in `node`'s tree, counted up to `limit` (the cost of an alias, bounded).
+fn count_nodes(node: &Node, limit: usize) -> usize {
+    let mut count = 0;
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        count += 1;
+        if count >= limit {
+            break;
+        }
+        match &n.kind {
+            Kind::Scalar(_) => {}
+            Kind::Seq(items) => stack.extend(items),
+            Kind::Map(entries) => stack.extend(entries.iter().flat_map(|(k, v)| [k, v])),
+        }
+    }
+    count
+}
+
 fn relocate(mut node: Node, at: Pos) -> Node {
     node.pos = at;
     node
@@ -401,6 +435,18 @@ mod tests {
         assert_eq!(s("1.5", true).as_int(), None);
         assert!(s("~", true).is_null());
         assert!(!s("", false).is_null());
+    }
+
+    #[test]
+    fn aliases_of_aliases_are_bounded() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.pos.line, 6, "{e:?}");
+        assert!(e.message.contains("more than"), "{e:?}");
     }
 
     #[test]

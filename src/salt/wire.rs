@@ -312,7 +312,7 @@ impl FrameSplitter {
             Probe::Bad(reason) => {
                 // Skip to the next position where a frame could start.
                 let mut skipped = 1;
-                while skipped < data.len() && !plausible_start(&data[skipped..]) {
+                while skipped < data.len() && !plausible_start(&data[skipped..], self.max_frame) {
                     skipped += 1;
                 }
                 self.start += skipped;
@@ -331,10 +331,15 @@ impl FrameSplitter {
             };
         }
         if data.len() < 5 {
-            return if first == 0 {
-                Probe::Incomplete
+            // A length prefix not read whole: refused now only if it will be once it is.
+            return if least_len(data) > self.max_frame {
+                Probe::Bad(format!(
+                    "frame length {} or more exceeds the {} byte limit",
+                    least_len(data),
+                    self.max_frame
+                ))
             } else {
-                Probe::Bad(format!("unexpected byte 0x{first:02x}"))
+                Probe::Incomplete
             };
         }
         let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
@@ -365,8 +370,20 @@ fn is_map_marker(b: u8) -> bool {
     (0x80..=0x8f).contains(&b) || b == 0xde || b == 0xdf
 }
 
-fn plausible_start(data: &[u8]) -> bool {
-    is_map_marker(data[0]) || (data[0] == 0 && data.len() >= 5 && is_map_marker(data[4]))
+/// Whether a frame could start at `data[0]`: a map, or a length prefix within `max_frame`
+/// before one. Bytes not read yet count as fitting, so the answer never depends on where a
+/// read ended: the probe that follows waits for them.
+fn plausible_start(data: &[u8], max_frame: usize) -> bool {
+    is_map_marker(data[0])
+        || (least_len(data) <= max_frame && data.get(4).is_none_or(|b| is_map_marker(*b)))
+}
+
+/// The smallest length a 4-byte big-endian prefix starting `data` can have (unread bytes 0).
+fn least_len(data: &[u8]) -> usize {
+    let mut prefix = [0; 4];
+    let known = data.len().min(4);
+    prefix[..known].copy_from_slice(&data[..known]);
+    u32::from_be_bytes(prefix) as usize
 }
 
 /// The byte length of the first msgpack value in `buf`: `Ok(None)` when more bytes are needed,
@@ -737,6 +754,24 @@ pub fn visible(bytes: &[u8]) -> String {
     out
 }
 
+/// The longest text a list or map used as a map key becomes in JSON.
+const MAX_KEY_TEXT: usize = 1024;
+
+/// A map key as JSON object key: its text, and a list or map key (msgpack allows any) as its
+/// JSON cut to [`MAX_KEY_TEXT`] bytes: escaping doubles the text at every key nested in a key,
+/// so a few hundred bytes of such nesting would otherwise take gigabytes.
+fn json_key(k: &Value) -> String {
+    let mut text = value_text(k);
+    if text.len() > MAX_KEY_TEXT {
+        let mut cut = MAX_KEY_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
 /// msgpack → JSON: bin as text when it is UTF-8, ext types as `{"ext": type, "hex": ...}`
 /// (Salt's datetime ext 78 as its text).
 pub fn to_json(v: &Value) -> serde_json::Value {
@@ -754,7 +789,7 @@ pub fn to_json(v: &Value) -> serde_json::Value {
         Value::String(s) => J::String(visible(s.as_bytes())),
         Value::Binary(b) => J::String(visible(b)),
         Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
-        Value::Map(m) => J::Object(m.iter().map(|(k, v)| (value_text(k), to_json(v))).collect()),
+        Value::Map(m) => J::Object(m.iter().map(|(k, v)| (json_key(k), to_json(v))).collect()),
         Value::Ext(78, data) => J::String(visible(data)),
         Value::Ext(t, data) => serde_json::json!({
             "ext": t,

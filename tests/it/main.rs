@@ -6,6 +6,7 @@ mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdow
 mod engine_lab; // the daemon end to end on a real Salt lab: Phase 1, Phase 2, exit codes
 mod faults; // the fault suite on the lab: forged messages, the original wrapper, a full disk
 mod fleet; // the whole daemon under 2,000 simulated wrappers: a kill while all of them stream
+mod fuzz_props; // the fuzz targets' checks on random inputs, and the inputs fuzzing found
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
 mod openapi; // the REST API against proto/api/openapi.json: routes and response schemas
