@@ -34,6 +34,8 @@ pub mod salt;
 pub mod schedule;
 #[cfg(feature = "daemon")]
 pub mod scheduler;
+#[cfg(feature = "daemon")]
+pub mod secret;
 pub mod wrapper;
 #[cfg(feature = "daemon")]
 pub mod yaml;

@@ -5,7 +5,7 @@
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use saltpeter::schedule::{Civil, Cron, DomDow, Schedule};
+use saltpeter::schedule::{self, Civil, Cron, DomDow, Schedule};
 
 use super::input::Src;
 
@@ -105,30 +105,14 @@ pub fn instant(src: &mut Src) -> Timestamp {
 }
 
 fn civil(at: Timestamp, tz: &TimeZone) -> Civil {
-    let dt = tz.to_datetime(at);
-    Civil {
-        year: dt.year().max(0) as u32,
-        month: dt.month() as u32,
-        day: dt.day() as u32,
-        hour: dt.hour() as u32,
-        minute: dt.minute() as u32,
-        second: dt.second() as u32,
-    }
+    schedule::to_civil(tz.to_datetime(at))
 }
 
 fn utc(c: Civil) -> Timestamp {
-    jiff::civil::DateTime::new(
-        c.year as i16,
-        c.month as i8,
-        c.day as i8,
-        c.hour as i8,
-        c.minute as i8,
-        c.second as i8,
-        0,
-    )
-    .and_then(|dt| dt.to_zoned_datetime(TimeZone::UTC))
-    .map(|z| z.timestamp())
-    .expect("a civil second the search returned exists")
+    schedule::from_civil(c)
+        .to_zoned_datetime(TimeZone::UTC)
+        .map(|z| z.timestamp())
+        .expect("a civil second the search returned exists")
 }
 
 const SECOND: SignedDuration = SignedDuration::from_secs(1);

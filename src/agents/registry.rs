@@ -618,7 +618,9 @@ impl Registry {
         // the original wrapper for this job.
         if let Some(expected) = &run.token {
             match ext.and_then(|e| e.token.as_ref()) {
-                Some(token) if !same_secret(token, expected) => return Err(Refusal::BadToken),
+                Some(token) if !crate::secret::same(token.as_bytes(), expected.as_bytes()) => {
+                    return Err(Refusal::BadToken);
+                }
                 None if !run.tokenless => return Err(Refusal::MissingToken),
                 _ => {}
             }
@@ -679,12 +681,6 @@ impl Registry {
             .get_mut(instance)
             .and_then(|r| r.targets.get_mut(machine))
     }
-}
-
-/// Compares a presented token with the run's without stopping at the first difference.
-fn same_secret(presented: &str, expected: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -236,7 +236,7 @@ impl Access {
         let presented = digest(presented);
         // Every token is compared, without stopping at a match.
         let operator = self.tokens.iter().fold(false, |ok, t| {
-            ok | (constant_time_eq(&t.digest, &presented) & t.operator)
+            ok | (crate::secret::same(&t.digest, &presented) & t.operator)
         });
         match operator {
             true => Ok(()),
@@ -322,10 +322,6 @@ pub(super) fn request_host(req: &Request) -> Option<&str> {
         Some(h) => Some(h.to_str().unwrap_or_default()),
         None => req.uri().authority().map(|a| a.as_str()),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

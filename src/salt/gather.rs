@@ -115,7 +115,7 @@ impl Gather {
         }
         let open = minions
             .iter()
-            .filter(|m| !missing.contains(m))
+            .filter(|m| states.get(*m) == Some(&MinionState::Waiting))
             .cloned()
             .collect();
         let mut gather = Gather {
@@ -190,12 +190,14 @@ impl Gather {
     pub fn handle_probe_sent(&mut self, minions: &[String], matched: &[String], now: Duration) {
         self.trouble = None;
         self.retry = PROBE_RETRY_FIRST;
+        // A set: probes of thousands of minions are answered by lists as long.
+        let matched: BTreeSet<&str> = matched.iter().map(String::as_str).collect();
         let mut sent = false;
         for m in minions {
             if !self.open.contains(m) {
                 continue;
             }
-            if matched.contains(m) {
+            if matched.contains(m.as_str()) {
                 // Its answer may have come first (then it waits again, judged at the deadline).
                 if self.minions.get(m) == Some(&MinionState::Sending) {
                     self.minions.insert(m.clone(), MinionState::Probed);

@@ -86,7 +86,8 @@ impl Schedule {
     }
 }
 
-fn to_civil(dt: DateTime) -> Civil {
+/// A wall-clock date and time as the cron search counts it.
+pub fn to_civil(dt: DateTime) -> Civil {
     Civil {
         year: dt.year().max(0) as u32,
         month: dt.month() as u32,
@@ -97,7 +98,8 @@ fn to_civil(dt: DateTime) -> Civil {
     }
 }
 
-fn from_civil(c: Civil) -> DateTime {
+/// A civil second the cron search returned, as a date and time (it is always valid).
+pub fn from_civil(c: Civil) -> DateTime {
     DateTime::constant(
         c.year as i16,
         c.month as i8,

@@ -474,20 +474,5 @@ fn a_run_survives_the_daemon_being_killed_and_restarted() {
 
 /// SIGKILLs the `sp-wrapper` processes running a job named `job` (found by their environment).
 fn kill_wrappers_of(job: &str) {
-    let wanted = format!("SP_JOB_NAME={job}");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let is_wrapper = std::fs::read_to_string(entry.path().join("comm"))
-            .is_ok_and(|c| c.trim() == "sp-wrapper");
-        let runs_job = std::fs::read(entry.path().join("environ"))
-            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()));
-        if is_wrapper && runs_job {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+    crate::support::kill_job_processes(job, |comm| comm == "sp-wrapper");
 }

@@ -13,23 +13,11 @@ use crate::support::{Daemon, write};
 
 /// The value of `var` in the environment of a running `sp-wrapper` of `job`.
 fn wrapper_env(job: &str, var: &str) -> Option<String> {
-    let wanted = format!("SP_JOB_NAME={job}");
     let prefix = format!("{var}=");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        if !vars.contains(&wanted.as_bytes()) {
-            continue;
-        }
-        for v in vars {
-            if let Some(value) = v.strip_prefix(prefix.as_bytes()) {
-                return Some(String::from_utf8_lossy(value).into_owned());
-            }
-        }
-    }
-    None
+    crate::support::job_processes(job)
+        .into_iter()
+        .flat_map(|(_, _, vars)| vars)
+        .find_map(|v| v.strip_prefix(&prefix).map(String::from))
 }
 
 /// Sends `messages` on a fresh connection to the machines hub and returns the replies.
@@ -263,20 +251,7 @@ fn the_original_python_wrapper_gets_the_contracts_exit_codes() {
 /// SIGKILLs every process started for `job` (found by its environment): wrappers of any kind
 /// and their commands.
 fn kill_jobs_of(job: &str) {
-    let wanted = format!("SP_JOB_NAME={job}");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let runs_job = std::fs::read(entry.path().join("environ"))
-            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()));
-        if runs_job {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+    crate::support::kill_job_processes(job, |_| true);
 }
 
 /// Mounts a tmpfs of `size` at `dir` (the test script runs as root); unmounted on drop.

@@ -198,3 +198,39 @@ pub fn dead_master(dir: &Path, port: u16) -> std::path::PathBuf {
     std::fs::write(&master, text).unwrap();
     master
 }
+
+/// The processes started for job `job` (by `SP_JOB_NAME` in their environment): each pid, its
+/// `comm` and its environment's variables.
+pub fn job_processes(job: &str) -> Vec<(i32, String, Vec<String>)> {
+    let wanted = format!("SP_JOB_NAME={job}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        if vars.contains(&wanted) {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_string(), vars));
+        }
+    }
+    found
+}
+
+/// SIGKILLs the processes of `job` that `pick` chooses by their `comm`.
+pub fn kill_job_processes(job: &str, pick: impl Fn(&str) -> bool) {
+    for (pid, comm, _) in job_processes(job) {
+        if pick(&comm) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
