@@ -3,6 +3,7 @@
 //! kill, maintenance, reload) one at a time. Wiring only: the decisions live in `config`,
 //! `scheduler` and `engine`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,11 +22,11 @@ use crate::control::{Command, Control, Refusal, RunRef};
 use crate::coordinator::Coordinator;
 use crate::history::{History, InFlight, MaintenanceState, Retention};
 use crate::joblog;
-use crate::journal::{RunEvent, SkipReason, Trigger};
+use crate::journal::{Claim, SkipReason, SlotFate, Trigger};
 use crate::metrics::Metrics;
 use crate::salt::SaltSettings;
 use crate::salt::bus::BusMessage;
-use crate::scheduler::{Fire, InstanceIds, Planner};
+use crate::scheduler::{Decision, InstanceIds, Planner};
 
 /// How long the directory must be quiet after a change before it is reloaded, so an editor's
 /// save (write, rename, chmod...) is one reload.
@@ -78,8 +79,21 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     let switched = history.maintenance().await.unwrap_or_default();
     // Runs in flight when the daemon last stopped: their wrappers are reconnecting.
     let adopted = history.in_flight().await.unwrap_or_default();
-    let mut planner = Planner::new();
-    let changes = planner.set_jobs(&config.jobs, clock::now());
+    // The plan goes on after each job's last claimed slot: what fell due while the daemon was
+    // down is decided by each job's misfire policy at the first turn of the loop.
+    let heads = history.heads().await.unwrap_or_default();
+    let start = clock::now();
+    let mut planner = Planner::resuming(
+        heads
+            .iter()
+            .filter_map(|(job, h)| Some((job.clone(), h.resume_from?)))
+            .collect(),
+        start,
+    );
+    let changes = planner.set_jobs(&config.jobs, start);
+    if let Err(e) = history.planned(changes.fresh.clone(), start).await {
+        warn!(error = %e, "cannot note the jobs planned afresh; slots due while the daemon is down before their first run will not be accounted for");
+    }
     info!(jobs = changes.added.len(), dir = %dir.display(), "Saltpeter {} started", crate::VERSION);
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<()>(4);
@@ -125,6 +139,11 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     let metrics = Metrics::default();
     metrics.count_wrappers(hub.open_connections());
     metrics.watch_store(history.health());
+    for (job, head) in &heads {
+        if let Some(at) = head.last_fired {
+            metrics.last_fired(job, at);
+        }
+    }
     let mut coordinator = Coordinator::new(
         hub,
         publisher,
@@ -144,6 +163,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         switched,
         planner,
         instances: InstanceIds::default(),
+        node: format!("{}:{}", crate::hostname(), std::process::id()),
         coordinator,
         history: history.clone(),
         snapshot: None,
@@ -218,9 +238,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
                     Ok(Wake::Deadline) => {}
                     Err(e) => error!(error = %e, "wall-clock timer failed"),
                 }
-                for fire in daemon.planner.due(now) {
-                    daemon.fire_due(&fire, now);
-                }
+                daemon.due(now).await;
             }
             _ = sleep_until_opt(run_deadline) => daemon.coordinator.handle_timeout(),
         }
@@ -241,6 +259,8 @@ struct Daemon {
     switched: MaintenanceState,
     planner: Planner,
     instances: InstanceIds,
+    /// Who claims slots in the ledger (`host:pid`), shown to anyone refused one.
+    node: String,
     coordinator: Coordinator,
     history: History,
     snapshot: Option<watch::Sender<Arc<api::Snapshot>>>,
@@ -277,75 +297,156 @@ impl Daemon {
         }
     }
 
-    fn skip(&self, job: &str, reason: SkipReason, detail: String) {
-        let event = RunEvent::Skipped {
-            job: job.into(),
-            reason,
-            detail,
-            at: clock::now(),
-        };
-        self.coordinator.record(event);
-    }
-
-    /// A due slot: started unless maintenance or the overlap rule says otherwise.
-    fn fire_due(&mut self, fire: &Fire, now: jiff::Timestamp) {
-        let job = fire.job.clone();
-        let logdir = PathBuf::from(&self.config.settings.logdir);
-        if self.maintenance().global {
-            info!(job = %job.name, "Maintenance mode active: {} not started", job.name);
-            let record = joblog::Record::Maintenance {
-                instance: &job.name,
-                machine: "",
-                why: "Global maintenance mode active",
+    /// Everything due at `now`: each slot's fate is decided (the misfire policy, maintenance,
+    /// the overlap rule), claimed in the ledger in one transaction, and only then carried out:
+    /// a run starts only for a slot this daemon claimed.
+    async fn due(&mut self, now: jiff::Timestamp) {
+        let decisions = self.planner.due(now);
+        if decisions.is_empty() {
+            return;
+        }
+        let mut claims = Vec::with_capacity(decisions.len());
+        // Jobs given a fire in this turn: a second fire of one (`misfire: all`) finds it running.
+        let mut firing: HashMap<String, String> = HashMap::new();
+        let global = self.maintenance().global;
+        for decision in &decisions {
+            let job = decision.job();
+            let (slot, last, count, fate, trigger, instance, detail) = match decision {
+                Decision::Missed(m) => (
+                    m.first,
+                    (m.last != m.first).then_some(m.last),
+                    m.count,
+                    SlotFate::Missed(m.reason),
+                    Trigger::Schedule,
+                    None,
+                    if m.exact {
+                        m.detail.clone()
+                    } else {
+                        format!("{} (counting stopped at {})", m.detail, m.count)
+                    },
+                ),
+                Decision::Fire(f) => {
+                    let trigger = if f.catch_up {
+                        Trigger::CatchUp
+                    } else {
+                        Trigger::Schedule
+                    };
+                    let running = firing
+                        .get(&job.name)
+                        .cloned()
+                        .or_else(|| self.coordinator.running_instance(&job.name));
+                    let (fate, instance, detail) = if global {
+                        (
+                            SlotFate::Skipped(SkipReason::Maintenance),
+                            None,
+                            "Global maintenance mode active".to_string(),
+                        )
+                    } else if let Some(running) =
+                        running.filter(|_| job.concurrency == Concurrency::Forbid)
+                    {
+                        let detail = format!("{running} is still running");
+                        (SlotFate::Skipped(SkipReason::Overlap), None, detail)
+                    } else {
+                        let instance = InstanceIds::slot(&job.name, f.slot);
+                        firing.insert(job.name.clone(), instance.clone());
+                        (SlotFate::Fired, Some(instance), String::new())
+                    };
+                    (f.slot, None, 1, fate, trigger, instance, detail)
+                }
             };
-            self.coordinator.job_log(&logdir, &job.name, &record);
-            self.skip(
-                &job.name,
-                SkipReason::Maintenance,
-                "Global maintenance mode active".into(),
-            );
-            return;
+            claims.push(Claim {
+                job: job.name.clone(),
+                slot: Some(slot),
+                last,
+                count,
+                fate,
+                trigger,
+                instance,
+                detail,
+                at: now,
+            });
         }
-        if let Err(running) = self.make_room(&job) {
-            warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
-            self.coordinator.job_log(
-                &logdir,
-                &job.name,
-                &joblog::Record::Overlap { running: &running },
-            );
-            self.skip(
-                &job.name,
-                SkipReason::Overlap,
-                format!("{running} is still running"),
-            );
-            return;
-        }
-        if fire.missed > 0 {
-            warn!(job = %job.name, missed = fire.missed, "{} earlier slot(s) of {} were missed (daemon stalled or clock jumped); firing once", fire.missed, job.name);
-        }
-        let trigger = if fire.missed > 0 {
-            Trigger::CatchUp
-        } else {
-            Trigger::Schedule
+        let answers = match self.history.claim(claims.clone(), &self.node).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                for claim in &claims {
+                    error!(job = %claim.job, slot = ?claim.slot, error = %e, "cannot claim this slot of {} in the ledger; it is not fired", claim.job);
+                    self.metrics.unclaimed(&claim.job);
+                }
+                return;
+            }
         };
-        let late = now.duration_since(fire.slot);
-        self.metrics.fire_lateness(late.unsigned_abs());
-        let late_ms = late.as_millis();
-        if let Err(e) = self.start(&job, trigger, Some(fire.slot), late_ms) {
-            error!(job = %job.name, error = %e, "this slot of {} is not started", job.name);
-            self.skip(&job.name, SkipReason::Failed, e.to_string());
+        let logdir = PathBuf::from(&self.config.settings.logdir);
+        for ((decision, claim), answer) in decisions.iter().zip(&claims).zip(answers) {
+            let job = decision.job().clone();
+            let slot = claim.slot.map(|s| s.to_string()).unwrap_or_default();
+            if let Err(taken) = answer {
+                warn!(
+                    job = %job.name,
+                    %slot,
+                    claimed_by = %taken.claimed_by,
+                    "slot {slot} of {} was already claimed ({}{}) by {}; not fired here",
+                    job.name,
+                    taken.state,
+                    taken.instance.map(|i| format!(" as {i}")).unwrap_or_default(),
+                    taken.claimed_by,
+                );
+                continue;
+            }
+            self.metrics.slot(claim);
+            match claim.fate {
+                SlotFate::Missed(reason) => {
+                    warn!(job = %job.name, count = claim.count, reason = reason.as_str(), "{} slot(s) of {} missed from {slot}: {}", claim.count, job.name, claim.detail);
+                }
+                SlotFate::Skipped(SkipReason::Maintenance) => {
+                    info!(job = %job.name, "Maintenance mode active: {} not started", job.name);
+                    let record = joblog::Record::Maintenance {
+                        instance: &job.name,
+                        machine: "",
+                        why: "Global maintenance mode active",
+                    };
+                    self.coordinator.job_log(&logdir, &job.name, &record);
+                }
+                SlotFate::Skipped(_) => {
+                    let running = self
+                        .coordinator
+                        .running_instance(&job.name)
+                        .unwrap_or_default();
+                    warn!(job = %job.name, "{running} is still running; this slot of {} is skipped (overlap)", job.name);
+                    self.coordinator.job_log(
+                        &logdir,
+                        &job.name,
+                        &joblog::Record::Overlap { running: &running },
+                    );
+                }
+                SlotFate::Fired => {
+                    let Decision::Fire(fire) = decision else {
+                        continue;
+                    };
+                    if job.concurrency == Concurrency::Replace {
+                        let _ = self.make_room(&job);
+                    }
+                    let late = now.duration_since(fire.slot);
+                    self.metrics.fire_lateness(late.unsigned_abs());
+                    let instance = claim.instance.clone().unwrap_or_default();
+                    if let Err(e) =
+                        self.start(&job, &instance, claim.trigger, claim.slot, late.as_millis())
+                    {
+                        error!(job = %job.name, error = %e, "this slot of {} is claimed but not started", job.name);
+                    }
+                }
+            }
         }
     }
 
     fn start(
         &mut self,
         job: &Arc<Job>,
+        instance: &str,
         trigger: Trigger,
         slot: Option<jiff::Timestamp>,
         late_ms: i128,
-    ) -> Result<String, crate::coordinator::RandomnessError> {
-        let now = clock::now();
-        let instance = format!("{}_{}", job.name, self.instances.next(&job.name, now));
+    ) -> Result<(), crate::coordinator::RandomnessError> {
         match slot {
             Some(slot) => {
                 info!(job = %job.name, trigger = trigger.as_str(), slot = %slot, late_ms, "Firing {instance}!")
@@ -355,19 +456,18 @@ impl Daemon {
         let maintenance = self.maintenance().machines;
         self.coordinator.fire(crate::coordinator::Firing {
             job,
-            instance: &instance,
+            instance,
             settings: &self.config.settings,
             maintenance: &maintenance,
             trigger,
             scheduled: slot,
-        })?;
-        Ok(instance)
+        })
     }
 
     /// "Run now": refused during global maintenance and while an instance runs (unless the
     /// job allows overlap or replaces). The loop runs one command at a time, so two clicks
     /// cannot both start.
-    fn run_now(&mut self, name: &str) -> Result<String, Refusal> {
+    async fn run_now(&mut self, name: &str) -> Result<String, Refusal> {
         let job = self
             .config
             .jobs
@@ -377,10 +477,34 @@ impl Daemon {
         if self.maintenance().global {
             return Err(Refusal::Maintenance(name.into()));
         }
-        self.make_room(&job)
-            .map_err(|running| Refusal::AlreadyRunning { running })?;
-        self.start(&job, Trigger::Manual, None, 0)
-            .map_err(|e| Refusal::Failed(e.to_string()))
+        if let Some(running) = self
+            .coordinator
+            .running_instance(&job.name)
+            .filter(|_| job.concurrency == Concurrency::Forbid)
+        {
+            return Err(Refusal::AlreadyRunning { running });
+        }
+        // A manual run is a ledger row too (with no slot), written before anything is sent.
+        let instance = self.instances.manual(&job.name, clock::now());
+        let claim = Claim {
+            job: job.name.clone(),
+            slot: None,
+            last: None,
+            count: 1,
+            fate: SlotFate::Fired,
+            trigger: Trigger::Manual,
+            instance: Some(instance.clone()),
+            detail: String::new(),
+            at: clock::now(),
+        };
+        self.history
+            .claim(vec![claim], &self.node)
+            .await
+            .map_err(|e| Refusal::Failed(format!("cannot record the run in the ledger: {e}")))?;
+        let _ = self.make_room(&job);
+        self.start(&job, &instance, Trigger::Manual, None, 0)
+            .map_err(|e| Refusal::Failed(e.to_string()))?;
+        Ok(instance)
     }
 
     /// The overlap rule before a start: `Err(running instance)` when the job forbids overlap;
@@ -403,7 +527,7 @@ impl Daemon {
     async fn handle_command(&mut self, command: Command) {
         match command {
             Command::RunNow { job, reply } => {
-                let result = self.run_now(&job);
+                let result = self.run_now(&job).await;
                 match &result {
                     Ok(instance) => info!(job = %job, "run now: {instance} started"),
                     Err(why) => warn!(job = %job, "run now refused: {why}"),
@@ -468,7 +592,16 @@ impl Daemon {
     fn reload(&mut self) {
         match load(&self.dir, &mut self.loader, Some(&self.config.settings)) {
             Ok((new, diagnostics)) => {
-                let changes = self.planner.set_jobs(&new.jobs, clock::now());
+                let now = clock::now();
+                let changes = self.planner.set_jobs(&new.jobs, now);
+                if !changes.fresh.is_empty() {
+                    let (history, fresh) = (self.history.clone(), changes.fresh.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = history.planned(fresh, now).await {
+                            warn!(error = %e, "cannot note the jobs planned afresh");
+                        }
+                    });
+                }
                 info!(
                     added = changes.added.len(),
                     rescheduled = changes.rescheduled.len(),

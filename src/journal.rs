@@ -45,6 +45,78 @@ impl SkipReason {
     }
 }
 
+/// Why a due slot was not fired at all (see the misfire policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissReason {
+    /// It was due while the daemon was not running.
+    DaemonDown,
+    /// The daemon was late for it (stalled past a later slot, or past `misfire_window`) and
+    /// the policy did not fire it.
+    MisfirePolicy,
+    /// The clock was set forward over it.
+    ClockJump,
+    /// Its launch could not reach the Salt master within `misfire_window`.
+    MasterUnreachable,
+}
+
+impl MissReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissReason::DaemonDown => "daemon down",
+            MissReason::MisfirePolicy => "misfire policy",
+            MissReason::ClockJump => "clock jump",
+            MissReason::MasterUnreachable => "master unreachable",
+        }
+    }
+}
+
+/// What became of a slot, as its ledger row says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotFate {
+    Fired,
+    Skipped(SkipReason),
+    Missed(MissReason),
+}
+
+impl SlotFate {
+    pub fn state(self) -> &'static str {
+        match self {
+            SlotFate::Fired => "fired",
+            SlotFate::Skipped(_) => "skipped",
+            SlotFate::Missed(_) => "missed",
+        }
+    }
+
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            SlotFate::Fired => None,
+            SlotFate::Skipped(r) => Some(r.as_str()),
+            SlotFate::Missed(r) => Some(r.as_str()),
+        }
+    }
+}
+
+/// A row for the fire ledger, claimed before anything is published: one scheduled slot (or a
+/// gap of missed ones, `slot` to `last`), or a manual run (no slot). The database refuses a
+/// second claim of the same `(job, slot)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    pub job: String,
+    /// `None` for a manual run.
+    pub slot: Option<Timestamp>,
+    /// The last slot of a missed gap (`None`: the row stands for `slot` alone).
+    pub last: Option<Timestamp>,
+    /// Slots the row stands for (a gap's count; 1 otherwise).
+    pub count: u64,
+    pub fate: SlotFate,
+    pub trigger: Trigger,
+    /// The run it started (fired rows).
+    pub instance: Option<String>,
+    pub detail: String,
+    /// When it was claimed.
+    pub at: Timestamp,
+}
+
 /// One step of a run, in the order it happened.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunEvent {
@@ -128,33 +200,4 @@ pub enum RunEvent {
         total: usize,
         at: Timestamp,
     },
-    /// A due slot that did not start.
-    Skipped {
-        job: String,
-        reason: SkipReason,
-        detail: String,
-        at: Timestamp,
-    },
-}
-
-impl RunEvent {
-    /// The run the event belongs to (`None` for a skipped slot).
-    pub fn instance(&self) -> Option<&str> {
-        match self {
-            RunEvent::Started { instance, .. }
-            | RunEvent::Published { instance, .. }
-            | RunEvent::BatchesLeft { instance, .. }
-            | RunEvent::Launching { instance, .. }
-            | RunEvent::MachineSkipped { instance, .. }
-            | RunEvent::Confirmed { instance, .. }
-            | RunEvent::Waiting { instance, .. }
-            | RunEvent::WrapperStarted { instance, .. }
-            | RunEvent::Heartbeat { instance, .. }
-            | RunEvent::Output { instance, .. }
-            | RunEvent::TargetEnded { instance, .. }
-            | RunEvent::LateResult { instance, .. }
-            | RunEvent::RunEnded { instance, .. } => Some(instance),
-            RunEvent::Skipped { .. } => None,
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 
-use crate::journal::RunEvent;
+use crate::journal::{Claim, RunEvent, SlotFate};
 
 /// Histogram bucket bounds, in seconds.
 const LATENESS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -62,6 +62,12 @@ struct Inner {
     runs: BTreeMap<(String, bool), u64>,
     results: BTreeMap<(String, i64), u64>,
     skipped: BTreeMap<(String, &'static str), u64>,
+    /// Missed slots (a gap counts each of its slots), by job and reason.
+    missed: BTreeMap<(String, &'static str), u64>,
+    /// Due slots that could not be claimed (the store failed), by job.
+    unclaimed: BTreeMap<String, u64>,
+    /// Each job's latest slot that fired.
+    last_fired: BTreeMap<String, Timestamp>,
     lateness: Histogram,
     phase1: Histogram,
     phase2: Histogram,
@@ -130,10 +136,42 @@ impl Metrics {
                 m.confirmed.retain(|(i, _), _| i != instance);
                 *m.runs.entry((job, *success)).or_default() += 1;
             }
-            RunEvent::Skipped { job, reason, .. } => {
-                *m.skipped.entry((job.clone(), reason.as_str())).or_default() += 1;
-            }
             _ => {}
+        });
+    }
+
+    /// Counts one ledger row the daemon claimed.
+    pub fn slot(&self, claim: &Claim) {
+        self.with(|m| match claim.fate {
+            SlotFate::Fired => {
+                if let Some(slot) = claim.slot {
+                    let last = m.last_fired.entry(claim.job.clone()).or_insert(slot);
+                    *last = (*last).max(slot);
+                }
+            }
+            SlotFate::Skipped(reason) => {
+                *m.skipped
+                    .entry((claim.job.clone(), reason.as_str()))
+                    .or_default() += 1;
+            }
+            SlotFate::Missed(reason) => {
+                *m.missed
+                    .entry((claim.job.clone(), reason.as_str()))
+                    .or_default() += claim.count;
+            }
+        });
+    }
+
+    /// A due slot that was not fired because the ledger could not record its claim.
+    pub fn unclaimed(&self, job: &str) {
+        self.with(|m| *m.unclaimed.entry(job.to_string()).or_default() += 1);
+    }
+
+    /// A job's last fired slot as the ledger had it at start-up.
+    pub fn last_fired(&self, job: &str, slot: Timestamp) {
+        self.with(|m| {
+            let last = m.last_fired.entry(job.to_string()).or_insert(slot);
+            *last = (*last).max(slot);
         });
     }
 
@@ -206,6 +244,44 @@ impl Metrics {
                     out,
                     "saltpeter_skipped_slots_total{{job=\"{}\",reason=\"{reason}\"}} {n}",
                     label(job)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_missed_slots_total Due slots never fired (daemon down, clock jump, misfire policy, master unreachable), by job and reason."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_missed_slots_total counter");
+            for ((job, reason), n) in &m.missed {
+                let _ = writeln!(
+                    out,
+                    "saltpeter_missed_slots_total{{job=\"{}\",reason=\"{reason}\"}} {n}",
+                    label(job)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_unclaimed_slots_total Due slots not fired because the ledger could not store their claim (the database failed)."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_unclaimed_slots_total counter");
+            for (job, n) in &m.unclaimed {
+                let _ = writeln!(
+                    out,
+                    "saltpeter_unclaimed_slots_total{{job=\"{}\"}} {n}",
+                    label(job)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_seconds_since_last_fired_slot Seconds since the slot that last fired, per job: alert when it exceeds the job's period."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_seconds_since_last_fired_slot gauge");
+            let now = crate::clock::now();
+            for (job, at) in &m.last_fired {
+                let _ = writeln!(
+                    out,
+                    "saltpeter_seconds_since_last_fired_slot{{job=\"{}\"}} {}",
+                    label(job),
+                    secs(now.duration_since(*at)).floor()
                 );
             }
             let _ = writeln!(
@@ -310,7 +386,7 @@ fn label(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{SkipReason, Trigger};
+    use crate::journal::{MissReason, SkipReason, Trigger};
 
     #[test]
     fn journal_events_become_counters_and_histograms() {
@@ -343,18 +419,29 @@ mod tests {
             total: 1,
             at: t(4),
         });
-        m.observe(&RunEvent::Skipped {
+        let claim = |fate, count| Claim {
             job: "my_job".into(),
-            reason: SkipReason::Overlap,
+            slot: Some(t(5)),
+            last: None,
+            count,
+            fate,
+            trigger: Trigger::Schedule,
+            instance: None,
             detail: String::new(),
             at: t(5),
-        });
+        };
+        m.slot(&claim(SlotFate::Skipped(SkipReason::Overlap), 1));
+        m.slot(&claim(SlotFate::Missed(MissReason::DaemonDown), 7));
+        m.slot(&claim(SlotFate::Missed(MissReason::DaemonDown), 2));
+        m.slot(&claim(SlotFate::Fired, 1));
         m.fire_lateness(std::time::Duration::from_millis(3));
         let text = m.render(4096);
         for line in [
             "saltpeter_runs_total{job=\"my_job\",success=\"false\"} 1",
             "saltpeter_target_results_total{job=\"my_job\",code=\"124\"} 1",
             "saltpeter_skipped_slots_total{job=\"my_job\",reason=\"overlap\"} 1",
+            "saltpeter_missed_slots_total{job=\"my_job\",reason=\"daemon down\"} 9",
+            "saltpeter_seconds_since_last_fired_slot{job=\"my_job\"} ",
             "saltpeter_fire_lateness_seconds_bucket{le=\"0.005\"} 1",
             "saltpeter_fire_lateness_seconds_bucket{le=\"0.001\"} 0",
             "saltpeter_phase1_seconds_sum 1",

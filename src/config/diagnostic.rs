@@ -34,10 +34,12 @@ pub enum Code {
     KeptLastGood,
     /// A job runs a wrapper that sends no run token (the original's).
     TokenlessWrapper,
+    /// A key that has no effect given the job's other keys (`misfire_max` without `misfire: all`).
+    NoEffect,
 }
 
 impl Code {
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 20] = [
         Code::Unreadable,
         Code::Yaml,
         Code::NotAMapping,
@@ -57,6 +59,7 @@ impl Code {
         Code::EmptyFile,
         Code::KeptLastGood,
         Code::TokenlessWrapper,
+        Code::NoEffect,
     ];
 }
 

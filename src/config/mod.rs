@@ -118,6 +118,57 @@ impl WrapperLogLevel {
     }
 }
 
+/// What to do with slots that were due while the daemon was down, stalled, or the clock jumped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MisfirePolicy {
+    /// Fire none of them.
+    Skip,
+    /// Fire the latest one.
+    Latest,
+    /// Fire each of them (up to [`Misfire::max`]).
+    All,
+}
+
+impl MisfirePolicy {
+    pub const ALL: [MisfirePolicy; 3] = [
+        MisfirePolicy::Skip,
+        MisfirePolicy::Latest,
+        MisfirePolicy::All,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MisfirePolicy::Skip => "skip",
+            MisfirePolicy::Latest => "latest",
+            MisfirePolicy::All => "all",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MisfirePolicy> {
+        MisfirePolicy::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+}
+
+/// The catch-up (misfire) policy of a job: `misfire`, `misfire_window`, `misfire_max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Misfire {
+    pub policy: MisfirePolicy,
+    /// Slots later than this are never fired (recorded as missed).
+    pub window_secs: u64,
+    /// With `all`: at most this many catch-up fires per gap.
+    pub max: u32,
+}
+
+impl Default for Misfire {
+    fn default() -> Misfire {
+        Misfire {
+            policy: MisfirePolicy::Latest,
+            window_secs: 60,
+            max: 10,
+        }
+    }
+}
+
 /// A job ready to run: its file's definition with the global defaults applied.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -149,6 +200,8 @@ pub struct Job {
     /// Overlapping runs are allowed (`concurrency` is not `forbid`); the wrapper's lock is skipped.
     pub allow_overlap: bool,
     pub concurrency: Concurrency,
+    /// Catch-up of slots due while the daemon was down or stalled, or skipped by a clock jump.
+    pub misfire: Misfire,
     pub success_threshold: Option<f64>,
     pub lockfile: Option<String>,
 }
@@ -184,6 +237,8 @@ pub struct Settings {
     pub default_wrapper_loglevel: WrapperLogLevel,
     pub default_wrapper_logdir: String,
     pub default_timezone: String,
+    /// `default_misfire`, `default_misfire_window`, `default_misfire_max`.
+    pub default_misfire: Misfire,
     /// The Salt master's config file (default `/etc/salt/master`), and overrides of what it
     /// says, for setups where the daemon cannot read it or must differ.
     pub salt: SaltOverrides,
@@ -234,6 +289,7 @@ impl Settings {
             default_wrapper_loglevel: WrapperLogLevel::Normal,
             default_wrapper_logdir: "/var/log/sp_wrapper".into(),
             default_timezone: "UTC".into(),
+            default_misfire: Misfire::default(),
             salt: SaltOverrides::default(),
             database: "/var/lib/saltpeter/history.db".into(),
             output_cap: 1 << 20,
@@ -266,6 +322,10 @@ impl Settings {
             ("default_wrapper_loglevel", V::LogLevel(l)) => self.default_wrapper_loglevel = *l,
             ("default_wrapper_logdir", V::Str(s)) => self.default_wrapper_logdir = s.clone(),
             ("default_timezone", V::Str(s)) => self.default_timezone = s.clone(),
+            ("default_misfire", V::Misfire(p)) => self.default_misfire.policy = *p,
+            ("default_misfire_window", V::Count(n)) => self.default_misfire.window_secs = *n,
+            // Validated to 1..=1000.
+            ("default_misfire_max", V::Count(n)) => self.default_misfire.max = *n as u32,
             ("salt_master_config", V::Str(s)) => self.salt.master_config = Some(s.clone()),
             ("salt_interface", V::Str(s)) => self.salt.interface = Some(s.clone()),
             ("salt_ret_port", V::Port(p)) => self.salt.ret_port = Some(*p),
@@ -629,6 +689,13 @@ fn resolve(file: &SourceFile, def: &JobDef, settings: &Settings, default_tz: &Ti
             .unwrap_or_else(|| settings.default_saltpeter_server_host.clone()),
         allow_overlap: def.allow_overlap,
         concurrency: def.concurrency,
+        misfire: Misfire {
+            policy: def.misfire.unwrap_or(settings.default_misfire.policy),
+            window_secs: def
+                .misfire_window
+                .unwrap_or(settings.default_misfire.window_secs),
+            max: def.misfire_max.unwrap_or(settings.default_misfire.max),
+        },
         success_threshold: def.success_threshold,
         lockfile: def.lockfile.clone(),
     }

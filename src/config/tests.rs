@@ -168,3 +168,87 @@ fn the_wrapper_url_follows_tls_and_the_port() {
     s.machines_ws_port = 9443;
     assert_eq!(s.machines_ws_url("::1"), "wss://[::1]:9443");
 }
+
+#[test]
+fn misfire_defaults_come_from_saltpeter_config_and_job_keys_win() {
+    let default = Misfire {
+        policy: MisfirePolicy::Latest,
+        window_secs: 60,
+        max: 10,
+    };
+    assert_eq!(Misfire::default(), default);
+    assert_eq!(Settings::defaults("h").default_misfire, default);
+    // A job without the keys gets latest/60/10.
+    let loaded = Loader::new("h").load(&[file("a.yaml", GOOD)]);
+    assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+    assert_eq!(loaded.config.jobs["backup"].misfire, default);
+
+    // `saltpeter_config` overrides the defaults, each key on its own; the later file wins.
+    let cfg = "saltpeter_config:\n  default_misfire: all\n  default_misfire_window: 300\n  default_misfire_max: 5\n";
+    let later = "saltpeter_config:\n  default_misfire_max: 7\n";
+    let own = GOOD.replace("backup", "own").replace(
+        "echo hi",
+        "true\n  misfire: skip\n  misfire_window: 30\n  misfire_max: 2",
+    );
+    let window_only = GOOD
+        .replace("backup", "window-only")
+        .replace("echo hi", "true\n  misfire_window: 900");
+    let mut loader = Loader::new("h");
+    let loaded = loader.load(&[
+        file("a.yaml", GOOD),
+        file("b.yaml", &own),
+        file("c.yaml", &window_only),
+        file("y.yaml", cfg),
+        file("z.yaml", later),
+    ]);
+    assert_eq!(loaded.errors(), 0, "{:?}", loaded.diagnostics);
+    // `misfire_max` with `skip`: said, not an error.
+    let no_effect: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == Code::NoEffect)
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        no_effect,
+        ["b.yaml:12:16: warning: `misfire_max` has no effect unless `misfire: all`"]
+    );
+    let jobs = &loaded.config.jobs;
+    let misfire = |policy, window_secs, max| Misfire {
+        policy,
+        window_secs,
+        max,
+    };
+    assert_eq!(jobs["backup"].misfire, misfire(MisfirePolicy::All, 300, 7));
+    assert_eq!(jobs["own"].misfire, misfire(MisfirePolicy::Skip, 30, 2));
+    assert_eq!(
+        jobs["window-only"].misfire,
+        misfire(MisfirePolicy::All, 900, 7)
+    );
+
+    // A reload that drops the defaults re-resolves the unchanged job files.
+    let loaded = loader.load(&[file("a.yaml", GOOD), file("c.yaml", &window_only)]);
+    assert_eq!(loaded.config.jobs["backup"].misfire, default);
+    assert_eq!(
+        loaded.config.jobs["window-only"].misfire,
+        misfire(MisfirePolicy::Latest, 900, 10)
+    );
+}
+
+#[test]
+fn misfire_keys_are_validated() {
+    let bad = GOOD.replace(
+        "echo hi",
+        "true\n  misfire: latest\n  misfire_window: 31536001\n  misfire_max: x",
+    );
+    let loaded = Loader::new("h").load(&[file("a.yaml", &bad)]);
+    let found: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        found,
+        [
+            "a.yaml:11:19: error: `misfire_window` must be between 1 and 31536000, found 31536001",
+            "a.yaml:12:16: error: `misfire_max` must be a whole number, found a string",
+        ]
+    );
+    assert!(loaded.config.jobs.is_empty());
+}

@@ -7,12 +7,17 @@ use std::collections::BTreeMap;
 use jiff::tz::TimeZone;
 
 use super::diagnostic::{Code, Sink, suggest};
-use super::{Concurrency, TargetType, Targets, WrapperLogLevel};
+use super::{Concurrency, MisfirePolicy, TargetType, Targets, WrapperLogLevel};
 use crate::schedule::{Cron, DomDow, Field};
 use crate::yaml::{self, Kind, Node, Pos};
 
 /// The value that makes the original allow overlapping runs.
 pub const OVERLAP_MAGIC: &str = "i know what i am doing!";
+
+/// The largest `misfire_window`: a year, in seconds.
+const MISFIRE_WINDOW_MAX: u64 = 31_536_000;
+/// The largest `misfire_max`.
+const MISFIRE_MAX_MAX: u64 = 1000;
 
 /// A job as written in its file, before global defaults are applied.
 #[derive(Clone, Debug)]
@@ -39,6 +44,10 @@ pub struct JobDef {
     pub saltpeter_server_host: Option<String>,
     pub allow_overlap: bool,
     pub concurrency: Concurrency,
+    /// `None` (absent): `saltpeter_config.default_misfire*` applies, each key on its own.
+    pub misfire: Option<MisfirePolicy>,
+    pub misfire_window: Option<u64>,
+    pub misfire_max: Option<u32>,
     /// Fraction (0..=1) of targets that must succeed; `None`: all of them.
     pub success_threshold: Option<f64>,
     pub lockfile: Option<String>,
@@ -51,6 +60,7 @@ pub enum SettingValue {
     Bool(bool),
     Port(u16),
     LogLevel(WrapperLogLevel),
+    Misfire(MisfirePolicy),
     Count(u64),
     List(Vec<String>),
     Tokens(Vec<ApiToken>),
@@ -75,6 +85,12 @@ enum SettingKind {
     Count,
     /// Bytes per second, at least 1.
     ByteRate,
+    /// `skip`, `latest` or `all`.
+    Misfire,
+    /// Seconds, 1 to a year.
+    MisfireWindow,
+    /// 1 to 1000.
+    MisfireMax,
     /// A file path (not a URL).
     Path,
     List,
@@ -100,6 +116,9 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("default_wrapper_loglevel", SettingKind::LogLevel),
     ("default_wrapper_logdir", SettingKind::Str),
     ("default_timezone", SettingKind::TimeZone),
+    ("default_misfire", SettingKind::Misfire),
+    ("default_misfire_window", SettingKind::MisfireWindow),
+    ("default_misfire_max", SettingKind::MisfireMax),
     ("salt_master_config", SettingKind::Str),
     ("salt_interface", SettingKind::Str),
     ("salt_ret_port", SettingKind::Port),
@@ -157,6 +176,9 @@ const JOB_KEYS: &[&str] = &[
     "saltpeter_server_host",
     "allow_overlap",
     "concurrency",
+    "misfire",
+    "misfire_window",
+    "misfire_max",
     "success_threshold",
     "lockfile",
     "timezone",
@@ -283,13 +305,18 @@ fn boolean(node: &Node, what: &str, sink: &mut Sink) -> Option<bool> {
 }
 
 fn unsigned(node: &Node, what: &str, max: u64, sink: &mut Sink) -> Option<u64> {
+    ranged(node, what, 0, max, sink)
+}
+
+/// A whole number from `min` to `max`.
+fn ranged(node: &Node, what: &str, min: u64, max: u64, sink: &mut Sink) -> Option<u64> {
     match node.as_scalar().and_then(|s| s.as_int()) {
-        Some(v) if v >= 0 && v as u64 <= max => Some(v as u64),
+        Some(v) if v >= 0 && (min..=max).contains(&(v as u64)) => Some(v as u64),
         Some(v) => {
             sink.error(
                 node.pos,
                 Code::BadValue,
-                format!("`{what}` must be between 0 and {max}, found {v}"),
+                format!("`{what}` must be between {min} and {max}, found {v}"),
             );
             None
         }
@@ -339,6 +366,19 @@ fn log_level(node: &Node, what: &str, sink: &mut Sink) -> Option<WrapperLogLevel
             None
         }
     }
+}
+
+fn misfire_policy(node: &Node, what: &str, sink: &mut Sink) -> Option<MisfirePolicy> {
+    let text = string(node, what, sink)?;
+    let policy = MisfirePolicy::parse(&text);
+    if policy.is_none() {
+        sink.error(
+            node.pos,
+            Code::BadValue,
+            format!("`{what}` must be skip, latest or all; found `{text}`"),
+        );
+    }
+    policy
 }
 
 fn unknown_key(key: &Node, known: &[&str], section: &str, sink: &mut Sink) {
@@ -421,6 +461,13 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
                 }
                 n => n.map(SettingValue::Count),
             },
+            SettingKind::Misfire => misfire_policy(value, name, sink).map(SettingValue::Misfire),
+            SettingKind::MisfireWindow => {
+                ranged(value, name, 1, MISFIRE_WINDOW_MAX, sink).map(SettingValue::Count)
+            }
+            SettingKind::MisfireMax => {
+                ranged(value, name, 1, MISFIRE_MAX_MAX, sink).map(SettingValue::Count)
+            }
             SettingKind::List => string_list(value, name, sink).map(SettingValue::List),
             SettingKind::Tokens => api_tokens(value, sink).map(SettingValue::Tokens),
             SettingKind::Ignored => {
@@ -905,6 +952,21 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
             None => Concurrency::Forbid,
         },
     };
+    let misfire = get("misfire").and_then(|v| misfire_policy(v, "misfire", sink));
+    let misfire_window = get("misfire_window")
+        .and_then(|v| ranged(v, "misfire_window", 1, MISFIRE_WINDOW_MAX, sink));
+    let misfire_max = get("misfire_max").and_then(|v| {
+        ranged(v, "misfire_max", 1, MISFIRE_MAX_MAX, sink).map(|n| (n as u32, v.pos))
+    });
+    if let (Some((_, at)), Some(policy)) = (misfire_max, misfire)
+        && policy != MisfirePolicy::All
+    {
+        sink.warning(
+            at,
+            Code::NoEffect,
+            "`misfire_max` has no effect unless `misfire: all`",
+        );
+    }
     let success_threshold = match get("success_threshold") {
         None => None,
         Some(v) => match v
@@ -950,6 +1012,9 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         saltpeter_server_host,
         allow_overlap: concurrency != Concurrency::Forbid,
         concurrency,
+        misfire,
+        misfire_window,
+        misfire_max: misfire_max.map(|(n, _)| n),
         success_threshold,
         lockfile,
     })

@@ -1,5 +1,6 @@
-//! Run history in SQLite (WAL): every run, each target's result and capped output, skipped
-//! slots, and the maintenance switches set through the API. One thread owns the connection;
+//! Run history in SQLite (WAL): every run, each target's result and capped output, the fire
+//! ledger (`ledger.rs`: every slot's fate, claimed before anything is published), and the
+//! maintenance switches set through the API. One thread owns the connection;
 //! everyone else holds a [`History`] handle. Events are applied in arrival order and in batches
 //! (one transaction per burst), and a query sees every event sent before it. After each commit
 //! live views get one small [`Committed`] notice naming what changed (never the output), and
@@ -8,6 +9,7 @@
 //!
 //! Must not know: HTTP, Salt, the wrapper protocol, the engine's internals.
 
+pub mod ledger;
 pub mod output;
 pub mod schema;
 
@@ -22,7 +24,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, oneshot};
 
-use crate::journal::RunEvent;
+use crate::journal::{Claim, RunEvent};
+use ledger::{ClaimResult, Head, SlotFilter, SlotRow};
 use output::{CapState, Slice};
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +194,23 @@ enum Query {
         limit: usize,
         reply: oneshot::Sender<Vec<SkipRow>>,
     },
+    Claim {
+        claims: Vec<Claim>,
+        by: String,
+        reply: oneshot::Sender<Result<Vec<ClaimResult>, HistoryError>>,
+    },
+    Slots {
+        job: String,
+        filter: SlotFilter,
+        limit: usize,
+        reply: oneshot::Sender<Vec<SlotRow>>,
+    },
+    Heads(oneshot::Sender<HashMap<String, Head>>),
+    Planned {
+        jobs: Vec<String>,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<(), HistoryError>>,
+    },
     InFlight(oneshot::Sender<Vec<InFlight>>),
     Maintenance(oneshot::Sender<MaintenanceState>),
     SetMaintenance {
@@ -246,7 +266,6 @@ fn weight(event: &RunEvent) -> usize {
                 batches.iter().flatten().map(String::len).sum()
             }
             RunEvent::TargetEnded { note, .. } => note.as_ref().map_or(0, String::len),
-            RunEvent::Skipped { detail, .. } => detail.len(),
             _ => 0,
         }
 }
@@ -257,8 +276,8 @@ pub struct Committed {
     serial: u64,
     /// Instance → the machines whose rows it touched (empty when only the run's own row was).
     runs: HashMap<String, HashSet<String>>,
-    /// Jobs with a new skipped slot.
-    skipped: HashSet<String>,
+    /// Jobs with new ledger rows (slots fired, skipped or missed; manual runs).
+    slots: HashSet<String>,
     /// A maintenance switch was set.
     maintenance: bool,
 }
@@ -283,9 +302,9 @@ impl Committed {
         self.runs.get(instance).is_some_and(|m| m.contains(machine))
     }
 
-    /// Jobs with a new skipped slot.
-    pub fn skipped(&self) -> impl Iterator<Item = &str> {
-        self.skipped.iter().map(String::as_str)
+    /// Jobs with new ledger rows.
+    pub fn slots(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(String::as_str)
     }
 
     pub fn maintenance_changed(&self) -> bool {
@@ -293,17 +312,11 @@ impl Committed {
     }
 
     fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.skipped.is_empty() && !self.maintenance
+        self.runs.is_empty() && self.slots.is_empty() && !self.maintenance
     }
 
     fn note(&mut self, event: &RunEvent) {
         let (instance, machine) = match event {
-            RunEvent::Skipped { job, .. } => {
-                if !self.skipped.contains(job) {
-                    self.skipped.insert(job.clone());
-                }
-                return;
-            }
             RunEvent::Started { instance, .. }
             | RunEvent::Published { instance, .. }
             | RunEvent::BatchesLeft { instance, .. }
@@ -623,6 +636,44 @@ impl History {
     pub async fn skips(&self, job: &str, limit: usize) -> Result<Vec<SkipRow>, HistoryError> {
         let job = job.to_string();
         self.ask(|reply| Query::Skips { job, limit, reply }).await
+    }
+
+    /// Claims ledger rows in one transaction, after everything sent before is committed: each
+    /// is ours, or refused with who claimed its slot first. `by` names the claimer.
+    pub async fn claim(
+        &self,
+        claims: Vec<Claim>,
+        by: &str,
+    ) -> Result<Vec<ClaimResult>, HistoryError> {
+        let by = by.to_string();
+        self.ask(|reply| Query::Claim { claims, by, reply }).await?
+    }
+
+    /// A job's ledger rows, newest first.
+    pub async fn slots(
+        &self,
+        job: &str,
+        filter: SlotFilter,
+        limit: usize,
+    ) -> Result<Vec<SlotRow>, HistoryError> {
+        let job = job.to_string();
+        self.ask(|reply| Query::Slots {
+            job,
+            filter,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Notes that `jobs` were planned afresh from `at` (see `PlanChanges::fresh`).
+    pub async fn planned(&self, jobs: Vec<String>, at: Timestamp) -> Result<(), HistoryError> {
+        self.ask(|reply| Query::Planned { jobs, at, reply }).await?
+    }
+
+    /// Each job's last claimed and last fired slot.
+    pub async fn heads(&self) -> Result<HashMap<String, Head>, HistoryError> {
+        self.ask(Query::Heads).await
     }
 
     /// Runs that had not ended (after a restart: to be adopted again).
@@ -1208,18 +1259,6 @@ impl Store {
                 self.write_beats_of(instance)?;
                 self.prune_job_of(instance)?;
             }
-            RunEvent::Skipped {
-                job,
-                reason,
-                detail,
-                at,
-            } => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO skips (job, at_ms, reason, detail) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![job, ms(*at), reason.as_str(), detail])?;
-            }
         }
         Ok(())
     }
@@ -1403,6 +1442,55 @@ impl Store {
                     .ok()
                     .flatten(),
             ),
+            Query::Claim {
+                claims,
+                by,
+                reply: tx,
+            } => {
+                let result = ledger::claim(&self.conn, &claims, &by).map_err(|e| {
+                    tracing::error!(error = %e, "history: cannot claim slots");
+                    HistoryError::NotStored(e.to_string())
+                });
+                if result.is_ok() {
+                    // Its own transaction, after the batch: views hear of it as of a commit.
+                    self.serial += 1;
+                    let notice = Committed {
+                        serial: self.serial,
+                        slots: claims.iter().map(|c| c.job.clone()).collect(),
+                        ..Committed::default()
+                    };
+                    let _ = self.commits.send(Arc::new(notice));
+                }
+                reply(tx, result)
+            }
+            Query::Slots {
+                job,
+                filter,
+                limit,
+                reply: tx,
+            } => reply(
+                tx,
+                ledger::slots(&self.conn, &job, &filter, limit)
+                    .inspect_err(log)
+                    .unwrap_or_default(),
+            ),
+            Query::Planned {
+                jobs,
+                at,
+                reply: tx,
+            } => reply(
+                tx,
+                ledger::planned(&self.conn, &jobs, at).map_err(|e| {
+                    tracing::error!(error = %e, "history: cannot note the jobs planned afresh");
+                    HistoryError::NotStored(e.to_string())
+                }),
+            ),
+            Query::Heads(tx) => reply(
+                tx,
+                ledger::heads(&self.conn)
+                    .inspect_err(log)
+                    .unwrap_or_default(),
+            ),
             Query::Skips {
                 job,
                 limit,
@@ -1410,7 +1498,7 @@ impl Store {
             } => {
                 let rows = (|| {
                     let mut st = self.conn.prepare(
-                        "SELECT job, at_ms, reason, detail FROM skips WHERE job = ?1 ORDER BY at_ms DESC LIMIT ?2",
+                        "SELECT job, claimed_ms, reason, detail FROM slots WHERE job = ?1 AND state = 'skipped' ORDER BY at_ms DESC LIMIT ?2",
                     )?;
                     st.query_map(params![job, limit as i64], |r| {
                         Ok(SkipRow {
@@ -1676,21 +1764,20 @@ impl Store {
         Ok(())
     }
 
-    /// Drops runs and skips older than `max_age_days`.
+    /// Drops runs and ledger rows older than `max_age_days`, and ledger rows past
+    /// `max_runs_per_job` per job.
     fn prune(&self) {
-        if self.retention.max_age_days == 0 {
-            return;
-        }
-        let cutoff = ms(crate::clock::now()) - (self.retention.max_age_days as i64) * 86_400_000;
-        let r = self
-            .conn
-            .execute(
-                "DELETE FROM runs WHERE ended_ms IS NOT NULL AND started_ms < ?1",
-                params![cutoff],
-            )
+        let cutoff = (self.retention.max_age_days > 0)
+            .then(|| ms(crate::clock::now()) - (self.retention.max_age_days as i64) * 86_400_000);
+        let r = cutoff
+            .map_or(Ok(0), |cutoff| {
+                self.conn.execute(
+                    "DELETE FROM runs WHERE ended_ms IS NOT NULL AND started_ms < ?1",
+                    params![cutoff],
+                )
+            })
             .and_then(|_| {
-                self.conn
-                    .execute("DELETE FROM skips WHERE at_ms < ?1", params![cutoff])
+                ledger::prune(&self.conn, cutoff, self.retention.max_runs_per_job as usize)
             });
         if let Err(e) = r {
             tracing::error!(error = %e, "history: pruning failed");

@@ -71,6 +71,51 @@ pub const MIGRATIONS: &[&str] = &[
     // restart before its reply publishes it again under the same jid (minions run a jid once).
     "ALTER TABLE runs ADD COLUMN batches TEXT;
      ALTER TABLE runs ADD COLUMN launch_jid TEXT;",
+    // 5: the fire ledger: one row per (job, slot), claimed before anything is published (the
+    // unique key refuses a second claim); manual runs (no slot) and missed gaps (to `last_ms`)
+    // too. `at_ms` orders a job's rows. Runs and skipped slots so far become its first rows.
+    // `heads`, one row per job kept with each claim: its last claimed slot and that slot's
+    // fate, its last fired slot, and when it was last planned afresh (added to the plan), so a
+    // restart knows where each job's plan resumes, and the jobs list reads one row per job.
+    "CREATE TABLE slots (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        slot_ms INTEGER,
+        last_ms INTEGER,
+        at_ms INTEGER NOT NULL,
+        count INTEGER NOT NULL DEFAULT 1,
+        state TEXT NOT NULL,
+        reason TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        trigger TEXT NOT NULL,
+        instance TEXT,
+        claimed_ms INTEGER NOT NULL,
+        claimed_by TEXT NOT NULL DEFAULT ''
+     );
+     CREATE UNIQUE INDEX slots_claim ON slots(job, slot_ms);
+     CREATE INDEX slots_by_job ON slots(job, at_ms);
+     CREATE INDEX slots_by_instance ON slots(instance) WHERE instance IS NOT NULL;
+     INSERT OR IGNORE INTO slots (job, slot_ms, at_ms, state, trigger, instance, claimed_ms)
+        SELECT job, scheduled_ms, COALESCE(scheduled_ms, started_ms), 'fired', trigger, instance, started_ms
+        FROM runs ORDER BY started_ms;
+     INSERT OR IGNORE INTO slots (job, slot_ms, at_ms, state, reason, detail, trigger, claimed_ms)
+        SELECT job, at_ms / 1000 * 1000, at_ms / 1000 * 1000, 'skipped', reason, detail, 'schedule', at_ms
+        FROM skips ORDER BY at_ms;
+     DROP TABLE skips;
+     CREATE TABLE heads (
+        job TEXT PRIMARY KEY,
+        claimed_ms INTEGER,
+        fired_ms INTEGER,
+        last_state TEXT,
+        last_reason TEXT,
+        planned_ms INTEGER
+     );
+     INSERT INTO heads (job, claimed_ms, fired_ms)
+        SELECT job, MAX(COALESCE(last_ms, slot_ms)), MAX(CASE WHEN state = 'fired' THEN slot_ms END)
+        FROM slots WHERE slot_ms IS NOT NULL GROUP BY job;
+     UPDATE heads SET (last_state, last_reason) =
+        (SELECT state, reason FROM slots s WHERE s.job = heads.job
+           AND COALESCE(s.last_ms, s.slot_ms) = heads.claimed_ms);",
 ];
 
 #[derive(Debug, thiserror::Error)]

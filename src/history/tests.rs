@@ -3,7 +3,7 @@
 use futures_util::FutureExt;
 
 use super::*;
-use crate::journal::{SkipReason, Trigger};
+use crate::journal::{Claim, MissReason, SkipReason, SlotFate, Trigger};
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -172,12 +172,8 @@ async fn paging_last_runs_retention_and_skips() {
     for e in run_events("k_0", "k", 1) {
         h.record(e);
     }
-    h.record(RunEvent::Skipped {
-        job: "j".into(),
-        reason: SkipReason::Overlap,
-        detail: "j_4 is still running".into(),
-        at: t(99),
-    });
+    let skip = skipped("j", t(99), "j_4 is still running");
+    assert_eq!(h.claim(vec![skip], "me").await.unwrap(), [Ok(())]);
     let page: Vec<String> = h
         .runs("j", None, 2)
         .await
@@ -254,12 +250,6 @@ async fn one_small_notice_per_commit_not_per_event() {
     for seq in 0..100 {
         h.record(output("j_1", "a", chunk.clone(), seq));
     }
-    h.record(RunEvent::Skipped {
-        job: "k".into(),
-        reason: SkipReason::Overlap,
-        detail: "k_0 is still running".into(),
-        at: t(5),
-    });
     drop(resume);
     h.flush().await.unwrap();
     let Some(Notice::Commit(c)) = live.next().await else {
@@ -268,7 +258,6 @@ async fn one_small_notice_per_commit_not_per_event() {
     assert!(c.touched_target("j_1", "a"));
     assert!(!c.touched_target("j_1", "b") && !c.touched_run("j_2"));
     assert_eq!(c.runs().collect::<Vec<_>>(), ["j_1"]);
-    assert_eq!(c.skipped().collect::<Vec<_>>(), ["k"]);
     // Names only: the output stays in the database.
     assert!(format!("{c:?}").len() < 1000, "{c:?}");
     assert!(
@@ -553,5 +542,162 @@ async fn a_launch_without_its_reply_is_found_again_with_its_jid() {
     assert_eq!(
         h.in_flight().await.unwrap()[0].launching.as_deref(),
         Some("J2")
+    );
+}
+
+fn skipped(job: &str, slot: Timestamp, detail: &str) -> Claim {
+    Claim {
+        job: job.into(),
+        slot: Some(slot),
+        last: None,
+        count: 1,
+        fate: SlotFate::Skipped(SkipReason::Overlap),
+        trigger: Trigger::Schedule,
+        instance: None,
+        detail: detail.into(),
+        at: slot,
+    }
+}
+
+fn fired(job: &str, slot: Option<Timestamp>, instance: &str) -> Claim {
+    Claim {
+        job: job.into(),
+        slot,
+        last: None,
+        count: 1,
+        fate: SlotFate::Fired,
+        trigger: if slot.is_some() {
+            Trigger::Schedule
+        } else {
+            Trigger::Manual
+        },
+        instance: Some(instance.into()),
+        detail: String::new(),
+        at: slot.unwrap_or(t(1_000)),
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_refuses_a_second_claim_of_a_slot_even_from_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, Retention::default());
+    // A second store on the same file: another daemon started by mistake.
+    let b = open(&dir, Retention::default());
+    let mut live = a.subscribe();
+    let answers = a
+        .claim(
+            vec![
+                fired("j", Some(t(60)), "j_60"),
+                fired("j", None, "j_61_manual"),
+                fired("j", None, "j_62_manual"),
+            ],
+            "host-a:1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers, [Ok(()), Ok(()), Ok(())], "manual rows never clash");
+    let Some(Notice::Commit(c)) = live.next().await else {
+        panic!("no commit notice");
+    };
+    assert_eq!(c.slots().collect::<Vec<_>>(), ["j"]);
+    let answers = b
+        .claim(
+            vec![
+                fired("j", Some(t(60)), "j_60"),
+                fired("j", Some(t(120)), "j_120"),
+            ],
+            "host-b:2",
+        )
+        .await
+        .unwrap();
+    let Err(taken) = &answers[0] else {
+        panic!("a slot claimed twice: {answers:?}");
+    };
+    assert_eq!(
+        (
+            taken.state.as_str(),
+            taken.instance.as_deref(),
+            taken.claimed_by.as_str()
+        ),
+        ("fired", Some("j_60"), "host-a:1")
+    );
+    assert_eq!(answers[1], Ok(()));
+    let heads = a.heads().await.unwrap();
+    assert_eq!(heads["j"].last_claimed, Some(t(120)));
+    assert_eq!(heads["j"].last_fired, Some(t(120)));
+    assert_eq!(heads["j"].last_state.as_deref(), Some("fired"));
+    // A job planned afresh later resumes from then; its head keeps its last claim.
+    a.planned(vec!["j".into(), "k".into()], t(500))
+        .await
+        .unwrap();
+    let heads = a.heads().await.unwrap();
+    assert_eq!(heads["j"].resume_from, Some(t(500)));
+    assert_eq!(heads["j"].last_claimed, Some(t(120)));
+    assert_eq!(
+        (heads["k"].resume_from, heads["k"].last_claimed),
+        (Some(t(500)), None)
+    );
+}
+
+#[tokio::test]
+async fn a_missed_gap_is_one_row_and_the_head_is_its_last_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let gap = Claim {
+        job: "j".into(),
+        slot: Some(t(60)),
+        last: Some(t(60 * 4320)),
+        count: 4320,
+        fate: SlotFate::Missed(MissReason::DaemonDown),
+        trigger: Trigger::Schedule,
+        instance: None,
+        detail: "the daemon was down".into(),
+        at: t(60 * 4321),
+    };
+    let answers = h
+        .claim(vec![gap, fired("j", Some(t(60 * 4321)), "j_x")], "me")
+        .await
+        .unwrap();
+    assert_eq!(answers, [Ok(()), Ok(())]);
+    for e in run_events("j_x", "j", 5) {
+        h.record(e);
+    }
+    let rows = h.slots("j", SlotFilter::default(), 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].state.as_str(), rows[0].ended), ("fired", true));
+    assert_eq!(rows[0].success, Some(false));
+    assert_eq!(
+        (
+            rows[1].state.as_str(),
+            rows[1].reason.as_deref(),
+            rows[1].count
+        ),
+        ("missed", Some("daemon down"), 4320)
+    );
+    let missed = SlotFilter {
+        state: Some("missed".into()),
+        ..SlotFilter::default()
+    };
+    assert_eq!(h.slots("j", missed, 10).await.unwrap().len(), 1);
+    let page = SlotFilter {
+        before: Some(rows[0].id),
+        ..SlotFilter::default()
+    };
+    assert_eq!(h.slots("j", page, 10).await.unwrap()[0].id, rows[1].id);
+    let head = &h.heads().await.unwrap()["j"];
+    assert_eq!(head.last_fired, Some(t(60 * 4321)));
+    // An older gap claimed late does not move the head back.
+    let old = Claim {
+        slot: Some(t(1)),
+        last: Some(t(2)),
+        count: 2,
+        fate: SlotFate::Missed(MissReason::ClockJump),
+        ..skipped("j", t(1), "")
+    };
+    assert_eq!(h.claim(vec![old], "me").await.unwrap(), [Ok(())]);
+    let head = &h.heads().await.unwrap()["j"];
+    assert_eq!(
+        (head.last_claimed, head.last_state.as_deref()),
+        (Some(t(60 * 4321)), Some("fired"))
     );
 }
