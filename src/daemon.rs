@@ -78,7 +78,20 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     )?;
     let switched = history.maintenance().await.unwrap_or_default();
     // Runs in flight when the daemon last stopped: their wrappers are reconnecting.
-    let adopted = history.in_flight().await.unwrap_or_default();
+    let node = format!("{}:{}", crate::hostname(), std::process::id());
+    let adopted: Vec<InFlight> = history
+        .in_flight()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|run| match run.claimed_by.as_deref().and_then(live_daemon) {
+            Some(pid) => {
+                warn!(instance = %run.instance, pid, "{} was started by another saltpeter daemon on this database (pid {pid}), which is still running; it is not adopted here", run.instance);
+                false
+            }
+            None => true,
+        })
+        .collect();
     // The plan goes on after each job's last claimed slot: what fell due while the daemon was
     // down is decided by each job's misfire policy at the first turn of the loop.
     let heads = history.heads().await.unwrap_or_default();
@@ -163,7 +176,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         switched,
         planner,
         instances: InstanceIds::default(),
-        node: format!("{}:{}", crate::hostname(), std::process::id()),
+        node,
         coordinator,
         history: history.clone(),
         snapshot: None,
@@ -621,6 +634,18 @@ impl Daemon {
             Err(e) => error!(error = %e, "reload failed; the running config stays in force"),
         }
     }
+}
+
+/// The pid in `host:pid` when it names another saltpeter process alive on this machine: a
+/// second daemon started by mistake on the same database must leave its runs alone.
+fn live_daemon(claimed_by: &str) -> Option<u32> {
+    let (host, pid) = claimed_by.rsplit_once(':')?;
+    let pid: u32 = pid.parse().ok()?;
+    if host != crate::hostname() || pid == std::process::id() {
+        return None;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "saltpeter").then_some(pid)
 }
 
 /// Binds the machines hub (wrappers connect here) on the configured address, with TLS when a

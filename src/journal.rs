@@ -193,6 +193,13 @@ pub enum RunEvent {
         retcode: i64,
         at: Timestamp,
     },
+    /// Nothing of the run reached the Salt master (it could not be reached while the launch
+    /// was retried): its slot was missed after all.
+    NotLaunched {
+        instance: String,
+        why: String,
+        at: Timestamp,
+    },
     RunEnded {
         instance: String,
         success: bool,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 
-use crate::journal::{Claim, RunEvent, SlotFate};
+use crate::journal::{Claim, MissReason, RunEvent, SlotFate};
 
 /// Histogram bucket bounds, in seconds.
 const LATENESS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -66,8 +66,10 @@ struct Inner {
     missed: BTreeMap<(String, &'static str), u64>,
     /// Due slots that could not be claimed (the store failed), by job.
     unclaimed: BTreeMap<String, u64>,
-    /// Each job's latest slot that fired.
+    /// Each job's latest slot that fired (its launch reached Salt).
     last_fired: BTreeMap<String, Timestamp>,
+    /// Scheduled runs not yet published: instance → (job, slot).
+    unlaunched: HashMap<String, (String, Timestamp)>,
     lateness: Histogram,
     phase1: Histogram,
     phase2: Histogram,
@@ -100,9 +102,22 @@ impl Metrics {
     pub fn observe(&self, event: &RunEvent) {
         self.with(|m| match event {
             RunEvent::Started {
-                instance, job, at, ..
+                instance,
+                job,
+                at,
+                scheduled,
+                ..
             } => {
                 m.started.insert(instance.clone(), (job.clone(), *at));
+                if let Some(slot) = scheduled {
+                    m.unlaunched.insert(instance.clone(), (job.clone(), *slot));
+                }
+            }
+            RunEvent::Published { instance, .. } => {
+                if let Some((job, slot)) = m.unlaunched.remove(instance) {
+                    let last = m.last_fired.entry(job).or_insert(slot);
+                    *last = (*last).max(slot);
+                }
             }
             RunEvent::Confirmed {
                 instance,
@@ -128,11 +143,19 @@ impl Metrics {
                 let job = job_of(m, instance);
                 *m.results.entry((job, *code)).or_default() += 1;
             }
+            RunEvent::NotLaunched { instance, .. } => {
+                m.unlaunched.remove(instance);
+                let job = job_of(m, instance);
+                *m.missed
+                    .entry((job, MissReason::MasterUnreachable.as_str()))
+                    .or_default() += 1;
+            }
             RunEvent::RunEnded {
                 instance, success, ..
             } => {
                 let job = job_of(m, instance);
                 m.started.remove(instance);
+                m.unlaunched.remove(instance);
                 m.confirmed.retain(|(i, _), _| i != instance);
                 *m.runs.entry((job, *success)).or_default() += 1;
             }
@@ -143,12 +166,8 @@ impl Metrics {
     /// Counts one ledger row the daemon claimed.
     pub fn slot(&self, claim: &Claim) {
         self.with(|m| match claim.fate {
-            SlotFate::Fired => {
-                if let Some(slot) = claim.slot {
-                    let last = m.last_fired.entry(claim.job.clone()).or_insert(slot);
-                    *last = (*last).max(slot);
-                }
-            }
+            // Counted as fired once its launch reaches Salt (`Published`).
+            SlotFate::Fired => {}
             SlotFate::Skipped(reason) => {
                 *m.skipped
                     .entry((claim.job.clone(), reason.as_str()))
@@ -434,6 +453,28 @@ mod tests {
         m.slot(&claim(SlotFate::Missed(MissReason::DaemonDown), 7));
         m.slot(&claim(SlotFate::Missed(MissReason::DaemonDown), 2));
         m.slot(&claim(SlotFate::Fired, 1));
+        // Two scheduled runs: one reaches Salt, the other never does (missed after all).
+        for (instance, slot) in [("my_job_1800000010", 10), ("my_job_1800000020", 20)] {
+            m.observe(&RunEvent::Started {
+                instance: instance.into(),
+                job: "my_job".into(),
+                trigger: Trigger::Schedule,
+                scheduled: Some(t(slot)),
+                at: t(slot),
+                token: String::new(),
+            });
+        }
+        m.observe(&RunEvent::Published {
+            instance: "my_job_1800000010".into(),
+            jid: "1".into(),
+            machines: Vec::new(),
+        });
+        m.observe(&RunEvent::NotLaunched {
+            instance: "my_job_1800000020".into(),
+            why: "cannot connect".into(),
+            at: t(21),
+        });
+        assert_eq!(m.with(|m| m.last_fired.get("my_job").copied()), Some(t(10)));
         m.fire_lateness(std::time::Duration::from_millis(3));
         let text = m.render(4096);
         for line in [
@@ -441,6 +482,7 @@ mod tests {
             "saltpeter_target_results_total{job=\"my_job\",code=\"124\"} 1",
             "saltpeter_skipped_slots_total{job=\"my_job\",reason=\"overlap\"} 1",
             "saltpeter_missed_slots_total{job=\"my_job\",reason=\"daemon down\"} 9",
+            "saltpeter_missed_slots_total{job=\"my_job\",reason=\"master unreachable\"} 1",
             "saltpeter_seconds_since_last_fired_slot{job=\"my_job\"} ",
             "saltpeter_fire_lateness_seconds_bucket{le=\"0.005\"} 1",
             "saltpeter_fire_lateness_seconds_bucket{le=\"0.001\"} 0",

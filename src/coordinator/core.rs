@@ -136,6 +136,8 @@ struct RunCtx {
     /// The jid of a launch sent before a restart whose reply was not recorded: the next
     /// launch uses it again (minions that got it ignore it the second time).
     relaunch_jid: Option<String>,
+    /// Something of the run reached Salt (a publish was answered), before or after a restart.
+    launched: bool,
     /// Machines under maintenance when the run fired.
     maintenance: BTreeSet<String>,
     /// The earliest deadline of this run in the heap (entries for other instants are stale).
@@ -338,6 +340,7 @@ impl Core {
                 batch_size: job.map_or(0, |j| j.batch_size as usize),
                 batched: !run.batches.is_empty(),
                 relaunch_jid: run.launching.clone(),
+                launched: run.jid.is_some(),
                 maintenance: BTreeSet::new(),
                 armed: None,
             },
@@ -414,6 +417,7 @@ impl Core {
                 batch_size: job.batch_size as usize,
                 batched: false,
                 relaunch_jid: None,
+                launched: false,
                 maintenance: maintenance.iter().cloned().collect(),
                 armed: None,
             },
@@ -493,6 +497,7 @@ impl Core {
         };
         match (purpose, result) {
             (Purpose::Launch, Ok(p)) => {
+                ctx.launched = true;
                 let (job, logdir) = (ctx.run.spec().job.clone(), ctx.logdir.clone());
                 // This batch is published: what is left is the rest.
                 let left = ctx
@@ -537,7 +542,16 @@ impl Core {
                 });
             }
             (Purpose::Launch | Purpose::Resolve, Err(e)) => {
-                ctx.run.handle_publish_failed(&e.to_string(), now.mono)
+                let never_sent = !ctx.launched && e.never_sent();
+                ctx.run.handle_publish_failed(&e.to_string(), now.mono);
+                if never_sent {
+                    // Nothing of it reached Salt: the ledger says its slot was missed.
+                    self.record(RunEvent::NotLaunched {
+                        instance: instance.into(),
+                        why: e.to_string(),
+                        at: now.wall,
+                    });
+                }
             }
             (Purpose::Resolve, Ok(p)) => {
                 ctx.resolving = Some(Resolving {

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::journal::{Claim, SlotFate};
+use crate::journal::{Claim, MissReason, SlotFate};
 
 /// Whoever claimed a slot first, as its row says (the answer to a refused claim).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +252,30 @@ pub fn slots(
         },
     )?
     .collect()
+}
+
+/// A fired slot whose run never reached the Salt master: missed after all (`master
+/// unreachable`), and so is the job's head if it is that slot.
+pub fn not_launched(conn: &Connection, instance: &str, why: &str) -> rusqlite::Result<()> {
+    let reason = MissReason::MasterUnreachable.as_str();
+    let detail = format!("its launch never reached the Salt master: {why}");
+    conn.prepare_cached(
+        "UPDATE heads SET last_state = 'missed', last_reason = ?2
+         WHERE (job, claimed_ms) = (SELECT job, slot_ms FROM slots WHERE instance = ?1 AND state = 'fired')",
+    )?
+    .execute(params![instance, reason])?;
+    conn.prepare_cached(
+        "UPDATE slots SET state = 'missed', reason = ?2, detail = ?3
+         WHERE instance = ?1 AND state = 'fired'",
+    )?
+    .execute(params![instance, reason, detail])?;
+    conn.prepare_cached(
+        "UPDATE heads SET fired_ms = (SELECT MAX(slot_ms) FROM slots s
+                                      WHERE s.job = heads.job AND s.state = 'fired')
+         WHERE job = (SELECT job FROM slots WHERE instance = ?1)",
+    )?
+    .execute(params![instance])?;
+    Ok(())
 }
 
 /// Drops rows older than `cutoff_ms` and, per job, all but the newest `per_job` (0: no limit),

@@ -140,6 +140,8 @@ pub struct InFlight {
     pub batches: Vec<Vec<String>>,
     /// A launch sent to Salt whose reply was not recorded: its jid, to publish it again.
     pub launching: Option<String>,
+    /// Who claimed its slot in the ledger (`host:pid`), when known.
+    pub claimed_by: Option<String>,
 }
 
 /// A target without a result in a run that had not ended.
@@ -266,6 +268,7 @@ fn weight(event: &RunEvent) -> usize {
                 batches.iter().flatten().map(String::len).sum()
             }
             RunEvent::TargetEnded { note, .. } => note.as_ref().map_or(0, String::len),
+            RunEvent::NotLaunched { why, .. } => why.len(),
             _ => 0,
         }
 }
@@ -321,6 +324,7 @@ impl Committed {
             | RunEvent::Published { instance, .. }
             | RunEvent::BatchesLeft { instance, .. }
             | RunEvent::Launching { instance, .. }
+            | RunEvent::NotLaunched { instance, .. }
             | RunEvent::RunEnded { instance, .. } => (instance, None),
             RunEvent::MachineSkipped { instance, machine }
             | RunEvent::Confirmed {
@@ -1053,6 +1057,9 @@ impl Store {
 
     fn apply(&mut self, event: &RunEvent) -> rusqlite::Result<()> {
         match event {
+            RunEvent::NotLaunched { instance, why, .. } => {
+                ledger::not_launched(&self.conn, instance, why)?;
+            }
             RunEvent::Started {
                 instance,
                 job,
@@ -1701,7 +1708,9 @@ impl Store {
 
     fn in_flight(&self) -> rusqlite::Result<Vec<InFlight>> {
         let mut st = self.conn.prepare(
-            "SELECT instance, job, token, jid, batches, launch_jid FROM runs WHERE ended_ms IS NULL",
+            "SELECT instance, job, token, jid, batches, launch_jid,
+                    (SELECT claimed_by FROM slots s WHERE s.instance = runs.instance)
+             FROM runs WHERE ended_ms IS NULL",
         )?;
         let runs = st
             .query_map([], |r| {
@@ -1714,6 +1723,7 @@ impl Store {
                     token: r.get(2)?,
                     launching: launch_jid.filter(|l| jid.as_ref() != Some(l)),
                     jid,
+                    claimed_by: r.get(6)?,
                     open: Vec::new(),
                     done: Vec::new(),
                     // Written by this module only; unreadable would mean a damaged row.

@@ -701,3 +701,33 @@ async fn a_missed_gap_is_one_row_and_the_head_is_its_last_slot() {
         (Some(t(60 * 4321)), Some("fired"))
     );
 }
+
+#[tokio::test]
+async fn a_fired_slot_that_never_reached_salt_is_missed_after_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let claims = vec![
+        fired("j", Some(t(60)), "j_60"),
+        fired("j", Some(t(120)), "j_120"),
+    ];
+    assert_eq!(h.claim(claims, "me").await.unwrap(), [Ok(()), Ok(())]);
+    h.record(started("j_120", "j", 120));
+    h.record(RunEvent::NotLaunched {
+        instance: "j_120".into(),
+        why: "cannot connect to the Salt master".into(),
+        at: t(125),
+    });
+    h.flush().await.unwrap();
+    let rows = h.slots("j", SlotFilter::default(), 10).await.unwrap();
+    assert_eq!(
+        (rows[0].state.as_str(), rows[0].reason.as_deref()),
+        ("missed", Some("master unreachable"))
+    );
+    assert!(rows[0].detail.contains("cannot connect"), "{:?}", rows[0]);
+    assert_eq!(rows[1].state, "fired");
+    let head = &h.heads().await.unwrap()["j"];
+    assert_eq!(
+        (head.last_state.as_deref(), head.last_fired),
+        (Some("missed"), Some(t(60)))
+    );
+}

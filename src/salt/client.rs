@@ -60,6 +60,19 @@ pub enum PublishError {
     Decode(#[from] WireError),
 }
 
+impl PublishError {
+    /// The request certainly never reached the master (no connection, no key, no settings);
+    /// a timeout or a cut connection may have delivered it.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Connect { .. }
+                | PublishError::Key { .. }
+                | PublishError::Unconfigured { .. }
+        )
+    }
+}
+
 /// A client of one master's request server.
 pub struct SaltClient {
     settings: SaltSettings,

@@ -9,6 +9,7 @@ mod fleet; // the whole daemon under 2,000 simulated wrappers: a kill while all 
 mod fuzz_props; // the fuzz targets' checks on random inputs, and the inputs fuzzing found
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
+mod ledger; // the fire ledger on the lab: three minutes down under each misfire policy, two daemons
 mod openapi; // the REST API against proto/api/openapi.json: routes and response schemas
 mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt
 mod proto_wrapper; // the wrapper protocol against its fixtures in proto/wrapper

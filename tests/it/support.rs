@@ -126,6 +126,13 @@ impl Daemon {
         }
     }
 
+    /// Reads the rest of the daemon's output (after it exited) into `seen`.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+    }
+
     /// The API's base URL.
     pub fn api(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)

@@ -673,6 +673,7 @@ fn batches_left_are_stored_and_go_on_after_a_restart() {
 
     // The daemon restarts while the first batch runs: the store has this.
     let in_flight = InFlight {
+        claimed_by: None,
         instance: "j_1".into(),
         job: "j".into(),
         token: "token".into(),
@@ -711,6 +712,7 @@ fn batches_left_are_stored_and_go_on_after_a_restart() {
 #[test]
 fn a_restart_between_batches_publishes_the_next_one() {
     let in_flight = InFlight {
+        claimed_by: None,
         instance: "j_1".into(),
         job: "j".into(),
         token: "token".into(),
@@ -778,6 +780,7 @@ fn a_launch_without_a_recorded_reply_is_sent_again_under_its_jid() {
     };
     let in_flight =
         |jid: Option<&str>, launching: Option<&str>, batches: Vec<Vec<String>>| InFlight {
+            claimed_by: None,
             instance: "j_1".into(),
             job: "j".into(),
             token: "token".into(),
@@ -815,6 +818,7 @@ fn a_launch_without_a_recorded_reply_is_sent_again_under_its_jid() {
     let h = adopt(
         &job_yaml("j", "a,b", "  batch_size: 1\n"),
         InFlight {
+            claimed_by: None,
             done: vec![("a".into(), 0)],
             ..in_flight(Some("J1"), Some("J2"), vec![vec!["b".to_string()]])
         },
@@ -829,4 +833,65 @@ fn a_launch_without_a_recorded_reply_is_sent_again_under_its_jid() {
     );
     h.published("j_1", &Purpose::Resolve);
     assert!(!h.ended("j_1"));
+}
+
+/// A launch that never reached the master (it could not be connected to while the launch was
+/// retried) says so, so the ledger records its slot as missed; one that may have reached it (a
+/// timeout) or a later batch does not.
+#[test]
+fn a_launch_that_never_reached_the_master_is_not_launched() {
+    let not_launched = |h: &Harness| -> Vec<String> {
+        h.pick(|e| match e {
+            Effect::Record(RunEvent::NotLaunched { instance, .. }) => Some(instance.clone()),
+            _ => None,
+        })
+    };
+    let connect = || {
+        Err(PublishError::Connect {
+            endpoint: "tcp://127.0.0.1:4506".into(),
+            timeout: std::time::Duration::from_secs(5),
+            reason: "refused".into(),
+        })
+    };
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let now = h.now();
+    h.core
+        .handle_salt_reply("j_1", Purpose::Launch, connect(), &mut NoShuffle, now);
+    h.collect();
+    assert_eq!(not_launched(&h), ["j_1"]);
+    assert!(h.ended("j_1"));
+
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let now = h.now();
+    let timeout = Err(PublishError::Timeout {
+        endpoint: "tcp://127.0.0.1:4506".into(),
+        timeout: std::time::Duration::from_secs(5),
+    });
+    h.core
+        .handle_salt_reply("j_1", Purpose::Launch, timeout, &mut NoShuffle, now);
+    h.collect();
+    assert!(
+        not_launched(&h).is_empty(),
+        "a timeout may have delivered it"
+    );
+
+    // The second of two batches cannot be sent: the slot did fire.
+    let mut h = Harness::new(&job_yaml("j", "a,b", "  batch_size: 1\n"));
+    h.fire("j", "j_1");
+    let (ping, _) = h.published("j_1", &Purpose::Resolve);
+    h.publish_reply("j_1", Purpose::Resolve, &ping, &["a", "b"]);
+    for m in ["a", "b"] {
+        h.bus(Event::job_return(&ping, m, "test.ping", 0, None, false));
+    }
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    h.hub("j_1", "a", HubEventKind::Heartbeat, S);
+    h.hub("j_1", "a", HubEventKind::Completed { retcode: 0 }, 2 * S);
+    let now = h.now();
+    h.core
+        .handle_salt_reply("j_1", Purpose::Launch, connect(), &mut NoShuffle, now);
+    h.collect();
+    assert!(not_launched(&h).is_empty());
 }
