@@ -1,6 +1,6 @@
-//! `/api/v1`: jobs, runs, targets' output (whole, from an offset, or followed live as
-//! server-sent events), run now, kill, maintenance, reload, diagnostics. The shapes are
-//! documented in `proto/api/openapi.json`, which the tests check responses against. The
+//! `/api/v1`: jobs, runs, the fire ledger's slots, targets' output (whole, from an offset, or
+//! followed live as server-sent events), run now, kill, maintenance, reload, diagnostics. The
+//! shapes are documented in `proto/api/openapi.json`, which the tests check responses against. The
 //! mutations reach their handlers only past the router's browser-safety guard (a JSON type or
 //! `X-Saltpeter-Request`, the API's own Host and origin); each then checks the token.
 
@@ -21,8 +21,10 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState};
 use crate::config::{Concurrency, Job, Targets};
 use crate::control::{MaintenanceChange, RunRef};
+use crate::history::ledger::{Head, SlotFilter, SlotRow};
 use crate::history::output::Slice;
 use crate::history::{Commits, History, RunRow};
+use crate::schedule::Schedule;
 
 pub const OPENAPI: &str = include_str!("../../proto/api/openapi.json");
 
@@ -32,6 +34,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{job}", get(job))
         .route("/api/v1/jobs/{job}/runs", get(runs))
+        .route("/api/v1/jobs/{job}/slots", get(slots))
         .route("/api/v1/jobs/{job}/run", post(run_now))
         .route("/api/v1/jobs/{job}/kill", post(kill_job))
         .route("/api/v1/runs/{instance}", get(run))
@@ -68,9 +71,48 @@ fn targets_json(job: &Job) -> Value {
     }
 }
 
+/// How late a due slot may be before "nobody claimed it" means the daemon is stuck.
+const CLAIM_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
+
+/// Whether the job's last due slot fired, from its ledger head: `None` when there is nothing
+/// to judge (no head, or no slot claimed yet and none overdue); `false` when the last claimed
+/// slot was skipped or missed, or when the next slot after it is due for more than
+/// [`CLAIM_GRACE`] and still unclaimed (the daemon is stuck); `true` otherwise. "After it"
+/// means after where the plan resumes: a job planned afresh later (its schedule changed) owes
+/// no slot from before that.
+fn last_due_fired(head: Option<&Head>, schedule: &Schedule, now: jiff::Timestamp) -> Option<bool> {
+    let head = head?;
+    let overdue = |from: jiff::Timestamp| {
+        schedule
+            .next_after(from)
+            .is_some_and(|next| now.duration_since(next) > CLAIM_GRACE)
+    };
+    let from = head.resume_from.max(head.last_claimed);
+    if head.last_claimed.is_none() {
+        // Planned but never due yet: nothing to say, unless its first slot is overdue.
+        return from.filter(|&t| overdue(t)).map(|_| false);
+    }
+    if head.last_state.as_deref() != Some("fired") {
+        return Some(false);
+    }
+    Some(!from.is_some_and(overdue))
+}
+
+/// The ledger head's fields every job shows.
+fn head_fields(v: &mut Value, head: Option<&Head>, schedule: &Schedule, now: jiff::Timestamp) {
+    v["last_due_fired"] = json!(last_due_fired(head, schedule, now));
+    v["last_slot_state"] = json!(head.and_then(|h| h.last_state.as_deref()));
+    v["last_slot_reason"] = json!(head.and_then(|h| h.last_reason.as_deref()));
+}
+
 /// A job as the API shows it; `env` values never leave the daemon.
-fn job_json(job: &Job, last: Option<&RunRow>, running: &[String]) -> Value {
-    let now = crate::clock::now();
+fn job_json(
+    job: &Job,
+    last: Option<&RunRow>,
+    running: &[String],
+    head: Option<&Head>,
+    now: jiff::Timestamp,
+) -> Value {
     let mut next = Vec::new();
     let mut at = now;
     while next.len() < 3 {
@@ -82,7 +124,7 @@ fn job_json(job: &Job, last: Option<&RunRow>, running: &[String]) -> Value {
             None => break,
         }
     }
-    json!({
+    let mut v = json!({
         "name": job.name,
         "group": job.group,
         "source": job.source,
@@ -107,7 +149,9 @@ fn job_json(job: &Job, last: Option<&RunRow>, running: &[String]) -> Value {
         "success_threshold": job.success_threshold,
         "last_run": last,
         "running": running,
-    })
+    });
+    head_fields(&mut v, head, &job.schedule, now);
+    v
 }
 
 async fn running_by_job(state: &AppState) -> Result<HashMap<String, Vec<String>>, ApiError> {
@@ -122,6 +166,9 @@ async fn jobs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let snap = state.snapshot();
     let last = state.history.last_runs().await?;
     let running = running_by_job(&state).await?;
+    // One row per job, read once for the whole list.
+    let heads = state.history.heads().await?;
+    let now = crate::clock::now();
     let list: Vec<Value> = snap
         .config
         .jobs
@@ -131,6 +178,8 @@ async fn jobs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
                 j,
                 last.get(&j.name),
                 running.get(&j.name).map_or(&[][..], Vec::as_slice),
+                heads.get(&j.name),
+                now,
             )
         })
         .collect();
@@ -151,13 +200,133 @@ async fn job(
         .ok_or_else(|| ApiError::not_found(format!("job {name:?}")))?;
     let last = state.history.last_runs().await?;
     let running = running_by_job(&state).await?;
+    let heads = state.history.heads().await?;
+    let head = heads.get(&name);
+    let now = crate::clock::now();
     let mut v = job_json(
         job,
         last.get(&name),
         running.get(&name).map_or(&[][..], Vec::as_slice),
+        head,
+        now,
     );
     v["skipped"] = json!(state.history.skips(&name, 20).await?);
+    v["slots"] = json!({
+        "last": last_slot(&state.history, &name, head).await?,
+        "next": job.schedule.next_after(now).map(|t| t.to_string()),
+        "last_due_fired": last_due_fired(head, &job.schedule, now),
+    });
     Ok(Json(v))
+}
+
+/// The job's newest scheduled row (not a manual run's). The head says where it is: the row
+/// ending at the last claimed slot, in that slot's state, so the query reads only the rows
+/// since then.
+async fn last_slot(
+    history: &History,
+    job: &str,
+    head: Option<&Head>,
+) -> Result<Option<SlotRow>, ApiError> {
+    let Some((claimed, state)) = head.and_then(|h| Some((h.last_claimed?, h.last_state.clone()?)))
+    else {
+        return Ok(None);
+    };
+    let filter = SlotFilter {
+        state: Some(state),
+        since_ms: Some(claimed.as_millisecond()),
+        before: None,
+    };
+    Ok(history.slots(job, filter, 1).await?.into_iter().next())
+}
+
+/// A query parameter the API could not take: 400, naming it.
+fn bad_param(name: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, format!("{name}: {why}"))
+}
+
+/// The slots page's parameters, as text: each is checked here, so a bad one gets a JSON error
+/// that names it.
+#[derive(Deserialize)]
+struct SlotsQuery {
+    state: Option<String>,
+    since: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+const SLOT_STATES: [&str; 4] = ["fired", "skipped", "missed", "manual"];
+
+impl SlotsQuery {
+    fn parse(self) -> Result<(SlotFilter, usize), ApiError> {
+        if let Some(s) = &self.state
+            && !SLOT_STATES.contains(&s.as_str())
+        {
+            return Err(bad_param(
+                "state",
+                format!("{s:?} is not one of {}", SLOT_STATES.join(", ")),
+            ));
+        }
+        let since_ms = match &self.since {
+            Some(t) => Some(
+                t.parse::<jiff::Timestamp>()
+                    .map_err(|_| {
+                        bad_param(
+                            "since",
+                            format!("{t:?} is not an RFC 3339 time such as 2025-01-01T00:00:00Z"),
+                        )
+                    })?
+                    .as_millisecond(),
+            ),
+            None => None,
+        };
+        let before = match &self.before {
+            Some(b) => Some(
+                b.parse::<i64>()
+                    .map_err(|_| bad_param("before", format!("{b:?} is not a row id")))?,
+            ),
+            None => None,
+        };
+        let limit = match &self.limit {
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    bad_param("limit", format!("{l:?} is not a number from 1 to 1000"))
+                })?,
+            None => 100,
+        };
+        let filter = SlotFilter {
+            state: self.state,
+            since_ms,
+            before,
+        };
+        Ok((filter, limit))
+    }
+}
+
+/// The job's fire ledger, newest first: every scheduled slot's fate (fired, skipped, a missed
+/// gap as one row) and its manual runs. A job no longer configured is shown while it has rows.
+async fn slots(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<SlotsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (filter, limit) = q.parse()?;
+    if !state.snapshot().config.jobs.contains_key(&name)
+        && state
+            .history
+            .slots(&name, SlotFilter::default(), 1)
+            .await?
+            .is_empty()
+    {
+        return Err(ApiError::not_found(format!("job {name:?}")));
+    }
+    let rows = state.history.slots(&name, filter, limit).await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({ "slots": rows, "next_before": next })))
 }
 
 #[derive(Deserialize)]
@@ -632,5 +801,222 @@ mod tests {
             })
         );
         assert_eq!(next(&mut rx).await, None, "the stream ends after `end`");
+    }
+
+    mod ledger {
+        use axum::extract::{Path, Query, State};
+        use axum::http::StatusCode;
+        use jiff::{SignedDuration, Timestamp};
+
+        use super::super::{SlotsQuery, job, last_due_fired, slots};
+        use crate::history::ledger::Head;
+        use crate::history::{History, Retention};
+        use crate::journal::{Claim, MissReason, SkipReason, SlotFate, Trigger};
+
+        fn t(s: &str) -> Timestamp {
+            s.parse().unwrap()
+        }
+
+        /// Every minute at :00.
+        fn minutely() -> crate::schedule::Schedule {
+            let config = crate::config::load_valid(
+                "m:\n  sec: 0\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: 'true'\n",
+            );
+            config.jobs["m"].schedule.clone()
+        }
+
+        fn head(claimed: Option<&str>, state: Option<&str>) -> Head {
+            Head {
+                resume_from: Some(t(claimed.unwrap_or("2025-01-01T00:00:30Z"))),
+                last_claimed: claimed.map(t),
+                last_state: state.map(String::from),
+                last_reason: None,
+                last_fired: None,
+            }
+        }
+
+        #[test]
+        fn the_last_due_slot_fired_unless_skipped_missed_or_left_unclaimed() {
+            let s = minutely();
+            let now = t("2025-01-01T00:01:10Z");
+            assert_eq!(last_due_fired(None, &s, now), None, "no head");
+            // Planned at 00:00:30, never claimed: the 00:01 slot is 10 s due (within grace).
+            let planned = head(None, None);
+            assert_eq!(last_due_fired(Some(&planned), &s, now), None);
+            // ... but 31 s past it, nobody claimed it: the daemon is stuck.
+            let later = t("2025-01-01T00:01:31Z");
+            assert_eq!(last_due_fired(Some(&planned), &s, later), Some(false));
+
+            let fired = head(Some("2025-01-01T00:01:00Z"), Some("fired"));
+            assert_eq!(last_due_fired(Some(&fired), &s, now), Some(true));
+            // The 00:02 slot is exactly 30 s due: still within grace; then past it.
+            let edge = t("2025-01-01T00:02:30Z");
+            assert_eq!(last_due_fired(Some(&fired), &s, edge), Some(true));
+            assert_eq!(
+                last_due_fired(Some(&fired), &s, edge + SignedDuration::from_secs(1)),
+                Some(false)
+            );
+            // Planned afresh at 00:05:10 (a new schedule): the 00:02 slot was never owed.
+            let replanned = Head {
+                resume_from: Some(t("2025-01-01T00:05:10Z")),
+                ..fired.clone()
+            };
+            let soon = t("2025-01-01T00:05:20Z");
+            assert_eq!(last_due_fired(Some(&fired), &s, soon), Some(false));
+            assert_eq!(last_due_fired(Some(&replanned), &s, soon), Some(true));
+            for state in ["skipped", "missed"] {
+                let h = head(Some("2025-01-01T00:01:00Z"), Some(state));
+                assert_eq!(last_due_fired(Some(&h), &s, now), Some(false), "{state}");
+            }
+        }
+
+        fn claim(
+            slot: Option<&str>,
+            last: Option<&str>,
+            fate: SlotFate,
+            instance: Option<&str>,
+        ) -> Claim {
+            let at =
+                t(last.or(slot).unwrap_or("2025-01-01T00:05:30Z")) + SignedDuration::from_millis(5);
+            Claim {
+                job: "long".into(),
+                slot: slot.map(t),
+                last: last.map(t),
+                count: if last.is_some() { 3 } else { 1 },
+                fate,
+                trigger: if slot.is_some() {
+                    Trigger::Schedule
+                } else {
+                    Trigger::Manual
+                },
+                instance: instance.map(String::from),
+                detail: String::new(),
+                at,
+            }
+        }
+
+        fn q(query: &str) -> Query<SlotsQuery> {
+            let uri: axum::http::Uri = format!("/x?{query}").parse().unwrap();
+            Query::try_from_uri(&uri).unwrap()
+        }
+
+        async fn ledger_with_rows() -> (tempfile::TempDir, History) {
+            let dir = tempfile::tempdir().unwrap();
+            let h = History::open(&dir.path().join("h.db"), Retention::default()).unwrap();
+            let claims = vec![
+                claim(
+                    Some("2025-01-01T00:00:00Z"),
+                    None,
+                    SlotFate::Fired,
+                    Some("long_1735689600"),
+                ),
+                claim(
+                    Some("2025-01-01T00:01:00Z"),
+                    Some("2025-01-01T00:03:00Z"),
+                    SlotFate::Missed(MissReason::DaemonDown),
+                    None,
+                ),
+                claim(
+                    Some("2025-01-01T00:04:00Z"),
+                    None,
+                    SlotFate::Skipped(SkipReason::Overlap),
+                    None,
+                ),
+                claim(None, None, SlotFate::Fired, Some("long_1735690000")),
+            ];
+            let answers = h.claim(claims, "test").await.unwrap();
+            assert!(answers.iter().all(Result::is_ok));
+            (dir, h)
+        }
+
+        #[tokio::test]
+        async fn slots_pages_filters_and_refuses_bad_parameters_by_name() {
+            let (_dir, h) = ledger_with_rows().await;
+            let (state, _snapshots, _commands) = crate::api::testing::state(h.clone());
+            let get = |query: &str, job: &str| {
+                slots(State(state.clone()), Path(job.to_string()), q(query))
+            };
+            let all = get("", "long").await.unwrap().0;
+            let states: Vec<&str> = all["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["state"].as_str().unwrap())
+                .collect();
+            assert_eq!(states, ["fired", "skipped", "missed", "fired"], "{all}");
+            assert_eq!(all["slots"][0]["trigger"], "manual");
+            assert_eq!(all["next_before"], serde_json::Value::Null);
+
+            let page = get("limit=2", "long").await.unwrap().0;
+            assert_eq!(page["slots"].as_array().unwrap().len(), 2);
+            let before = page["next_before"]
+                .as_i64()
+                .expect("a full page has a next");
+            assert_eq!(page["slots"][1]["id"].as_i64(), Some(before));
+            let rest = get(&format!("before={before}"), "long").await.unwrap().0;
+            assert_eq!(rest["slots"][0]["state"], "missed");
+            assert_eq!(rest["slots"][0]["count"], 3);
+            assert_eq!(rest["slots"][0]["last"], "2025-01-01T00:03:00Z");
+
+            let missed = get("state=missed", "long").await.unwrap().0;
+            assert_eq!(missed["slots"].as_array().unwrap().len(), 1);
+            assert_eq!(missed["slots"][0]["reason"], "daemon down");
+            let manual = get("state=manual", "long").await.unwrap().0;
+            assert_eq!(manual["slots"][0]["instance"], "long_1735690000");
+            let since = get("since=2025-01-01T00:03:30Z&state=skipped", "long")
+                .await
+                .unwrap()
+                .0;
+            assert_eq!(since["slots"].as_array().unwrap().len(), 1);
+
+            for (query, name) in [
+                ("state=bogus", "state"),
+                ("since=yesterday", "since"),
+                ("limit=0", "limit"),
+                ("limit=1001", "limit"),
+                ("limit=ten", "limit"),
+                ("before=x", "before"),
+            ] {
+                let e = get(query, "long").await.unwrap_err();
+                assert_eq!(e.status, StatusCode::BAD_REQUEST, "{query}");
+                assert!(
+                    e.message.starts_with(&format!("{name}: ")),
+                    "{query}: {}",
+                    e.message
+                );
+            }
+            // Not configured and no rows: 404; a configured job with no rows has an empty page.
+            let e = get("", "nope").await.unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND);
+            let h2 = History::open(&_dir.path().join("h2.db"), Retention::default()).unwrap();
+            let (empty, _s, _c) = crate::api::testing::state(h2);
+            let page = slots(State(empty), Path("long".into()), q(""))
+                .await
+                .unwrap()
+                .0;
+            assert_eq!(page["slots"], serde_json::json!([]));
+        }
+
+        #[tokio::test]
+        async fn a_job_shows_its_last_scheduled_slot_and_the_next() {
+            let (_dir, h) = ledger_with_rows().await;
+            let (state, _snapshots, _commands) = crate::api::testing::state(h);
+            let v = job(State(state), Path("long".into())).await.unwrap().0;
+            // The manual run is newer, but the last slot is the scheduled one.
+            assert_eq!(v["slots"]["last"]["state"], "skipped", "{v}");
+            assert_eq!(v["slots"]["last"]["slot"], "2025-01-01T00:04:00Z");
+            assert_eq!(v["slots"]["next"], "2099-01-01T00:00:00Z");
+            // Its last slot was skipped: not fired.
+            assert_eq!(v["slots"]["last_due_fired"], false);
+            assert_eq!(v["last_due_fired"], false);
+            assert_eq!(
+                (
+                    v["last_slot_state"].as_str(),
+                    v["last_slot_reason"].as_str()
+                ),
+                (Some("skipped"), Some("overlap"))
+            );
+            assert!(v["skipped"].is_array(), "the skipped list stays");
+        }
     }
 }

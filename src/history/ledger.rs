@@ -42,7 +42,7 @@ pub struct SlotRow {
     pub claimed_by: String,
     /// For a fired row: whether its run succeeded (`None` while it runs or once pruned).
     pub success: Option<bool>,
-    /// For a fired row: whether its run has ended.
+    /// For a fired row: whether its run has ended (or was pruned, which only ended runs are).
     pub ended: bool,
 }
 
@@ -66,7 +66,7 @@ pub struct SlotFilter {
     pub state: Option<String>,
     /// Rows at or after this instant (ms since the epoch).
     pub since_ms: Option<i64>,
-    /// Rows strictly before this row id (paging, newest first).
+    /// Rows after this row in the page order (paging, newest first: the last row's id).
     pub before: Option<i64>,
 }
 
@@ -214,13 +214,16 @@ pub fn slots(
     };
     let mut st = conn.prepare_cached(
         "SELECT s.id, s.job, s.slot_ms, s.last_ms, s.count, s.state, s.reason, s.detail,
-                s.trigger, s.instance, s.claimed_ms, s.claimed_by, r.success, r.ended_ms IS NOT NULL
+                s.trigger, s.instance, s.claimed_ms, s.claimed_by, r.success,
+                -- A fired row whose run is gone was pruned, which only happens to ended runs
+                -- (a run just claimed is recorded within moments).
+                r.ended_ms IS NOT NULL OR (r.instance IS NULL AND s.claimed_ms < ?7)
          FROM slots s LEFT JOIN runs r ON r.instance = s.instance
          WHERE s.job = ?1
            AND (?2 IS NULL OR s.state = ?2)
            AND (?3 IS NULL OR (s.slot_ms IS NULL) = (?3 = 1))
            AND (?4 IS NULL OR s.at_ms >= ?4)
-           AND (?5 IS NULL OR s.id < ?5)
+           AND (?5 IS NULL OR (s.at_ms, s.id) < (SELECT at_ms, id FROM slots WHERE id = ?5))
          ORDER BY s.at_ms DESC, s.id DESC LIMIT ?6",
     )?;
     st.query_map(
@@ -230,7 +233,8 @@ pub fn slots(
             manual,
             filter.since_ms,
             filter.before,
-            limit as i64
+            limit as i64,
+            ms(crate::clock::now()) - 60_000
         ],
         |r| {
             Ok(SlotRow {

@@ -731,3 +731,23 @@ async fn a_fired_slot_that_never_reached_salt_is_missed_after_all() {
         (Some("missed"), Some(t(60)))
     );
 }
+
+#[tokio::test]
+async fn pages_follow_the_row_order_even_for_a_slot_claimed_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    // A manual run at 1000 s, then a catch-up of the 500 s slot, claimed after it.
+    let claims = vec![fired("j", None, "j_manual")];
+    h.claim(claims, "me").await.unwrap();
+    h.claim(vec![fired("j", Some(t(500)), "j_500")], "me")
+        .await
+        .unwrap();
+    let first = h.slots("j", SlotFilter::default(), 1).await.unwrap();
+    assert_eq!(first[0].instance.as_deref(), Some("j_manual"));
+    let page = SlotFilter {
+        before: Some(first[0].id),
+        ..SlotFilter::default()
+    };
+    let second = h.slots("j", page, 1).await.unwrap();
+    assert_eq!(second[0].instance.as_deref(), Some("j_500"));
+}

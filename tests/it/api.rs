@@ -597,3 +597,160 @@ fn the_cli_clients_speak_to_the_api() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the saltpeter API"));
 }
+
+/// A job every second: `tick` may overlap (each slot starts a run, whose launch waits for the
+/// dead master), `solo` may not (its later slots are skipped while the first run waits).
+fn every_second(name: &str, extra: &str) -> String {
+    format!(
+        "{name}:\n  sec: '*'\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: 'true'\n{extra}"
+    )
+}
+
+#[test]
+fn the_fire_ledger_through_the_api_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), "");
+    write(
+        dir.path(),
+        "ticks.yaml",
+        &[
+            every_second("tick", "  concurrency: allow\n"),
+            every_second("solo", ""),
+        ]
+        .concat(),
+    );
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+
+    // A manual run is a row with no slot.
+    let (code, started) = act(&d, "/api/v1/jobs/long/run");
+    assert_eq!(code, 202, "{started}");
+    let instance = started["instance"].as_str().unwrap().to_string();
+    let (code, page) = d.call("GET", "/api/v1/jobs/long/slots", None);
+    assert_eq!(code, 200, "{page}");
+    let rows = page["slots"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{page}");
+    assert_eq!(
+        (
+            rows[0]["trigger"].as_str(),
+            rows[0]["state"].as_str(),
+            rows[0]["instance"].as_str()
+        ),
+        (Some("manual"), Some("fired"), Some(instance.as_str())),
+        "{page}"
+    );
+    assert_eq!(rows[0]["slot"], Value::Null);
+    assert_eq!(page["next_before"], Value::Null);
+    let (code, missed) = d.call("GET", "/api/v1/jobs/long/slots?state=missed", None);
+    assert_eq!(
+        (code, missed["slots"].clone()),
+        (200, json!([])),
+        "{missed}"
+    );
+    for (query, param) in [("state=bogus", "state"), ("limit=0", "limit")] {
+        let (code, e) = d.call("GET", &format!("/api/v1/jobs/long/slots?{query}"), None);
+        assert_eq!(code, 400, "{query}: {e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{param}: ")),
+            "{query}: {e}"
+        );
+    }
+    let (code, e) = d.call("GET", "/api/v1/jobs/nope/slots", None);
+    assert_eq!(code, 404, "{e}");
+    // Its page: no scheduled slot yet (the manual run is not one), the next in 2099.
+    let (_, job) = d.call("GET", "/api/v1/jobs/long", None);
+    assert_eq!(
+        job["slots"],
+        json!({"last": null, "next": "2099-01-01T00:00:00Z", "last_due_fired": null}),
+        "{job}"
+    );
+
+    // The CLI: one line per row; refusals exit 1 with the daemon's reason.
+    let (code, out, err) = cli(&d, &["slots", "long"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("manual ") && out.contains("fired") && out.contains(&instance),
+        "{out}"
+    );
+    let (code, out, err) = cli(&d, &["slots", "long", "--since", "1h", "--state", "manual"]);
+    assert!(code == 0 && out.contains(&instance), "{out}{err}");
+    let (code, out, _) = cli(&d, &["slots", "long", "--state", "missed"]);
+    assert!(code == 0 && out.contains("no slots of long"), "{out}");
+    let (code, _, err) = cli(&d, &["slots", "long", "--state", "bogus"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("state: ") && err.contains("(HTTP 400)"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&d, &["slots", "nope"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = cli(&d, &["slots", "long", "--since", "soon"]);
+    assert_eq!(code, 2, "{err}");
+
+    // Scheduled slots: each claimed as it comes due, a run's id from its slot's second.
+    let (mut ticks, mut skipped) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticks < 3 || !skipped {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no scheduled fires and skips seen");
+        let line = d.expect_line("", left);
+        ticks += usize::from(line.contains("Firing tick_"));
+        skipped |= line.contains("this slot of solo is skipped (overlap)");
+    }
+    let (_, page) = d.call("GET", "/api/v1/jobs/tick/slots?state=fired", None);
+    let rows = page["slots"].as_array().unwrap();
+    assert!(rows.len() >= 3, "{page}");
+    for r in rows {
+        let slot: jiff::Timestamp = r["slot"].as_str().unwrap().parse().unwrap();
+        assert_eq!(r["trigger"], "schedule", "{r}");
+        assert_eq!(
+            r["instance"],
+            format!("tick_{}", slot.as_second()).as_str(),
+            "{r}"
+        );
+    }
+    let (_, page) = d.call("GET", "/api/v1/jobs/solo/slots?state=skipped&limit=1", None);
+    assert_eq!(page["slots"][0]["reason"], "overlap", "{page}");
+    assert!(page["next_before"].is_i64(), "a full page: {page}");
+
+    // The list: one head per job says whether its last due slot fired.
+    let (_, list) = d.call("GET", "/api/v1/jobs", None);
+    let of = |name: &str| {
+        list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+            .clone()
+    };
+    assert_eq!(
+        (
+            of("tick")["last_due_fired"].clone(),
+            of("tick")["last_slot_state"].clone()
+        ),
+        (json!(true), json!("fired"))
+    );
+    let solo = of("solo");
+    assert_eq!(
+        (
+            &solo["last_due_fired"],
+            &solo["last_slot_state"],
+            &solo["last_slot_reason"]
+        ),
+        (&json!(false), &json!("skipped"), &json!("overlap")),
+        "{solo}"
+    );
+    assert_eq!(of("long")["last_due_fired"], Value::Null);
+    let (_, job) = d.call("GET", "/api/v1/jobs/tick", None);
+    assert_eq!(job["slots"]["last"]["state"], "fired", "{job}");
+    assert_eq!(job["slots"]["last_due_fired"], true, "{job}");
+    let (code, out, _) = cli(&d, &["slots", "solo", "-n", "5"]);
+    assert!(
+        code == 0 && out.contains("skipped  overlap") && out.contains("is still running"),
+        "{out}"
+    );
+}

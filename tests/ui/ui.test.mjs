@@ -1,5 +1,6 @@
 // Drives the daemon's web UI in real headless Chromium: the jobs table, "run now" with live
-// output and the exit code, killing a long run (143), the timeline, and a phone-sized layout.
+// output and the exit code, the job's slot strip, killing a long run (143), the timeline, and a
+// phone-sized layout.
 // Usage: node ui.test.mjs <api base URL> <screenshot dir>
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
@@ -36,6 +37,11 @@ try {
   await page.waitForSelector('#jobs tr[data-job="uilong"]');
   const schedule = await page.textContent('#jobs tr[data-job="uiecho"] td:nth-child(3)');
   if (!schedule.includes("(UTC)")) await fail(page, `schedule not in words: ${schedule}`);
+  // The last result cell is there; a "missed" badge (a job whose last due slot did not fire)
+  // may be absent, but where shown it says why.
+  if (!(await page.$('#jobs tr[data-job="uiecho"] td.last'))) await fail(page, "no last result cell");
+  const badges = await page.$$eval("#jobs .badge.missed", bs => bs.map(b => b.title));
+  if (badges.some(t => !t.includes("did not fire"))) await fail(page, `missed badge titles: ${badges}`);
   await page.screenshot({ path: `${shots}/jobs.png`, fullPage: true });
 
   step("run now: live output and exit code 0 on every target");
@@ -54,6 +60,20 @@ try {
   const result = await page.textContent("#run-result");
   if (!result.includes("ok 3/3")) await fail(page, `run result: ${result}`);
   await page.screenshot({ path: `${shots}/run-ok.png`, fullPage: true });
+  const ran = page.url().split("#/run/")[1];
+
+  step("the job's slot strip shows the manual run, and opens it");
+  await page.goto(base + "/#/job/uiecho");
+  await page.waitForFunction(() => [...document.querySelectorAll("#slots .slot")]
+    .some(c => c.title.includes("fired")), null, { timeout: 15000 });
+  // A locator, not a handle: the strip is redrawn every two seconds.
+  const cell = page.locator('#slots a.slot[data-state="fired"]').first();
+  if (!(await cell.count())) await fail(page, "no fired cell links to its run");
+  const title = await cell.getAttribute("title");
+  if (!(title || "").includes(decodeURIComponent(ran))) await fail(page, `cell title: ${title}`);
+  await page.screenshot({ path: `${shots}/job-slots.png`, fullPage: true });
+  await cell.click();
+  await page.waitForURL(/#\/run\/uiecho_/, { timeout: 15000 });
 
   step("kill a long run: 143 on every target");
   await page.goto(base + "/#/job/uilong");

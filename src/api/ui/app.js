@@ -51,6 +51,36 @@ function runBadge(run) {
   return `<span class="badge bad">failed ${run.succeeded}/${run.total}</span>`;
 }
 
+// A fire-ledger row as one cell of a job's slot strip: its colour says the outcome, its title
+// the details, and a fired row links to its run.
+function slotCell(r) {
+  const fired = r.state === "fired";
+  const outcome = !fired ? r.state : r.success === true ? "ok" : r.success === false ? "bad" : r.ended ? "ended" : "run";
+  const result = { ok: "succeeded", bad: "failed", run: "running", ended: "ended" }[outcome];
+  const gap = r.state === "missed" && (r.count > 1 || r.last);
+  const lines = [
+    r.slot ? `slot ${when(r.slot)}` : `manual run, ${when(r.claimed_at)}`,
+    `${r.state}${r.reason ? " (" + r.reason + ")" : ""}${r.trigger === "catch-up" ? ", catch-up" : ""}`,
+  ];
+  if (gap) lines.push(`${r.count} slots, ${when(r.slot)} to ${when(r.last || r.slot)}`);
+  if (fired && r.instance) lines.push(`run ${r.instance}: ${result}`);
+  if (r.detail) lines.push(r.detail);
+  const cls = `slot ${esc(r.state)}${fired ? " " + outcome : ""}${r.slot ? "" : " manual"}${gap ? " gap" : ""}`;
+  const title = esc(lines.join("\n"));
+  return fired && r.instance
+    ? `<a class="${cls}" href="#/run/${encodeURIComponent(r.instance)}" title="${title}" data-state="${esc(r.state)}"></a>`
+    : `<span class="${cls}" title="${title}" data-state="${esc(r.state)}"></span>`;
+}
+
+// The jobs table's mark for a job whose last due slot did not fire.
+function missedBadge(j) {
+  if (j.last_due_fired !== false) return "";
+  const why = j.last_slot_state === "fired"
+    ? "a slot after the last one fired is overdue and unclaimed (is the daemon stuck?)"
+    : `the last slot was ${j.last_slot_state || "never claimed"}${j.last_slot_reason ? " (" + j.last_slot_reason + ")" : ""}`;
+  return ` <span class="badge missed" title="${esc("Last due slot did not fire: " + why)}">missed</span>`;
+}
+
 function when(iso) {
   if (!iso) return "";
   const d = new Date(iso);
@@ -138,7 +168,7 @@ async function jobsPage() {
       <td class="hide-narrow">${esc(j.group)}</td>
       <td>${esc(inWords(j.schedule, j.timezone))}</td>
       <td class="hide-narrow"><code>${esc(Array.isArray(j.targets) ? j.targets.join(", ") : j.targets)}</code></td>
-      <td class="last">${j.running.length ? `<span class="badge run">running</span>` : runBadge(j.last_run)}</td>
+      <td class="last">${j.running.length ? `<span class="badge run">running</span>` : runBadge(j.last_run)}${missedBadge(j)}</td>
       <td>${esc(when(j.next_runs[0]))}</td></tr>`).join("");
     const body = $("#jobs tbody");
     if (body) body.innerHTML = rows || `<tr><td colspan="6" class="muted">No jobs in the config directory.</td></tr>`;
@@ -149,6 +179,11 @@ async function jobPage(name) {
   view().innerHTML = `<h1>${esc(name)}</h1><div id="job-facts"></div>
     <div class="actions"><button class="primary" id="run-now">Run now</button>
     <button class="danger" id="kill-run" hidden>Kill run</button></div>
+    <h2>Slots</h2><div id="slots" class="slots"></div>
+    <p class="muted slot-legend">The last 60, oldest first: <span class="slot fired ok"></span> fired, ok
+      <span class="slot fired bad"></span> failed <span class="slot fired run"></span> running
+      <span class="slot skipped"></span> skipped <span class="slot missed"></span> missed
+      <span class="slot fired ok manual"></span> manual run. Hover for details; a fired one opens its run.</p>
     <h2>Runs</h2><table id="runs"><thead><tr><th>Run</th><th>Trigger</th><th>Started</th><th>Took</th><th>Result</th></tr></thead><tbody></tbody></table>
     <h2>Skipped slots</h2><div id="skips" class="muted"></div>`;
   $("#run-now").addEventListener("click", async () => {
@@ -163,10 +198,11 @@ async function jobPage(name) {
     catch (e) { say(e.message); }
   });
   every(2000, async () => {
-    let job, runs;
+    let job, runs, slots;
     try {
       job = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}`);
       runs = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/runs?limit=30`);
+      slots = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/slots?limit=60`);
     } catch (e) { return say(e.message); }
     $("#job-facts").innerHTML = `<dl class="facts">
       <dt>Schedule</dt><dd>${esc(inWords(job.schedule, job.timezone))} <code>${esc(job.schedule)}</code></dd>
@@ -176,6 +212,8 @@ async function jobPage(name) {
       <dt>Timeout</dt><dd>${job.timeout ? job.timeout + " s" : "none"}</dd>
       <dt>Defined in</dt><dd><code>${esc(job.source)}</code></dd></dl>`;
     $("#kill-run").hidden = job.running.length === 0;
+    $("#slots").innerHTML = slots.slots.slice().reverse().map(slotCell).join("")
+      || `<span class="muted">No slot due yet${job.slots.next ? ": the next is " + esc(when(job.slots.next)) : ""}.</span>`;
     $("#runs tbody").innerHTML = runs.runs.map(r => `<tr>
       <td><a href="#/run/${encodeURIComponent(r.instance)}">${esc(r.instance)}</a></td><td>${esc(r.trigger)}</td>
       <td>${esc(when(r.started_at))}</td><td>${esc(duration(r.started_at, r.ended_at))}</td><td>${runBadge(r)}</td></tr>`).join("")

@@ -1,7 +1,7 @@
 //! The operator's commands that talk to a running daemon through its REST API (`status`,
-//! `runs`, `output`, `run-now`, `kill`, `maintenance`): human output by default, `--json` for
-//! scripts. Exit codes: 0 done, 1 refused by the daemon (the reason is printed), 2 no daemon,
-//! 3 a followed target ended with a non-zero exit code.
+//! `runs`, `slots`, `output`, `run-now`, `kill`, `maintenance`): human output by default,
+//! `--json` for scripts. Exit codes: 0 done, 1 refused by the daemon (the reason is printed),
+//! 2 no daemon, 3 a followed target ended with a non-zero exit code.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::ExitCode;
@@ -188,6 +188,110 @@ pub fn runs(api: &ApiArgs, job: &str, limit: usize) -> anyhow::Result<ExitCode> 
     })
 }
 
+/// `--since`: an RFC 3339 time, or a span back from now (`90s`, `90m`, `2h`, `3d`, `1w`),
+/// as the RFC 3339 time the API takes.
+pub fn since(text: &str, now: jiff::Timestamp) -> Result<String, String> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t.to_string());
+    }
+    let bad = || {
+        format!(
+            "`{text}` is neither an RFC 3339 time (2025-01-01T00:00:00Z) nor a span back from now (90m, 2h, 3d, 1w)"
+        )
+    };
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let n: i64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
+    let back = n.checked_mul(secs).filter(|s| *s >= 0).ok_or_else(bad)?;
+    now.checked_sub(jiff::SignedDuration::from_secs(back))
+        .map(|t| t.to_string())
+        .map_err(|_| bad())
+}
+
+/// One ledger row as a line: the slot (or `manual` and when it was asked for), the state, the
+/// reason, then a gap's extent or a fired row's run and result, then the detail.
+fn slot_line(r: &Value) -> String {
+    let when = match r["slot"].as_str() {
+        Some(slot) => slot.to_string(),
+        None => format!("manual {}", s(&r["claimed_at"])),
+    };
+    let mut rest = Vec::new();
+    let count = r["count"].as_i64().unwrap_or(1);
+    if count > 1 || r["last"].is_string() {
+        rest.push(format!(
+            "{count} slots {}..{}",
+            s(&r["slot"]),
+            r["last"].as_str().unwrap_or(s(&r["slot"]))
+        ));
+    }
+    if r["state"] == "fired" {
+        let result = match (r["success"].as_bool(), r["ended"] == true) {
+            (Some(true), _) => "ok",
+            (Some(false), _) => "failed",
+            (None, false) => "running",
+            (None, true) => "ended",
+        };
+        rest.push(format!("{} {result}", s(&r["instance"])));
+    }
+    if let Some(d) = r["detail"].as_str().filter(|d| !d.is_empty()) {
+        rest.push(d.to_string());
+    }
+    format!(
+        "{when:<31} {:<8} {:<18} {}",
+        s(&r["state"]),
+        s(&r["reason"]),
+        rest.join("  ")
+    )
+}
+
+/// A job's fire ledger, newest first.
+pub fn slots(
+    api: &ApiArgs,
+    job: &str,
+    since: Option<&str>,
+    state: Option<&str>,
+    limit: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let mut query = Vec::new();
+    if let Some(t) = since {
+        query.push(format!("since={}", enc(t)));
+    }
+    if let Some(st) = state {
+        query.push(format!("state={}", enc(st)));
+    }
+    if let Some(n) = limit {
+        query.push(format!("limit={n}"));
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    let answer = call(
+        api,
+        "GET",
+        &format!("/api/v1/jobs/{}/slots{query}", enc(job)),
+        None,
+    )
+    .map(ok);
+    finish(api, answer, |v| {
+        let rows = v["slots"].as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            println!("no slots of {job} recorded");
+        }
+        for r in &rows {
+            println!("{}", slot_line(r).trim_end());
+        }
+    })
+}
+
 pub fn run_now(api: &ApiArgs, job: &str) -> anyhow::Result<ExitCode> {
     let answer = call(api, "POST", &format!("/api/v1/jobs/{}/run", enc(job)), None).map(ok);
     finish(api, answer, |v| println!("started {}", s(&v["instance"])))
@@ -369,4 +473,53 @@ fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{since, slot_line};
+
+    #[test]
+    fn since_takes_rfc3339_or_a_span_back_from_now() {
+        let now: jiff::Timestamp = "2025-01-04T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            since("2025-01-01T01:00:00+01:00", now).unwrap(),
+            "2025-01-01T00:00:00Z"
+        );
+        assert_eq!(since("90m", now).unwrap(), "2025-01-04T10:30:00Z");
+        assert_eq!(since("2h", now).unwrap(), "2025-01-04T10:00:00Z");
+        assert_eq!(since("3d", now).unwrap(), "2025-01-01T12:00:00Z");
+        assert_eq!(since("30s", now).unwrap(), "2025-01-04T11:59:30Z");
+        for bad in ["", "h", "2x", "-2h", "yesterday", "99999999999999w"] {
+            assert!(since(bad, now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_slot_line_shows_a_gap_a_run_and_the_detail() {
+        let gap = json!({"slot": "2025-01-01T00:01:00Z", "last": "2025-01-03T23:59:00Z", "count": 4319,
+            "state": "missed", "reason": "daemon down", "detail": "", "instance": null, "success": null, "ended": false});
+        let line = slot_line(&gap);
+        assert!(line.starts_with("2025-01-01T00:01:00Z"), "{line}");
+        assert!(
+            line.contains("missed   daemon down")
+                && line.contains("4319 slots 2025-01-01T00:01:00Z..2025-01-03T23:59:00Z"),
+            "{line}"
+        );
+        let manual = json!({"slot": null, "last": null, "count": 1, "state": "fired", "reason": null,
+            "detail": "", "instance": "j_1735689600", "claimed_at": "2025-01-01T00:00:00Z", "success": null, "ended": false});
+        let line = slot_line(&manual);
+        assert!(line.starts_with("manual 2025-01-01T00:00:00Z"), "{line}");
+        assert!(line.trim_end().ends_with("j_1735689600 running"), "{line}");
+        let skipped = json!({"slot": "2025-01-01T00:02:00Z", "last": null, "count": 1, "state": "skipped",
+            "reason": "overlap", "detail": "j_1 is still running", "instance": null, "success": null, "ended": false});
+        let line = slot_line(&skipped);
+        assert!(
+            line.contains("skipped  overlap") && line.ends_with("j_1 is still running"),
+            "{line}"
+        );
+        assert!(!line.contains("slots"), "{line}");
+    }
 }

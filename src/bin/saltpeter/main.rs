@@ -1,6 +1,7 @@
 //! The `saltpeter` command: the daemon (`run`), the operator's tools (`check`, `next`,
-//! `import-crontab`, `tap`, `salt`) and the API clients (`status`, `runs`, `output`, `run-now`,
-//! `kill`, `maintenance`). Parses arguments, calls the library, maps outcomes to exit codes.
+//! `import-crontab`, `tap`, `salt`) and the API clients (`status`, `runs`, `slots`, `output`,
+//! `run-now`, `kill`, `maintenance`). Parses arguments, calls the library, maps outcomes to exit
+//! codes.
 
 mod client;
 mod salt_cmd;
@@ -113,6 +114,22 @@ enum Command {
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
     },
+    /// A job's fire ledger, newest first: each scheduled slot fired (with its run and result),
+    /// skipped or missed (a gap of slots as one line), and its manual runs.
+    Slots {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        job: String,
+        /// Only rows since this time: RFC 3339, or a span back from now (90m, 2h, 3d, 1w).
+        #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+        since: Option<String>,
+        /// Only rows in this state: fired, skipped, missed (scheduled slots) or manual.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// How many rows, 1-1000 (the daemon's default: 100).
+        #[arg(long, short = 'n', value_name = "N")]
+        limit: Option<usize>,
+    },
     /// A run's output: every target's, or one's; `--follow` streams it until the target ends
     /// (exit code 3 when a followed target failed).
     Output {
@@ -165,6 +182,10 @@ enum Command {
     },
 }
 
+fn parse_since(s: &str) -> Result<String, String> {
+    client::since(s, saltpeter::clock::now())
+}
+
 fn parse_target_type(s: &str) -> Result<TargetType, String> {
     TargetType::parse(s).ok_or_else(|| {
         let all: Vec<&str> = TargetType::ALL.iter().map(|t| t.as_str()).collect();
@@ -193,6 +214,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { dir } => check(&dir),
         Command::Status { api } => client::status(&api),
         Command::Runs { api, job, limit } => client::runs(&api, &job, limit),
+        Command::Slots {
+            api,
+            job,
+            since,
+            state,
+            limit,
+        } => client::slots(&api, &job, since.as_deref(), state.as_deref(), limit),
         Command::Output {
             api,
             run,
