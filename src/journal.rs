@@ -31,8 +31,8 @@ pub enum SkipReason {
     Overlap,
     /// Global maintenance mode.
     Maintenance,
-    /// The run could not be started (no randomness for its token).
-    Failed,
+    /// Every target of the run was under maintenance.
+    MachineMaintenance,
 }
 
 impl SkipReason {
@@ -40,7 +40,7 @@ impl SkipReason {
         match self {
             SkipReason::Overlap => "overlap",
             SkipReason::Maintenance => "maintenance",
-            SkipReason::Failed => "failed",
+            SkipReason::MachineMaintenance => "machine maintenance",
         }
     }
 }

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::journal::{Claim, MissReason, SlotFate};
+use crate::journal::{Claim, MissReason, SkipReason, SlotFate};
 
 /// Whoever claimed a slot first, as its row says (the answer to a refused claim).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,20 +259,51 @@ pub fn slots(
 }
 
 /// A fired slot whose run never reached the Salt master: missed after all (`master
-/// unreachable`), and so is the job's head if it is that slot.
+/// unreachable`).
 pub fn not_launched(conn: &Connection, instance: &str, why: &str) -> rusqlite::Result<()> {
-    let reason = MissReason::MasterUnreachable.as_str();
     let detail = format!("its launch never reached the Salt master: {why}");
+    refate(
+        conn,
+        instance,
+        SlotFate::Missed(MissReason::MasterUnreachable),
+        &detail,
+    )
+}
+
+/// A fired slot whose run ended with every target under maintenance: skipped after all
+/// (`machine maintenance`). Nothing changes when any target did run.
+pub fn ended(conn: &Connection, instance: &str) -> rusqlite::Result<()> {
+    let all_in_maintenance: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM targets WHERE instance = ?1)
+                AND NOT EXISTS (SELECT 1 FROM targets WHERE instance = ?1 AND state != 'maintenance')",
+        )?
+        .query_row(params![instance], |r| r.get(0))?;
+    if all_in_maintenance {
+        refate(
+            conn,
+            instance,
+            SlotFate::Skipped(SkipReason::MachineMaintenance),
+            "every target was under maintenance",
+        )?;
+    }
+    Ok(())
+}
+
+/// Changes what became of the slot `instance` fired (and of the job's head if that is the
+/// slot), and its last fired slot.
+fn refate(conn: &Connection, instance: &str, fate: SlotFate, detail: &str) -> rusqlite::Result<()> {
+    let (state, reason) = (fate.state(), fate.reason());
     conn.prepare_cached(
-        "UPDATE heads SET last_state = 'missed', last_reason = ?2
+        "UPDATE heads SET last_state = ?2, last_reason = ?3
          WHERE (job, claimed_ms) = (SELECT job, slot_ms FROM slots WHERE instance = ?1 AND state = 'fired')",
     )?
-    .execute(params![instance, reason])?;
+    .execute(params![instance, state, reason])?;
     conn.prepare_cached(
-        "UPDATE slots SET state = 'missed', reason = ?2, detail = ?3
+        "UPDATE slots SET state = ?2, reason = ?3, detail = ?4
          WHERE instance = ?1 AND state = 'fired'",
     )?
-    .execute(params![instance, reason, detail])?;
+    .execute(params![instance, state, reason, detail])?;
     conn.prepare_cached(
         "UPDATE heads SET fired_ms = (SELECT MAX(slot_ms) FROM slots s
                                       WHERE s.job = heads.job AND s.state = 'fired')

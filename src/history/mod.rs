@@ -1264,6 +1264,7 @@ impl Store {
                         .execute(params![instance, ms(*at), success, *succeeded as i64, *total as i64])?;
                 self.outputs.remove(instance.as_str());
                 self.write_beats_of(instance)?;
+                ledger::ended(&self.conn, instance)?;
                 self.prune_job_of(instance)?;
             }
         }

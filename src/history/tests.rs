@@ -751,3 +751,48 @@ async fn pages_follow_the_row_order_even_for_a_slot_claimed_late() {
     let second = h.slots("j", page, 1).await.unwrap();
     assert_eq!(second[0].instance.as_deref(), Some("j_500"));
 }
+
+#[tokio::test]
+async fn a_run_whose_every_target_was_under_maintenance_skipped_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let claims = vec![
+        fired("j", Some(t(60)), "j_60"),
+        fired("j", Some(t(120)), "j_120"),
+    ];
+    h.claim(claims, "me").await.unwrap();
+    for (instance, at, machines) in [("j_60", 60, ["a", "b"]), ("j_120", 120, ["a", "c"])] {
+        h.record(started(instance, "j", at));
+        for m in machines {
+            h.record(RunEvent::MachineSkipped {
+                instance: instance.into(),
+                machine: m.into(),
+            });
+        }
+    }
+    // `c` was not under maintenance in the second run: it ran.
+    h.record(RunEvent::TargetEnded {
+        instance: "j_120".into(),
+        machine: "c".into(),
+        code: 0,
+        note: None,
+        at: t(121),
+    });
+    for (instance, at) in [("j_60", 61), ("j_120", 122)] {
+        h.record(RunEvent::RunEnded {
+            instance: instance.into(),
+            success: true,
+            succeeded: 0,
+            total: 0,
+            at: t(at),
+        });
+    }
+    h.flush().await.unwrap();
+    let rows = h.slots("j", SlotFilter::default(), 10).await.unwrap();
+    assert_eq!(rows[0].state, "fired", "{rows:?}");
+    assert_eq!(
+        (rows[1].state.as_str(), rows[1].reason.as_deref()),
+        ("skipped", Some("machine maintenance")),
+        "{rows:?}"
+    );
+}
