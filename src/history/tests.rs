@@ -796,3 +796,38 @@ async fn a_run_whose_every_target_was_under_maintenance_skipped_its_slot() {
         "{rows:?}"
     );
 }
+
+#[tokio::test]
+async fn ledger_rows_follow_the_history_retention_but_keep_each_head() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = open(&dir, Retention::default());
+        let claims = (1..=5)
+            .map(|n| fired("j", Some(t(60 * n)), &format!("j_{n}")))
+            .chain([1_000, 2_000].map(|s| {
+                let at = Timestamp::from_second(s).unwrap();
+                skipped("k", at, "in 1970")
+            }))
+            .collect();
+        h.claim(claims, "me").await.unwrap();
+    }
+    // Reopened with at most 2 rows per job and 1 day of age: pruned at start-up.
+    let h = open(
+        &dir,
+        Retention {
+            max_runs_per_job: 2,
+            max_age_days: 1,
+            ..Retention::default()
+        },
+    );
+    let rows = h.slots("j", SlotFilter::default(), 10).await.unwrap();
+    let kept: Vec<_> = rows.iter().map(|r| r.instance.clone().unwrap()).collect();
+    assert_eq!(kept, ["j_5", "j_4"]);
+    // Both of `k`'s rows are older than a day: the older goes, the newer is where its plan
+    // resumes.
+    let heads = h.heads().await.unwrap();
+    let k = h.slots("k", SlotFilter::default(), 10).await.unwrap();
+    assert_eq!(k.len(), 1, "{k:?}");
+    assert_eq!(k[0].slot.as_deref(), Some("1970-01-01T00:33:20Z"));
+    assert_eq!(heads["j"].last_claimed, Some(t(300)));
+}
