@@ -40,7 +40,7 @@ for version in "${versions[@]}"; do
     first=0
   else
     echo "== Salt and end-to-end tests again, against Salt $version"
-    SALTPETER_LAB_ENV="$env_file" cargo test --locked --test it -- salt_lab engine_lab
+    SALTPETER_LAB_ENV="$env_file" cargo test --locked --test it -- salt_lab engine_lab doctor formula
   fi
   contrib/lab/lab.sh stop --dir "$dir"
 done

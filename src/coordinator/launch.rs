@@ -64,7 +64,7 @@ pub fn legacy(job: &Job, instance: &str) -> Publish {
 }
 
 /// The job's targets as Salt takes them (a `list` target as a list, also when written `a,b`).
-fn salt_target(job: &Job) -> Tgt {
+pub fn salt_target(job: &Job) -> Tgt {
     match &job.targets {
         Targets::List(l) => Tgt::List(l.clone()),
         Targets::Expr(e) if job.target_type == TargetType::List => {

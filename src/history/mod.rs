@@ -11,6 +11,7 @@
 
 pub mod ledger;
 pub mod output;
+pub mod probe;
 pub mod schema;
 
 use std::collections::{HashMap, HashSet};

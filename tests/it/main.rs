@@ -3,9 +3,11 @@
 mod api; // the HTTP API, the original UI protocol, tokens and origins, through real sockets
 mod cli; // the `saltpeter` command's subcommands, as a user runs them
 mod daemon; // `saltpeter run` as a process: firing, hot reload, SIGHUP, shutdown
+mod doctor; // `saltpeter doctor` on the lab: all checks pass, then one planted failure per check
 mod engine_lab; // the daemon end to end on a real Salt lab: Phase 1, Phase 2, exit codes
-mod faults; // the fault suite on the lab: forged messages, the original wrapper, a full disk
+mod faults; // the fault suite on the lab: crashes, a master away, cut connections, forgeries, a full disk
 mod fleet; // the whole daemon under 2,000 simulated wrappers: a kill while all of them stream
+mod formula; // the Salt formula on the lab: saltpeter.wrapper installs idempotently, jobs run on it
 mod fuzz_props; // the fuzz targets' checks on random inputs, and the inputs fuzzing found
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it

@@ -1,9 +1,10 @@
 //! The `saltpeter` command: the daemon (`run`), the operator's tools (`check`, `next`,
-//! `import-crontab`, `tap`, `salt`) and the API clients (`status`, `runs`, `slots`, `output`,
+//! `import-crontab`, `tap`, `salt`, `doctor`) and the API clients (`status`, `runs`, `slots`, `output`,
 //! `run-now`, `kill`, `maintenance`). Parses arguments, calls the library, maps outcomes to exit
 //! codes.
 
 mod client;
+mod doctor;
 mod salt_cmd;
 mod tap;
 
@@ -56,6 +57,24 @@ enum Command {
         /// Start after this instant (RFC 3339, e.g. 2025-03-30T00:00:00Z) instead of now.
         #[arg(long, value_name = "RFC3339")]
         from: Option<String>,
+    },
+    /// Check a deployment end to end: the config, the Salt master's config and key, a publish
+    /// and its returns on the event bus, the machines port and the wrapper as the minions see
+    /// them, the database and the API. One line per check; exit 0 only when all pass.
+    Doctor {
+        #[arg(short = 'c', long = "configdir", value_name = "DIR", default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The minions to check (default: the targets of the first job that runs the wrapper).
+        #[arg(long, value_name = "TGT")]
+        target: Option<String>,
+        /// The Salt target type of --target (glob, list, grain, compound...).
+        #[arg(
+            long = "tgt-type",
+            short = 'C',
+            value_name = "T",
+            default_value = "glob"
+        )]
+        tgt_type: String,
     },
     /// Print the Salt master's event bus live (debugging).
     Tap {
@@ -212,6 +231,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir } => check(&dir),
+        Command::Doctor {
+            dir,
+            target,
+            tgt_type,
+        } => doctor::run(doctor::DoctorArgs {
+            dir,
+            target,
+            tgt_type,
+        }),
         Command::Status { api } => client::status(&api),
         Command::Runs { api, job, limit } => client::runs(&api, &job, limit),
         Command::Slots {
