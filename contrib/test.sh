@@ -22,6 +22,11 @@ if [[ ! -d tests/ui/node_modules/playwright-core ]]; then
   echo "== installing playwright-core for the UI test"
   npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error
 fi
+# The static (musl) wrapper operators ship to minions: the formula test installs it on the
+# lab's minions through Salt and runs jobs through it.
+echo "== building the static sp-wrapper"
+SALTPETER_STATIC_WRAPPER="$(pwd)/$(contrib/deb/static-wrapper.sh)"
+export SALTPETER_STATIC_WRAPPER
 labs=()
 cleanup() {
   for dir in "${labs[@]}"; do contrib/lab/lab.sh stop --dir "$dir" || true; done

@@ -93,8 +93,10 @@ fn the_wrapper_formula_installs_idempotently_and_jobs_run_through_it() {
     let _ = std::fs::remove_dir_all(&formula);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/salt/saltpeter");
     copy_dir(&source, &formula);
-    let wrapper = env!("CARGO_BIN_EXE_sp-wrapper");
-    std::fs::copy(wrapper, formula.join("files/sp-wrapper")).unwrap();
+    // The static (musl) build when the test script made one: what operators ship to minions.
+    let wrapper = std::env::var("SALTPETER_STATIC_WRAPPER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sp-wrapper").to_string());
+    std::fs::copy(&wrapper, formula.join("files/sp-wrapper")).unwrap();
     let base = tempfile::tempdir().unwrap();
 
     // First apply: every state succeeds and changes something.
@@ -142,7 +144,7 @@ fn the_wrapper_formula_installs_idempotently_and_jobs_run_through_it() {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
         assert_eq!(
             std::fs::read(&installed).unwrap(),
-            std::fs::read(wrapper).unwrap()
+            std::fs::read(&wrapper).unwrap()
         );
         assert!(base.path().join(minion).join("log").is_dir());
         assert!(base.path().join(minion).join("spool").is_dir());
