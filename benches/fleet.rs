@@ -2,7 +2,8 @@
 //! adopted run, heartbeating every 5 s, optionally 10 % of them streaming 1 KiB of output a
 //! second, then all completing. Reports the daemon's CPU and memory, output-ack and
 //! complete-ack latencies, and checks through the API that the run ended with every target 0.
-//! Run with `cargo bench --bench fleet` (FLEET_SIZES=1000,5000 and FLEET_SECS=20 size it).
+//! Run with `cargo bench --bench fleet` (FLEET_SIZES=1000,5000 and FLEET_SECS=20 size it;
+//! FLEET_STREAMING=0 or 1 runs one case only).
 
 #[allow(dead_code)] // each benchmark uses part of it
 #[path = "common/mod.rs"]
@@ -62,6 +63,12 @@ fn main() {
     println!(
         "fleet: {secs} s per case, heartbeats every 5 s, streamers send 1 KiB/s; descriptor limit {limit}"
     );
+    // FLEET_STREAMING=0 or 1 runs only that case (to repeat one while measuring a change).
+    let cases: Vec<bool> = match std::env::var("FLEET_STREAMING").as_deref() {
+        Ok("0") => vec![false],
+        Ok("1") => vec![true],
+        _ => vec![false, true],
+    };
     let mut rows = Vec::new();
     for &n in &sizes {
         if n as u64 + 256 > limit {
@@ -70,7 +77,7 @@ fn main() {
             );
             continue;
         }
-        for streaming in [false, true] {
+        for &streaming in &cases {
             let row = rt.block_on(case(n, streaming, Duration::from_secs(secs)));
             print_row(&row);
             rows.push(row);

@@ -72,7 +72,10 @@ impl Daemon {
             Command::new(env!("CARGO_BIN_EXE_saltpeter"))
                 .args(["run", "-c"])
                 .arg(&conf)
-                .env("SALTPETER_LOG", "info")
+                .env(
+                    "SALTPETER_LOG",
+                    std::env::var("FLEET_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)

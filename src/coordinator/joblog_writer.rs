@@ -43,8 +43,17 @@ impl JobLogWriter {
                     if results {
                         wait_stored(&runtime, &history);
                     }
-                    for (logdir, job, entry) in burst {
-                        write_entry(&logdir, &job, entry, reader.as_ref());
+                    // One read transaction and one open file per job log for the burst.
+                    let mut files = Files::default();
+                    let write_all = |reader: Option<&OutputReader>| {
+                        for (logdir, job, entry) in burst {
+                            write_entry(&mut files, &logdir, &job, entry, reader);
+                        }
+                        files.flush();
+                    };
+                    match reader.as_ref() {
+                        Some(r) => r.snapshot(|r| write_all(Some(r))),
+                        None => write_all(None),
                     }
                 }
             });
@@ -70,9 +79,50 @@ fn wait_stored(runtime: &tokio::runtime::Handle, history: &History) {
     }
 }
 
-fn write_entry(logdir: &Path, job: &str, entry: JobLogEntry, reader: Option<&OutputReader>) {
+/// The job logs a burst writes to, each opened once, in order of first use.
+#[derive(Default)]
+struct Files {
+    open: Vec<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+}
+
+impl Files {
+    fn get(
+        &mut self,
+        logdir: &Path,
+        job: &str,
+    ) -> std::io::Result<&mut std::io::BufWriter<std::fs::File>> {
+        let path = logdir.join(format!("{job}.log"));
+        // A burst touches few logs (one per job): a scan beats hashing here.
+        if let Some(i) = self.open.iter().position(|(p, _)| *p == path) {
+            return Ok(&mut self.open[i].1);
+        }
+        std::fs::create_dir_all(logdir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        self.open.push((path, std::io::BufWriter::new(file)));
+        Ok(&mut self.open.last_mut().expect("pushed").1)
+    }
+
+    fn flush(&mut self) {
+        for (path, f) in &mut self.open {
+            if let Err(e) = f.flush() {
+                warn!(error = %e, log = %path.display(), "cannot write a job log");
+            }
+        }
+    }
+}
+
+fn write_entry(
+    files: &mut Files,
+    logdir: &Path,
+    job: &str,
+    entry: JobLogEntry,
+    reader: Option<&OutputReader>,
+) {
     let written = match entry {
-        JobLogEntry::Text(text) => joblog::append_text(logdir, job, &text),
+        JobLogEntry::Text(text) => files.get(logdir, job).and_then(|f| writeln!(f, "{text}")),
         JobLogEntry::MachineResult {
             instance,
             machine,
@@ -92,7 +142,9 @@ fn write_entry(logdir: &Path, job: &str, entry: JobLogEntry, reader: Option<&Out
                 code,
                 at,
             };
-            write_result(logdir, job, &result, output)
+            files
+                .get(logdir, job)
+                .and_then(|f| write_result(f, &result, output))
         }
     };
     if let Err(e) = written {
@@ -103,17 +155,10 @@ fn write_entry(logdir: &Path, job: &str, entry: JobLogEntry, reader: Option<&Out
 /// Appends a `machine_result` record, reading the output page by page from `output(offset)`
 /// (text and the next offset; `None` or empty text at the end).
 fn write_result(
-    logdir: &Path,
-    job: &str,
+    f: &mut impl Write,
     result: &joblog::Result<'_>,
     mut output: impl FnMut(u64) -> Option<(String, u64)>,
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(logdir)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(logdir.join(format!("{job}.log")))?;
-    let mut f = std::io::BufWriter::new(file);
     f.write_all(joblog::result_head(result).as_bytes())?;
     // Carriage returns collapse per line, so a line split across pages waits for its end.
     let mut partial = String::new();
@@ -130,8 +175,7 @@ fn write_result(
         offset = next;
     }
     f.write_all(joblog::collapse_carriage_returns(&partial).as_bytes())?;
-    f.write_all(joblog::result_tail(result).as_bytes())?;
-    f.flush()
+    f.write_all(joblog::result_tail(result).as_bytes())
 }
 
 #[cfg(test)]
@@ -148,7 +192,6 @@ mod tests {
             code: 3,
             at,
         };
-        let dir = tempfile::tempdir().unwrap();
         // Pages of 3 bytes split lines and carriage-return runs anywhere.
         let pages = |offset: u64| {
             let start = offset as usize;
@@ -157,8 +200,9 @@ mod tests {
                 (output[start..end].to_string(), end as u64)
             })
         };
-        write_result(dir.path(), "backup", &result, pages).unwrap();
-        let text = std::fs::read_to_string(dir.path().join("backup.log")).unwrap();
+        let mut written = Vec::new();
+        write_result(&mut written, &result, pages).unwrap();
+        let text = String::from_utf8(written).unwrap();
         let whole = joblog::format(
             &joblog::Record::MachineResult {
                 instance: "backup_1",

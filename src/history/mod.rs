@@ -450,6 +450,17 @@ pub struct OutputReader {
 }
 
 impl OutputReader {
+    /// Runs `f` in one read transaction: a burst of reads takes the database's read lock once
+    /// and sees one snapshot, instead of a transaction per query.
+    pub fn snapshot<T>(&self, f: impl FnOnce(&OutputReader) -> T) -> T {
+        let began = self.conn.execute_batch("BEGIN").is_ok();
+        let out = f(self);
+        if began {
+            let _ = self.conn.execute_batch("COMMIT");
+        }
+        out
+    }
+
     /// A target's committed output from byte `offset`, and whether it has ended.
     pub fn output(
         &self,
@@ -811,15 +822,21 @@ fn read_output(
     from: u64,
 ) -> rusqlite::Result<Option<(Slice, bool)>> {
     let Some((total, state)) = conn
-        .query_row(
+        .prepare_cached(
             "SELECT output_bytes, state FROM targets WHERE instance = ?1 AND machine = ?2",
-            params![instance, machine],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-        )
+        )?
+        .query_row(params![instance, machine], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })
         .optional()?
     else {
         return Ok(None);
     };
+    let done = state == "done" || state == "maintenance";
+    if from >= total {
+        // Nothing past `from` (most targets of a large run print nothing): no chunk to read.
+        return Ok(Some((output::assemble(&[], from, total), done)));
+    }
     // From the chunk that holds `from` on (the index bounds the scan).
     let mut st = conn.prepare_cached(
         "SELECT pos, data FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos >=
@@ -831,7 +848,6 @@ fn read_output(
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let done = state == "done" || state == "maintenance";
     Ok(Some((output::assemble(&chunks, from, total), done)))
 }
 
