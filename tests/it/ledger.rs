@@ -80,6 +80,25 @@ fn three_minutes_down_are_accounted_for_under_each_misfire_policy() {
             !fired(rows).is_empty()
         });
     }
+    // Stopped between two slots with nothing in flight: a run adopted at the restart would
+    // rightly make the catch-up fires of `concurrency: forbid` jobs overlaps.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, list) = d.call("GET", "/api/v1/jobs", None);
+        let idle = list["jobs"].as_array().is_some_and(|jobs| {
+            jobs.iter()
+                .all(|j| j["running"].as_array().is_some_and(Vec::is_empty))
+        });
+        let phase = jiff::Timestamp::now().as_second() % 20;
+        if idle && (5..15).contains(&phase) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never idle between slots: {list:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     d.signal(nix::sys::signal::Signal::SIGTERM);
     let _ = d.child.wait();
     std::thread::sleep(Duration::from_secs(180));
