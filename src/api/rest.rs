@@ -200,8 +200,8 @@ async fn job(
         .ok_or_else(|| ApiError::not_found(format!("job {name:?}")))?;
     let last = state.history.last_runs().await?;
     let running = running_by_job(&state).await?;
-    let heads = state.history.heads().await?;
-    let head = heads.get(&name);
+    let head = state.history.head(&name).await?;
+    let head = head.as_ref();
     let now = crate::clock::now();
     let mut v = job_json(
         job,

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::{iso, ms};
 use crate::journal::{Claim, MissReason, SkipReason, SlotFate};
 
 /// Whoever claimed a slot first, as its row says (the answer to a refused claim).
@@ -68,15 +69,6 @@ pub struct SlotFilter {
     pub since_ms: Option<i64>,
     /// Rows after this row in the page order (paging, newest first: the last row's id).
     pub before: Option<i64>,
-}
-
-fn ms(t: Timestamp) -> i64 {
-    t.as_millisecond()
-}
-
-fn iso(ms: Option<i64>) -> Option<String> {
-    ms.and_then(|m| Timestamp::from_millisecond(m).ok())
-        .map(|t| t.to_string())
 }
 
 /// Claims each row in one transaction: a row whose `(job, slot)` is already there is refused
@@ -177,15 +169,16 @@ pub fn planned(conn: &Connection, jobs: &[String], at: Timestamp) -> rusqlite::R
     Ok(())
 }
 
-/// Each job's head (see [`Head`]): one row per job, kept with each claim.
-pub fn heads(conn: &Connection) -> rusqlite::Result<HashMap<String, Head>> {
+/// Each job's head (see [`Head`]) or, with `job`, that job's only: one row per job, kept with
+/// each claim.
+pub fn heads(conn: &Connection, job: Option<&str>) -> rusqlite::Result<HashMap<String, Head>> {
     let mut st = conn.prepare_cached(
         "SELECT job, MAX(COALESCE(claimed_ms, planned_ms), COALESCE(planned_ms, claimed_ms)),
                 fired_ms, claimed_ms, last_state, last_reason
-         FROM heads",
+         FROM heads WHERE ?1 IS NULL OR job = ?1",
     )?;
     let ts = |v: Option<i64>| v.and_then(|m| Timestamp::from_millisecond(m).ok());
-    st.query_map([], |r| {
+    st.query_map(params![job], |r| {
         Ok((
             r.get::<_, String>(0)?,
             Head {

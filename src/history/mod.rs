@@ -208,7 +208,11 @@ enum Query {
         limit: usize,
         reply: oneshot::Sender<Vec<SlotRow>>,
     },
-    Heads(oneshot::Sender<HashMap<String, Head>>),
+    Heads {
+        /// One job's only, or every job's.
+        job: Option<String>,
+        reply: oneshot::Sender<HashMap<String, Head>>,
+    },
     Planned {
         jobs: Vec<String>,
         at: Timestamp,
@@ -689,7 +693,14 @@ impl History {
 
     /// Each job's last claimed and last fired slot.
     pub async fn heads(&self) -> Result<HashMap<String, Head>, HistoryError> {
-        self.ask(Query::Heads).await
+        self.ask(|reply| Query::Heads { job: None, reply }).await
+    }
+
+    /// One job's ledger head (one row read, whatever the number of jobs).
+    pub async fn head(&self, job: &str) -> Result<Option<Head>, HistoryError> {
+        let job = Some(job.to_string());
+        let mut heads = self.ask(|reply| Query::Heads { job, reply }).await?;
+        Ok(heads.drain().next().map(|(_, h)| h))
     }
 
     /// Runs that had not ended (after a restart: to be adopted again).
@@ -1510,9 +1521,9 @@ impl Store {
                     HistoryError::NotStored(e.to_string())
                 }),
             ),
-            Query::Heads(tx) => reply(
+            Query::Heads { job, reply: tx } => reply(
                 tx,
-                ledger::heads(&self.conn)
+                ledger::heads(&self.conn, job.as_deref())
                     .inspect_err(log)
                     .unwrap_or_default(),
             ),
