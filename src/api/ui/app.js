@@ -204,6 +204,8 @@ async function jobPage(name) {
       runs = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/runs?limit=30`);
       slots = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/slots?limit=60`);
     } catch (e) { return say(e.message); }
+    // The user may have left this page while the requests were out.
+    if (!$("#job-facts")) return;
     $("#job-facts").innerHTML = `<dl class="facts">
       <dt>Schedule</dt><dd>${esc(inWords(job.schedule, job.timezone))} <code>${esc(job.schedule)}</code></dd>
       <dt>Next runs</dt><dd>${job.next_runs.map(when).map(esc).join("<br>")}</dd>
