@@ -5,6 +5,9 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const view = () => $("#view");
 let timer = null;
 let streams = [];
+// Bumped on every navigation: a request that returns after the user left its
+// page must not write into the page shown now (same ids, or none at all).
+let shown = 0;
 let state = { maintenance: false };
 
 function esc(s) {
@@ -119,15 +122,20 @@ function inWords(expr, tz) {
 }
 
 function clear() {
+  shown += 1;
   if (timer) clearInterval(timer);
   timer = null;
   streams.forEach(s => s.close());
   streams = [];
 }
 
+// Runs `fn(still)` now and every `ms`; `still()` is false once the user has
+// navigated away, and every refresh checks it after its awaits.
 function every(ms, fn) {
-  fn();
-  timer = setInterval(fn, ms);
+  const page = shown;
+  const still = () => page === shown;
+  fn(still);
+  timer = setInterval(() => fn(still), ms);
 }
 
 // ---- header: version, maintenance, token ----
@@ -160,9 +168,10 @@ $("#token-button").addEventListener("click", () => {
 async function jobsPage() {
   view().innerHTML = `<h1>Jobs</h1><table id="jobs"><thead><tr><th>Job</th><th class="hide-narrow">Group</th>
     <th>Schedule</th><th class="hide-narrow">Targets</th><th>Last result</th><th>Next run</th></tr></thead><tbody></tbody></table>`;
-  every(2000, async () => {
+  every(2000, async still => {
     let data;
     try { data = await api("GET", "/api/v1/jobs"); } catch (e) { return say(e.message); }
+    if (!still()) return;
     const rows = data.jobs.map(j => `<tr data-job="${esc(j.name)}">
       <td><a href="#/job/${encodeURIComponent(j.name)}">${esc(j.name)}</a></td>
       <td class="hide-narrow">${esc(j.group)}</td>
@@ -170,8 +179,7 @@ async function jobsPage() {
       <td class="hide-narrow"><code>${esc(Array.isArray(j.targets) ? j.targets.join(", ") : j.targets)}</code></td>
       <td class="last">${j.running.length ? `<span class="badge run">running</span>` : runBadge(j.last_run)}${missedBadge(j)}</td>
       <td>${esc(when(j.next_runs[0]))}</td></tr>`).join("");
-    const body = $("#jobs tbody");
-    if (body) body.innerHTML = rows || `<tr><td colspan="6" class="muted">No jobs in the config directory.</td></tr>`;
+    $("#jobs tbody").innerHTML = rows || `<tr><td colspan="6" class="muted">No jobs in the config directory.</td></tr>`;
   });
 }
 
@@ -197,15 +205,14 @@ async function jobPage(name) {
     try { await api("POST", `/api/v1/jobs/${encodeURIComponent(name)}/kill`); say("Kill sent", true); }
     catch (e) { say(e.message); }
   });
-  every(2000, async () => {
+  every(2000, async still => {
     let job, runs, slots;
     try {
       job = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}`);
       runs = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/runs?limit=30`);
       slots = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/slots?limit=60`);
     } catch (e) { return say(e.message); }
-    // The user may have left this page while the requests were out.
-    if (!$("#job-facts")) return;
+    if (!still()) return;
     $("#job-facts").innerHTML = `<dl class="facts">
       <dt>Schedule</dt><dd>${esc(inWords(job.schedule, job.timezone))} <code>${esc(job.schedule)}</code></dd>
       <dt>Next runs</dt><dd>${job.next_runs.map(when).map(esc).join("<br>")}</dd>
@@ -253,9 +260,10 @@ async function runPage(instance) {
     es.onerror = () => { if (es.readyState === EventSource.CLOSED) es.close(); };
     streams.push(es);
   };
-  every(1000, async () => {
+  every(1000, async still => {
     let run;
     try { run = await api("GET", `/api/v1/runs/${encodeURIComponent(instance)}`); } catch (e) { return say(e.message); }
+    if (!still()) return;
     $("#run-facts").innerHTML = `<dl class="facts"><dt>Job</dt><dd><a href="#/job/${encodeURIComponent(run.job)}">${esc(run.job)}</a></dd>
       <dt>Trigger</dt><dd>${esc(run.trigger)}</dd><dt>Started</dt><dd>${esc(when(run.started_at))}</dd>
       <dt>Result</dt><dd id="run-result">${runBadge(run)}</dd></dl>`;
@@ -278,9 +286,10 @@ async function runPage(instance) {
 
 async function timelinePage() {
   view().innerHTML = `<h1>Timeline</h1><p class="muted">Targets' runs in the last hour: green ok, red failed, blue running.</p><div id="timeline"></div>`;
-  every(5000, async () => {
+  every(5000, async still => {
     let data;
     try { data = await api("GET", "/api/v1/timeline?minutes=60"); } catch (e) { return say(e.message); }
+    if (!still()) return;
     const now = Date.now(), from = now - 60 * 60000;
     const spans = new Map();
     for (const it of data.items) {
@@ -309,7 +318,9 @@ async function timelinePage() {
 
 async function diagnosticsPage() {
   view().innerHTML = `<h1>Config</h1><div class="actions"><button id="reload">Reload now</button></div><div id="diag"></div>`;
+  const page = shown;
   const show = d => {
+    if (page !== shown) return;
     $("#diag").innerHTML = `<p>${d.jobs} job(s) loaded at ${esc(when(d.loaded_at))}: ${d.errors} error(s), ${d.warnings} warning(s).</p>
       <pre class="output">${esc(d.diagnostics.map(x => x.text).join("\n") || "No findings.")}</pre>`;
   };
