@@ -164,6 +164,15 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         history.clone(),
         metrics.clone(),
     );
+    // Notifications: each job's policy, the streaks a restart resumes, and the outbox's
+    // sender (it picks up what was pending before the restart).
+    coordinator.set_notify(&config.jobs, settings.notify_max_per_hour);
+    match history.streaks().await {
+        Ok(streaks) => coordinator.resume_streaks(streaks),
+        Err(e) => warn!(error = %e, "cannot read the notification streaks; they start afresh"),
+    }
+    let (channels, channels_rx) = watch::channel(settings.notify_channels.clone());
+    crate::notify::outbox::spawn(history.clone(), channels_rx, metrics.clone());
     for run in &adopted {
         coordinator.adopt(run, config.jobs.get(&run.job), &settings);
     }
@@ -179,6 +188,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         node,
         coordinator,
         history: history.clone(),
+        channels,
         snapshot: None,
         metrics: metrics.clone(),
         log_level,
@@ -276,6 +286,8 @@ struct Daemon {
     node: String,
     coordinator: Coordinator,
     history: History,
+    /// The notification channels in force, for the outbox's sender.
+    channels: watch::Sender<crate::config::notify::Channels>,
     snapshot: Option<watch::Sender<Arc<api::Snapshot>>>,
     metrics: Metrics,
     log_level: LogLevel,
@@ -379,7 +391,16 @@ impl Daemon {
                 at: now,
             });
         }
-        let answers = match self.history.claim(claims.clone(), &self.node).await {
+        // A missed gap's notifications are stored with its row, in the claim's transaction.
+        let notices: Vec<_> = claims
+            .iter()
+            .map(|c| self.coordinator.notices_for(c))
+            .collect();
+        let answers = match self
+            .history
+            .claim_notifying(claims.clone(), notices, &self.node)
+            .await
+        {
             Ok(answers) => answers,
             Err(e) => {
                 for claim in &claims {
@@ -625,6 +646,10 @@ impl Daemon {
                 );
                 debug!(?changes, "reload details");
                 let was = self.config.settings.debug;
+                self.coordinator
+                    .set_notify(&new.jobs, new.settings.notify_max_per_hour);
+                self.channels
+                    .send_replace(new.settings.notify_channels.clone());
                 self.config = new;
                 self.apply_debug(Some(was));
                 self.diagnostics = diagnostics;

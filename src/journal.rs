@@ -207,4 +207,32 @@ pub enum RunEvent {
         total: usize,
         at: Timestamp,
     },
+    /// Notifications decided for a job, for the outbox, stored in the transaction of the
+    /// event that caused them (recorded right after it, in one message).
+    Notified(Notified),
+}
+
+/// What the notification tracker decided for a job: its failure streak from now on, and the
+/// deliveries to make (one per channel).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notified {
+    pub job: String,
+    /// Failed runs in a row and whether someone was told in this streak; `None`: unchanged.
+    pub streak: Option<(u32, bool)>,
+    pub deliveries: Vec<NewDelivery>,
+    pub at: Timestamp,
+}
+
+/// One notification for one channel, as the outbox stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewDelivery {
+    pub channel: String,
+    /// `failure`, `recovery`, `missed`, ….
+    pub event: String,
+    pub instance: Option<String>,
+    pub slot: Option<Timestamp>,
+    /// The notice as JSON, sent as it is (a retry sends the same bytes).
+    pub body: String,
+    /// Past the job's hourly limit: recorded, never sent.
+    pub suppressed: bool,
 }

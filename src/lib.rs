@@ -27,6 +27,8 @@ pub mod joblog;
 pub mod journal;
 #[cfg(feature = "daemon")]
 pub mod metrics;
+#[cfg(feature = "daemon")]
+pub mod notify;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod salt;

@@ -66,6 +66,8 @@ struct Inner {
     missed: BTreeMap<(String, &'static str), u64>,
     /// Due slots that could not be claimed (the store failed), by job.
     unclaimed: BTreeMap<String, u64>,
+    /// Notification deliveries by (channel, outcome): delivered, retried, failed, suppressed.
+    notifications: BTreeMap<(String, &'static str), u64>,
     /// Each job's latest slot that fired (its launch reached Salt).
     last_fired: BTreeMap<String, Timestamp>,
     /// Scheduled runs not yet published: instance → (job, slot).
@@ -186,6 +188,15 @@ impl Metrics {
         self.with(|m| *m.unclaimed.entry(job.to_string()).or_default() += 1);
     }
 
+    /// One notification delivery attempt's outcome (or one recorded as suppressed).
+    pub fn notification(&self, channel: &str, outcome: &'static str) {
+        self.with(|m| {
+            *m.notifications
+                .entry((channel.to_string(), outcome))
+                .or_default() += 1
+        });
+    }
+
     /// A job's last fired slot as the ledger had it at start-up.
     pub fn last_fired(&self, job: &str, slot: Timestamp) {
         self.with(|m| {
@@ -287,6 +298,18 @@ impl Metrics {
                     out,
                     "saltpeter_unclaimed_slots_total{{job=\"{}\"}} {n}",
                     label(job)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_notifications_total Notification deliveries by channel and outcome (delivered; retried: failed, tried again later; failed: given up; suppressed: past notify_max_per_hour)."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_notifications_total counter");
+            for ((channel, outcome), n) in &m.notifications {
+                let _ = writeln!(
+                    out,
+                    "saltpeter_notifications_total{{channel=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    label(channel)
                 );
             }
             let _ = writeln!(

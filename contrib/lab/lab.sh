@@ -79,6 +79,17 @@ install_original_wrapper() {
   chmod 755 "$shim"
 }
 
+# An SMTP server for the email notification tests (contrib/lab/smtp_sink.py), pinned like Salt.
+AIOSMTPD=1.4.6
+SMTP_SINK="$(cd "$(dirname "$0")" && pwd)/smtp_sink.py"
+install_smtp_sink() {
+  if "$VENV/bin/python" -c "import aiosmtpd; assert aiosmtpd.__version__ == '$AIOSMTPD'" 2>/dev/null; then
+    return
+  fi
+  log "installing aiosmtpd $AIOSMTPD into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD"
+}
+
 print_env() {
   [[ -f "$LAB_DIR/lab.env" ]] || die "no lab in $LAB_DIR (run: $0 start)"
   cat "$LAB_DIR/lab.env"
@@ -138,6 +149,8 @@ CONF
     echo "SALT_VERSION=$SALT_VERSION"
     echo "SALT_BIN=$VENV/bin"
     echo "ORIGINAL_WRAPPER=$VENV/bin/sp_wrapper.py"
+    echo "LAB_PYTHON=$VENV/bin/python"
+    echo "SMTP_SINK=$SMTP_SINK"
     echo "MASTER_CONFIG=$ETC/master"
     echo "RET_PORT=$ret_port"
     echo "PUBLISH_PORT=$publish_port"
@@ -211,13 +224,17 @@ case "$cmd" in
     if lab_up; then
       # A lab started by an older version of this script: add what it lacks.
       install_original_wrapper
+      install_smtp_sink
       grep -q '^ORIGINAL_WRAPPER=' "$LAB_DIR/lab.env" \
         || echo "ORIGINAL_WRAPPER=$VENV/bin/sp_wrapper.py" >> "$LAB_DIR/lab.env"
+      grep -q '^LAB_PYTHON=' "$LAB_DIR/lab.env" || echo "LAB_PYTHON=$VENV/bin/python" >> "$LAB_DIR/lab.env"
+      grep -q '^SMTP_SINK=' "$LAB_DIR/lab.env" || echo "SMTP_SINK=$SMTP_SINK" >> "$LAB_DIR/lab.env"
       print_env
       exit 0
     fi
     install_salt
     install_original_wrapper
+    install_smtp_sink
     "$0" stop --dir "$LAB_DIR" >/dev/null 2>&1 || true
     rm -rf "$LAB_DIR"
     mkdir -p "$LAB_DIR"

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
+use crate::config::notify::{Channels, When};
 use crate::config::{Concurrency, Job, Targets};
 use crate::control::{MaintenanceChange, RunRef};
 use crate::history::ledger::{Head, SlotFilter, SlotRow};
@@ -35,6 +36,8 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/api/v1/jobs/{job}", get(job))
         .route("/api/v1/jobs/{job}/runs", get(runs))
         .route("/api/v1/jobs/{job}/slots", get(slots))
+        .route("/api/v1/jobs/{job}/deliveries", get(job_deliveries))
+        .route("/api/v1/deliveries", get(deliveries))
         .route("/api/v1/jobs/{job}/run", post(run_now))
         .route("/api/v1/jobs/{job}/kill", post(kill_job))
         .route("/api/v1/runs/{instance}", get(run))
@@ -105,9 +108,36 @@ fn head_fields(v: &mut Value, head: Option<&Head>, schedule: &Schedule, now: jif
     v["last_slot_reason"] = json!(head.and_then(|h| h.last_reason.as_deref()));
 }
 
+/// Whom the job tells of what: its `when` conditions and channels by name and kind (never a
+/// channel's URL, address or secret).
+fn notify_json(job: &Job, channels: &Channels) -> Value {
+    let Some(policy) = &job.notify else {
+        return Value::Null;
+    };
+    let when: Vec<Value> = policy
+        .when
+        .iter()
+        .map(|w| match w {
+            When::Failure => json!("failure"),
+            When::Recovery => json!("recovery"),
+            When::Missed => json!("missed"),
+            When::LaunchFailure => json!("launch_failure"),
+            When::ConsecutiveFailures(n) => json!({ "consecutive_failures": n }),
+            When::RunningLongerThan(s) => json!({ "running_longer_than": s }),
+        })
+        .collect();
+    let to: Vec<Value> = policy
+        .to
+        .iter()
+        .map(|name| json!({ "name": name, "kind": channels.get(name).map(|c| c.kind()) }))
+        .collect();
+    json!({ "when": when, "to": to })
+}
+
 /// A job as the API shows it; `env` values never leave the daemon.
 fn job_json(
     job: &Job,
+    channels: &Channels,
     last: Option<&RunRow>,
     running: &[String],
     head: Option<&Head>,
@@ -147,6 +177,7 @@ fn job_json(
             Concurrency::Replace => "replace",
         },
         "success_threshold": job.success_threshold,
+        "notify": notify_json(job, channels),
         "last_run": last,
         "running": running,
     });
@@ -176,6 +207,7 @@ async fn jobs(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .map(|j| {
             job_json(
                 j,
+                &snap.config.settings.notify_channels,
                 last.get(&j.name),
                 running.get(&j.name).map_or(&[][..], Vec::as_slice),
                 heads.get(&j.name),
@@ -205,6 +237,7 @@ async fn job(
     let now = crate::clock::now();
     let mut v = job_json(
         job,
+        &snap.config.settings.notify_channels,
         last.get(&name),
         running.get(&name).map_or(&[][..], Vec::as_slice),
         head,
@@ -327,6 +360,59 @@ async fn slots(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(Json(json!({ "slots": rows, "next_before": next })))
+}
+
+/// Taken as text, so a bad value is refused with its name in a JSON error.
+#[derive(Deserialize)]
+struct DeliveryPage {
+    job: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// Notification deliveries, newest first (of one job with `?job=`), paged by id.
+async fn deliveries(
+    State(state): State<AppState>,
+    Query(page): Query<DeliveryPage>,
+) -> Result<Json<Value>, ApiError> {
+    let before = match &page.before {
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| bad_param("before", format!("{b:?} is not a delivery id")))?,
+        ),
+        None => None,
+    };
+    let limit = match &page.limit {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| bad_param("limit", format!("{l:?} is not a number from 1 to 500")))?,
+        None => 50,
+    };
+    let rows = state
+        .history
+        .deliveries(page.job.as_deref(), before, limit)
+        .await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({ "deliveries": rows, "next_before": next })))
+}
+
+async fn job_deliveries(
+    state: State<AppState>,
+    Path(name): Path<String>,
+    Query(page): Query<DeliveryPage>,
+) -> Result<Json<Value>, ApiError> {
+    deliveries(
+        state,
+        Query(DeliveryPage {
+            job: Some(name),
+            ..page
+        }),
+    )
+    .await
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@
 
 mod diagnostic;
 mod dir;
+pub mod notify;
 mod validate;
 pub mod watch;
 
@@ -21,9 +22,13 @@ use jiff::tz::TimeZone;
 pub use crate::yaml::Pos;
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use dir::{DirError, read_dir};
-pub use validate::{ApiToken, FileDoc, JobDef, OVERLAP_MAGIC, SettingValue, validate_file};
+pub use validate::{
+    ApiToken, FileDoc, JobDef, NotifyDef, OVERLAP_MAGIC, SettingValue, validate_file,
+};
 
+use self::notify::{Channels, NotifyPolicy};
 use crate::schedule::Schedule;
+use diagnostic::suggest;
 
 /// Salt's target types (`tgt_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -204,6 +209,9 @@ pub struct Job {
     pub misfire: Misfire,
     pub success_threshold: Option<f64>,
     pub lockfile: Option<String>,
+    /// Whom to tell of what: the job's own `notify`, else `saltpeter_config.notify`; `None`:
+    /// nobody. Names only channels `Settings::notify_channels` defines.
+    pub notify: Option<NotifyPolicy>,
 }
 
 impl Job {
@@ -256,6 +264,13 @@ pub struct Settings {
     /// Accept wrappers that send no run token (the original's Python wrapper) for jobs whose
     /// wrapper is not sp-wrapper. Off: anyone who reaches the machines port could forge them.
     pub allow_legacy_wrappers: bool,
+    /// `notify_channels`: where notifications go, by name.
+    pub notify_channels: Channels,
+    /// `notify`: the policy of jobs that set none (names only channels of `notify_channels`).
+    pub notify: Option<NotifyPolicy>,
+    /// `notify_max_per_hour`: notifications per job and hour; past it they are recorded as
+    /// suppressed.
+    pub notify_max_per_hour: u32,
 }
 
 /// `saltpeter_config.salt_*`: where the Salt master is, when its config file does not say.
@@ -298,6 +313,9 @@ impl Settings {
             api_tokens: Vec::new(),
             api_allowed_origins: Vec::new(),
             allow_legacy_wrappers: false,
+            notify_channels: Channels::new(),
+            notify: None,
+            notify_max_per_hour: 20,
         }
     }
 
@@ -338,6 +356,11 @@ impl Settings {
             ("history_max_runs_per_job", V::Count(n)) => self.history_max_runs_per_job = *n,
             ("api_tokens", V::Tokens(t)) => self.api_tokens = t.clone(),
             ("api_allowed_origins", V::List(l)) => self.api_allowed_origins = l.clone(),
+            ("notify_channels", V::Channels(c)) => self.notify_channels = c.clone(),
+            // Its channel names are checked once every file's settings are in (`assemble`).
+            ("notify", V::Notify(def)) => self.notify = def.policy(),
+            // Validated to 1..=100000.
+            ("notify_max_per_hour", V::Count(n)) => self.notify_max_per_hour = *n as u32,
             _ => unreachable!("validate types every setting: {key}"),
         }
     }
@@ -538,8 +561,12 @@ impl Loader {
         let mut settings = Settings::defaults(&self.hostname);
         let mut set_at: BTreeMap<&str, (String, Pos)> = BTreeMap::new();
         let mut maintenance = Maintenance::default();
+        let mut default_notify: Option<(&SourceFile, &NotifyDef)> = None;
         for (file, doc) in files {
             for (key, (value, pos)) in &doc.settings {
+                if let SettingValue::Notify(def) = value {
+                    default_notify = Some((file, def));
+                }
                 if let Some((other, at)) = set_at.get(key) {
                     diagnostics.push(Diagnostic {
                         file: file.path.clone(),
@@ -564,6 +591,10 @@ impl Loader {
                 }
             }
         }
+        // Channels may be defined in another file than the policies naming them.
+        settings.notify = default_notify.and_then(|(file, def)| {
+            checked_policy(def, &settings.notify_channels, file, diagnostics)
+        });
         // Validated already, so the zone exists.
         let default_tz = TimeZone::get(&settings.default_timezone).unwrap_or(TimeZone::UTC);
 
@@ -605,7 +636,11 @@ impl Loader {
                     });
                 }
             }
-            let job = resolve(kept_file, kept, &settings, &default_tz);
+            let notify = match &kept.notify {
+                Some(def) => checked_policy(def, &settings.notify_channels, kept_file, diagnostics),
+                None => settings.notify.clone(),
+            };
+            let job = resolve(kept_file, kept, &settings, &default_tz, notify);
             if let Some(d) = tokenless_finding(&job, &settings, kept_file, kept.pos) {
                 diagnostics.push(d);
             }
@@ -650,7 +685,46 @@ fn tokenless_finding(
     })
 }
 
-fn resolve(file: &SourceFile, def: &JobDef, settings: &Settings, default_tz: &TimeZone) -> Job {
+/// `def`'s policy without the channels `notify_channels` does not define: each such name is
+/// an error at its place and is left out, so the daemon never sees it.
+fn checked_policy(
+    def: &NotifyDef,
+    channels: &Channels,
+    file: &SourceFile,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<NotifyPolicy> {
+    let known: Vec<&str> = channels.keys().map(String::as_str).collect();
+    let mut def = def.clone();
+    def.to.retain(|(name, pos)| {
+        if channels.contains_key(name) {
+            return true;
+        }
+        let hint = match suggest(name, &known) {
+            Some(s) => format!("; did you mean `{s}`?"),
+            None if known.is_empty() => " (none are defined)".into(),
+            None => format!(" (defined: {})", known.join(", ")),
+        };
+        diagnostics.push(Diagnostic {
+            file: file.path.clone(),
+            pos: *pos,
+            severity: Severity::Error,
+            code: Code::BadValue,
+            message: format!(
+                "channel `{name}` is not defined in `saltpeter_config.notify_channels`, so it is never told{hint}"
+            ),
+        });
+        false
+    });
+    def.policy()
+}
+
+fn resolve(
+    file: &SourceFile,
+    def: &JobDef,
+    settings: &Settings,
+    default_tz: &TimeZone,
+    notify: Option<NotifyPolicy>,
+) -> Job {
     let (tz, tz_name) = match &def.timezone {
         Some(name) => (TimeZone::get(name).unwrap_or(TimeZone::UTC), name.clone()),
         None => (default_tz.clone(), settings.default_timezone.clone()),
@@ -698,6 +772,7 @@ fn resolve(file: &SourceFile, def: &JobDef, settings: &Settings, default_tz: &Ti
         },
         success_threshold: def.success_threshold,
         lockfile: def.lockfile.clone(),
+        notify,
     }
 }
 
@@ -721,5 +796,7 @@ pub fn load_valid(yaml: &str) -> Config {
     loaded.config
 }
 
+#[cfg(test)]
+mod notify_tests;
 #[cfg(test)]
 mod tests;

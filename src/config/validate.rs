@@ -3,10 +3,12 @@
 //! file's last good version can be re-resolved when another file changes them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 
 use super::diagnostic::{Code, Sink, suggest};
+use super::notify::{Channel, Channels, NotifyPolicy, Smtp, SmtpAddr, Webhook, When};
 use super::{Concurrency, MisfirePolicy, TargetType, Targets, WrapperLogLevel};
 use crate::schedule::{Cron, DomDow, Field};
 use crate::yaml::{self, Kind, Node, Pos};
@@ -18,6 +20,14 @@ pub const OVERLAP_MAGIC: &str = "i know what i am doing!";
 const MISFIRE_WINDOW_MAX: u64 = 31_536_000;
 /// The largest `misfire_max`.
 const MISFIRE_MAX_MAX: u64 = 1000;
+/// The largest `{consecutive_failures: N}`.
+const CONSECUTIVE_FAILURES_MAX: u64 = 1000;
+/// The largest `{running_longer_than: SECONDS}`: a year.
+const RUNNING_LONGER_MAX: u64 = 31_536_000;
+/// The largest `timeout` of a notification channel, in seconds.
+const CHANNEL_TIMEOUT_MAX: u64 = 300;
+/// The largest `notify_max_per_hour`.
+const NOTIFY_MAX_PER_HOUR_MAX: u64 = 100_000;
 
 /// A job as written in its file, before global defaults are applied.
 #[derive(Clone, Debug)]
@@ -51,6 +61,33 @@ pub struct JobDef {
     /// Fraction (0..=1) of targets that must succeed; `None`: all of them.
     pub success_threshold: Option<f64>,
     pub lockfile: Option<String>,
+    /// `None` (absent): `saltpeter_config.notify` applies. `Some`: replaces it, and turns
+    /// notifications off when it names no condition or no channel (`notify: {}`).
+    pub notify: Option<NotifyDef>,
+}
+
+/// A `notify` section as written (a job's, or `saltpeter_config.notify`), before its channel
+/// names are checked against `notify_channels`, which another file may define.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyDef {
+    /// Where its value starts.
+    pub pos: Pos,
+    pub when: Vec<When>,
+    /// Channel names, each with where it is written.
+    pub to: Vec<(String, Pos)>,
+}
+
+impl NotifyDef {
+    /// The policy as written; `None` (no notifications) when `when` or `to` is empty.
+    pub fn policy(&self) -> Option<NotifyPolicy> {
+        if self.when.is_empty() || self.to.is_empty() {
+            return None;
+        }
+        Some(NotifyPolicy {
+            when: self.when.clone(),
+            to: self.to.iter().map(|(name, _)| name.clone()).collect(),
+        })
+    }
 }
 
 /// A typed `saltpeter_config` value.
@@ -64,6 +101,8 @@ pub enum SettingValue {
     Count(u64),
     List(Vec<String>),
     Tokens(Vec<ApiToken>),
+    Channels(Channels),
+    Notify(NotifyDef),
 }
 
 /// One `saltpeter_config.api_tokens` entry: a named bearer token and what it may do.
@@ -95,6 +134,12 @@ enum SettingKind {
     Path,
     List,
     Tokens,
+    /// `notify_channels`: names to channels.
+    NotifyChannels,
+    /// A `notify` policy (null: none).
+    Notify,
+    /// 1 to 100000.
+    NotifyMaxPerHour,
     /// Accepted for compatibility, not used.
     Ignored,
 }
@@ -132,6 +177,9 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("api_tokens", SettingKind::Tokens),
     ("api_allowed_origins", SettingKind::List),
     ("allow_legacy_wrappers", SettingKind::Bool),
+    ("notify_channels", SettingKind::NotifyChannels),
+    ("notify", SettingKind::Notify),
+    ("notify_max_per_hour", SettingKind::NotifyMaxPerHour),
     ("elasticsearch", SettingKind::Ignored),
     ("opensearch", SettingKind::Ignored),
     ("elasticsearch_index", SettingKind::Ignored),
@@ -183,6 +231,7 @@ const JOB_KEYS: &[&str] = &[
     "lockfile",
     "timezone",
     "dom_dow",
+    "notify",
     "hard_timeout",
     "soft_timeout",
     "utc",
@@ -416,7 +465,8 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             unknown_key(key, &names, "`saltpeter_config`", sink);
             continue;
         };
-        if value.is_null() {
+        // A null `notify` says "no default policy" (overriding an earlier file's).
+        if value.is_null() && kind != SettingKind::Notify {
             continue;
         }
         let typed = match kind {
@@ -470,6 +520,13 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             }
             SettingKind::List => string_list(value, name, sink).map(SettingValue::List),
             SettingKind::Tokens => api_tokens(value, sink).map(SettingValue::Tokens),
+            SettingKind::NotifyChannels => notify_channels(value, sink).map(SettingValue::Channels),
+            SettingKind::Notify => {
+                notify_section(value, "saltpeter_config.notify", sink).map(SettingValue::Notify)
+            }
+            SettingKind::NotifyMaxPerHour => {
+                ranged(value, name, 1, NOTIFY_MAX_PER_HOUR_MAX, sink).map(SettingValue::Count)
+            }
             SettingKind::Ignored => {
                 sink.warning(
                     key.pos,
@@ -549,6 +606,481 @@ fn api_tokens(node: &Node, sink: &mut Sink) -> Option<Vec<ApiToken>> {
         }
     }
     Some(out)
+}
+
+// === notifications ===
+
+/// The error for a key a section does not take, with "did you mean" when one is close.
+fn unknown_key_error(key: &Node, known: &[&str], section: &str, sink: &mut Sink) {
+    let text = key.key_text();
+    let hint = suggest(&text, known)
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    sink.error(
+        key.pos,
+        Code::UnknownKey,
+        format!(
+            "unknown key `{text}` in {section} (it takes {}){hint}",
+            known.join(", ")
+        ),
+    );
+}
+
+fn error_count(sink: &Sink) -> usize {
+    sink.found.iter().filter(|d| d.is_error()).count()
+}
+
+/// A list, a single item standing for a list of one, or null for none.
+fn items(node: &Node) -> &[Node] {
+    match &node.kind {
+        Kind::Seq(items) => items,
+        _ if node.is_null() => &[],
+        _ => std::slice::from_ref(node),
+    }
+}
+
+/// The conditions of `notify.when` written as words.
+const WHEN_WORDS: [(&str, When); 4] = [
+    ("failure", When::Failure),
+    ("recovery", When::Recovery),
+    ("missed", When::Missed),
+    ("launch_failure", When::LaunchFailure),
+];
+/// The conditions of `notify.when` written as one-key mappings.
+const WHEN_COUNTED: [&str; 2] = ["consecutive_failures", "running_longer_than"];
+const WHEN_HELP: &str = "failure, recovery, missed, launch_failure, {consecutive_failures: N} or {running_longer_than: SECONDS}";
+
+/// `notify: {when: [...], to: [...]}`; null means no notifications. `what` names it in
+/// messages (`notify` or `saltpeter_config.notify`).
+fn notify_section(node: &Node, what: &str, sink: &mut Sink) -> Option<NotifyDef> {
+    let mut def = NotifyDef {
+        pos: node.pos,
+        when: Vec::new(),
+        to: Vec::new(),
+    };
+    if node.is_null() {
+        return Some(def);
+    }
+    let Some(entries) = node.as_map() else {
+        sink.error(
+            node.pos,
+            Code::NotAMapping,
+            format!(
+                "`{what}` must be a mapping with `when` and `to` (`{{}}` for no notifications), found {}",
+                node.describe()
+            ),
+        );
+        return None;
+    };
+    let errors_before = error_count(sink);
+    let (mut when_at, mut to_at) = (None, None);
+    for (key, value) in entries {
+        match key.key_text().as_str() {
+            "when" => {
+                when_at = Some(key.pos);
+                def.when = items(value)
+                    .iter()
+                    .filter_map(|item| condition(item, what, sink))
+                    .collect();
+            }
+            "to" => {
+                to_at = Some(key.pos);
+                def.to = channel_names(value, &format!("{what}.to"), sink);
+            }
+            _ => unknown_key_error(key, &["when", "to"], &format!("`{what}`"), sink),
+        }
+    }
+    if error_count(sink) > errors_before {
+        return None;
+    }
+    match (when_at, to_at) {
+        (Some(at), None) if !def.when.is_empty() => sink.warning(
+            at,
+            Code::NoEffect,
+            format!("`{what}.when` has no effect without `to` (the channels to tell): no notifications are sent"),
+        ),
+        (None, Some(at)) if !def.to.is_empty() => sink.warning(
+            at,
+            Code::NoEffect,
+            format!("`{what}.to` has no effect without `when` (the conditions to tell of): no notifications are sent"),
+        ),
+        _ => {}
+    }
+    Some(def)
+}
+
+/// One item of `notify.when`.
+fn condition(item: &Node, what: &str, sink: &mut Sink) -> Option<When> {
+    let known: Vec<&str> = WHEN_WORDS
+        .iter()
+        .map(|(w, _)| *w)
+        .chain(WHEN_COUNTED)
+        .collect();
+    let unknown = |word: &str, pos: Pos, sink: &mut Sink| {
+        let hint = suggest(word, &known)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        sink.error(
+            pos,
+            Code::BadValue,
+            format!("unknown condition `{word}` in `{what}.when` (one of {WHEN_HELP}){hint}"),
+        );
+    };
+    match &item.kind {
+        Kind::Scalar(s) if !s.is_null() => {
+            let word = s.text.as_str();
+            if let Some((_, when)) = WHEN_WORDS.iter().find(|(w, _)| *w == word) {
+                return Some(*when);
+            }
+            if WHEN_COUNTED.contains(&word) {
+                let unit = if word == "consecutive_failures" {
+                    "N"
+                } else {
+                    "SECONDS"
+                };
+                sink.error(
+                    item.pos,
+                    Code::BadValue,
+                    format!("`{word}` in `{what}.when` needs a value: `{{{word}: {unit}}}`"),
+                );
+            } else {
+                unknown(word, item.pos, sink);
+            }
+            None
+        }
+        Kind::Map(entries) if entries.len() == 1 => {
+            let (key, value) = &entries[0];
+            let word = key.key_text();
+            match word.as_str() {
+                "consecutive_failures" => ranged(
+                    value,
+                    "consecutive_failures",
+                    1,
+                    CONSECUTIVE_FAILURES_MAX,
+                    sink,
+                )
+                .map(|n| When::ConsecutiveFailures(n as u32)),
+                "running_longer_than" => {
+                    ranged(value, "running_longer_than", 1, RUNNING_LONGER_MAX, sink)
+                        .map(When::RunningLongerThan)
+                }
+                w if WHEN_WORDS.iter().any(|(k, _)| *k == w) => {
+                    sink.error(
+                        key.pos,
+                        Code::BadValue,
+                        format!("`{w}` in `{what}.when` takes no value: write `{w}`"),
+                    );
+                    None
+                }
+                w => {
+                    unknown(w, key.pos, sink);
+                    None
+                }
+            }
+        }
+        Kind::Map(entries) if entries.len() > 1 => {
+            sink.error(
+                item.pos,
+                Code::BadValue,
+                format!(
+                    "each item of `{what}.when` holds one condition; write each as its own item"
+                ),
+            );
+            None
+        }
+        _ => {
+            sink.error(
+                item.pos,
+                Code::WrongType,
+                format!(
+                    "each item of `{what}.when` must be one of {WHEN_HELP}, found {}",
+                    item.describe()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `to: [name, ...]` (or one name): channel names, checked against `notify_channels` only
+/// when the files are put together.
+fn channel_names(node: &Node, what: &str, sink: &mut Sink) -> Vec<(String, Pos)> {
+    let mut out: Vec<(String, Pos)> = Vec::new();
+    for item in items(node) {
+        let Some(name) = string(item, what, sink) else {
+            continue;
+        };
+        if name.is_empty() {
+            sink.error(
+                item.pos,
+                Code::BadValue,
+                format!("`{what}` names an empty channel"),
+            );
+        } else if out.iter().any(|(n, _)| *n == name) {
+            sink.warning(
+                item.pos,
+                Code::BadValue,
+                format!("`{what}` names channel `{name}` twice; it is told once"),
+            );
+        } else {
+            out.push((name, item.pos));
+        }
+    }
+    out
+}
+
+/// `notify_channels: {name: {webhook: URL, ...} | {smtp: URL, ...}}`.
+fn notify_channels(node: &Node, sink: &mut Sink) -> Option<Channels> {
+    let Some(entries) = node.as_map() else {
+        sink.error(
+            node.pos,
+            Code::NotAMapping,
+            format!(
+                "`notify_channels` must map names to channels (`{{webhook: URL}}` or `{{smtp: URL, ...}}`), found {}",
+                node.describe()
+            ),
+        );
+        return None;
+    };
+    let mut out = Channels::new();
+    for (key, value) in entries {
+        let name = key.key_text();
+        if key.as_scalar().is_none() || name.is_empty() || name.chars().any(char::is_control) {
+            sink.error(
+                key.pos,
+                Code::BadValue,
+                format!(
+                    "channel name `{}` may not be empty or contain control characters",
+                    name.escape_debug()
+                ),
+            );
+            continue;
+        }
+        if let Some(channel) = channel(&name, key.pos, value, sink) {
+            out.insert(name, Arc::new(channel));
+        }
+    }
+    Some(out)
+}
+
+const WEBHOOK_KEYS: [&str; 3] = ["webhook", "secret", "timeout"];
+const SMTP_KEYS: [&str; 8] = [
+    "smtp", "starttls", "user", "password", "from", "to", "timeout", "ca_file",
+];
+/// The keys of either kind.
+const CHANNEL_KEYS: [&str; 10] = [
+    "webhook", "smtp", "secret", "starttls", "user", "password", "from", "to", "timeout", "ca_file",
+];
+
+/// One channel of `notify_channels`; `at` is where its name is.
+fn channel(name: &str, at: Pos, node: &Node, sink: &mut Sink) -> Option<Channel> {
+    let what = format!("notify_channels.{name}");
+    let Some(entries) = node.as_map() else {
+        sink.error(
+            node.pos,
+            Code::NotAMapping,
+            format!(
+                "`{what}` must be a mapping with `webhook: URL` or `smtp: URL`, found {}",
+                node.describe()
+            ),
+        );
+        return None;
+    };
+    let get = |k: &str| {
+        entries
+            .iter()
+            .find(|(key, _)| key.key_str() == Some(k))
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    };
+    let (webhook, smtp) = (get("webhook"), get("smtp"));
+    let keys: &[&str] = match (webhook, smtp) {
+        (Some(_), Some(v)) => {
+            sink.error(
+                v.pos,
+                Code::BadValue,
+                format!("`{what}` has both `webhook` and `smtp`; a channel is one or the other (define two channels)"),
+            );
+            return None;
+        }
+        (None, None) => {
+            sink.error(
+                at,
+                Code::MissingKey,
+                format!("`{what}` needs `webhook: URL` or `smtp: URL`"),
+            );
+            for (key, _) in entries {
+                if !key.key_str().is_some_and(|k| CHANNEL_KEYS.contains(&k)) {
+                    unknown_key_error(key, &CHANNEL_KEYS, &format!("channel `{what}`"), sink);
+                }
+            }
+            return None;
+        }
+        (Some(_), None) => &WEBHOOK_KEYS,
+        (None, Some(_)) => &SMTP_KEYS,
+    };
+    let errors_before = error_count(sink);
+    let kind = if webhook.is_some() { "webhook" } else { "smtp" };
+    for (key, _) in entries {
+        if !key.key_str().is_some_and(|k| keys.contains(&k)) {
+            unknown_key_error(key, keys, &format!("{kind} channel `{what}`"), sink);
+        }
+    }
+    let sub = |k: &str| format!("{what}.{k}");
+    let opt_string = |k: &str, sink: &mut Sink| {
+        let v = get(k)?;
+        let text = string(v, &sub(k), sink)?;
+        if text.is_empty() {
+            sink.error(v.pos, Code::BadValue, format!("`{}` is empty", sub(k)));
+            return None;
+        }
+        Some(text)
+    };
+    let timeout = |default: u64, sink: &mut Sink| match get("timeout") {
+        None => Some(default),
+        Some(v) => ranged(v, &sub("timeout"), 1, CHANNEL_TIMEOUT_MAX, sink),
+    };
+
+    let channel = if let Some(url_node) = webhook {
+        let url = string(url_node, &sub("webhook"), sink);
+        if let Some(url) = &url
+            && !is_http_url(url)
+        {
+            sink.error(
+                url_node.pos,
+                Code::BadValue,
+                format!(
+                    "`{}` must be an http:// or https:// URL, found `{url}`",
+                    sub("webhook")
+                ),
+            );
+        }
+        let secret = opt_string("secret", sink);
+        let timeout_secs = timeout(10, sink);
+        Channel::Webhook(Webhook {
+            url: url.unwrap_or_default(),
+            secret,
+            timeout_secs: timeout_secs.unwrap_or_default(),
+        })
+    } else {
+        let url_node = smtp?;
+        let url = string(url_node, &sub("smtp"), sink);
+        let addr = url.as_deref().and_then(|url| match SmtpAddr::parse(url) {
+            Ok(addr) => Some(addr),
+            Err(why) => {
+                sink.error(
+                    url_node.pos,
+                    Code::BadValue,
+                    format!("`{}` {why}, found `{url}`", sub("smtp")),
+                );
+                None
+            }
+        });
+        let starttls =
+            get("starttls").and_then(|v| boolean(v, &sub("starttls"), sink).map(|b| (b, v.pos)));
+        if let (Some((true, at)), Some(addr)) = (starttls, &addr)
+            && addr.implicit_tls
+        {
+            sink.error(
+                at,
+                Code::BadValue,
+                format!("`{}: true` is for `smtp://`; `smtps://` is TLS from the first byte (use one or the other)", sub("starttls")),
+            );
+        }
+        let user = opt_string("user", sink);
+        let password = opt_string("password", sink);
+        match (get("user"), get("password")) {
+            (Some(v), None) => sink.error(
+                v.pos,
+                Code::MissingKey,
+                format!("`{}` needs `password` too", sub("user")),
+            ),
+            (None, Some(v)) => sink.error(
+                v.pos,
+                Code::MissingKey,
+                format!("`{}` needs `user` too", sub("password")),
+            ),
+            _ => {}
+        }
+        let from = match get("from") {
+            None => {
+                sink.error(
+                    at,
+                    Code::MissingKey,
+                    format!("`{what}` needs `from` (the sender's address)"),
+                );
+                None
+            }
+            Some(v) => {
+                string(v, &sub("from"), sink).filter(|a| address(a, v.pos, &sub("from"), sink))
+            }
+        };
+        let to = match get("to") {
+            None => {
+                sink.error(
+                    at,
+                    Code::MissingKey,
+                    format!("`{what}` needs `to` (the recipients' addresses)"),
+                );
+                Vec::new()
+            }
+            Some(v) => {
+                let list: Vec<String> = items(v)
+                    .iter()
+                    .filter_map(|item| {
+                        string(item, &sub("to"), sink)
+                            .filter(|a| address(a, item.pos, &sub("to"), sink))
+                    })
+                    .collect();
+                if items(v).is_empty() {
+                    sink.error(v.pos, Code::BadValue, format!("`{}` is empty", sub("to")));
+                }
+                list
+            }
+        };
+        let timeout_secs = timeout(30, sink);
+        let ca_file = opt_string("ca_file", sink);
+        Channel::Smtp(Smtp {
+            url: url.unwrap_or_default(),
+            starttls: starttls.is_some_and(|(b, _)| b),
+            user,
+            password,
+            from: from.unwrap_or_default(),
+            to,
+            timeout_secs: timeout_secs.unwrap_or_default(),
+            ca_file,
+        })
+    };
+    (error_count(sink) == errors_before).then_some(channel)
+}
+
+/// `http://` or `https://`, a host, and no spaces or control characters.
+fn is_http_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    host_end > 0 && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// An email address: something with an `@`, on one line. Says why not.
+fn address(text: &str, pos: Pos, what: &str, sink: &mut Sink) -> bool {
+    let ok = text.contains('@') && !text.chars().any(char::is_control);
+    if !ok {
+        sink.error(
+            pos,
+            Code::BadValue,
+            format!(
+                "`{what}` must be an email address such as ops@example.com, found `{}`",
+                text.escape_debug()
+            ),
+        );
+    }
+    ok
 }
 
 fn maintenance(node: &Node, sink: &mut Sink) -> Option<MaintenanceDef> {
@@ -986,6 +1518,12 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         },
     };
 
+    // Unlike other keys, a null `notify` is not absent: it turns the default off.
+    let notify = entries
+        .iter()
+        .find(|(key, _)| key.key_str() == Some("notify"))
+        .and_then(|(_, v)| notify_section(v, "notify", sink));
+
     let errors_after = sink.found.iter().filter(|d| d.is_error()).count();
     if errors_after > errors_before {
         return None;
@@ -1017,6 +1555,7 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         misfire_max: misfire_max.map(|(n, _)| n),
         success_threshold,
         lockfile,
+        notify,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod core;
 mod joblog_writer;
 pub mod launch;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -24,6 +25,7 @@ use crate::control::Refusal;
 use crate::history::{History, HistoryError, InFlight};
 use crate::journal::RunEvent;
 use crate::metrics::Metrics;
+use crate::notify::tracker::{Decided, Streak, Tracker};
 use crate::salt::bus::BusMessage;
 use crate::salt::publisher::{Publisher, Reply, Request};
 use crate::salt::{SaltSettings, jobcache};
@@ -32,16 +34,41 @@ use crate::salt::{SaltSettings, jobcache};
 pub type SaltTag = (String, Purpose);
 pub type SaltReply = Reply<SaltTag>;
 
-/// Where every step of every run goes: the history store (in order) and the metrics.
+/// Where every step of every run goes: the history store (in order), the metrics, and the
+/// notification tracker, whose decisions are stored in the transaction of the event that
+/// caused them.
 struct Journal {
     history: History,
     metrics: Metrics,
+    notify: Tracker,
+    origin: Instant,
 }
 
 impl Journal {
-    fn record(&self, event: RunEvent) {
+    fn record(&mut self, event: RunEvent) {
         self.metrics.observe(&event);
-        self.history.record(event);
+        let wall = crate::clock::now();
+        match self.notify.observe(&event, self.origin.elapsed(), wall) {
+            Some(decided) => {
+                let decided = self.count(decided);
+                self.history
+                    .record_together(vec![event, decided.into_event(wall)]);
+            }
+            None => self.history.record(event),
+        }
+    }
+
+    fn count(&self, decided: Decided) -> Decided {
+        for d in decided.deliveries.iter().filter(|d| d.suppressed) {
+            self.metrics.notification(&d.channel, "suppressed");
+        }
+        decided
+    }
+
+    /// Decisions made without an event (a missed slot, a run past `running_longer_than`).
+    fn decided(&mut self, decided: Decided) {
+        let decided = self.count(decided);
+        self.history.record(decided.into_event(crate::clock::now()));
     }
 }
 
@@ -98,7 +125,12 @@ impl Coordinator {
             salt,
             salt_settings,
             job_log: JobLogWriter::spawn(history.clone()),
-            journal: Journal { history, metrics },
+            journal: Journal {
+                history,
+                metrics,
+                notify: Tracker::new(&crate::hostname()),
+                origin: Instant::now(),
+            },
             after_commit,
         }
     }
@@ -123,8 +155,35 @@ impl Coordinator {
     }
 
     /// Records one step of a run (or a skipped slot) in the history and the metrics.
-    pub fn record(&self, event: RunEvent) {
+    pub fn record(&mut self, event: RunEvent) {
         self.journal.record(event);
+    }
+
+    /// Each job's notification policy and the hourly limit (on every config load).
+    pub fn set_notify(&mut self, jobs: &BTreeMap<String, Arc<Job>>, max_per_hour: u32) {
+        let policies = jobs
+            .values()
+            .filter_map(|j| Some((j.name.clone(), Arc::new(j.notify.clone()?))));
+        self.journal.notify.set_policies(policies, max_per_hour);
+    }
+
+    /// The failure streaks stored before a restart.
+    pub fn resume_streaks(&mut self, streaks: impl IntoIterator<Item = (String, (u32, bool))>) {
+        self.journal.notify.resume(
+            streaks
+                .into_iter()
+                .map(|(job, (failures, told))| (job, Streak { failures, told })),
+        );
+    }
+
+    /// The notifications a ledger row calls for (a missed gap's), to be stored with it.
+    pub fn notices_for(
+        &mut self,
+        claim: &crate::journal::Claim,
+    ) -> Option<crate::journal::Notified> {
+        let now = crate::clock::now();
+        let decided = self.journal.notify.claimed(claim, now)?;
+        Some(self.journal.count(decided).into_notified(now))
     }
 
     /// Appends a record to the job's text log (off the loop, in order with the runs' own).
@@ -172,6 +231,15 @@ impl Coordinator {
     /// Takes over a run that was in flight when the daemon stopped.
     pub fn adopt(&mut self, run: &InFlight, job: Option<&Arc<Job>>, settings: &Settings) {
         let now = self.now();
+        let adopted = crate::notify::tracker::Adopted {
+            instance: &run.instance,
+            job: &run.job,
+            started: run.started.unwrap_or(now.wall),
+            slot: run.scheduled,
+            done: &run.done,
+        };
+        let mono = self.journal.origin.elapsed();
+        self.journal.notify.adopt(adopted, mono, now.wall);
         self.core.adopt(run, job, settings, now);
         self.drain();
     }
@@ -222,13 +290,26 @@ impl Coordinator {
 
     /// The next time something must be checked.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        self.core.next_deadline().map(|d| self.origin + d)
+        let runs = self.core.next_deadline().map(|d| self.origin + d);
+        let notify = self
+            .journal
+            .notify
+            .poll_timeout()
+            .map(|d| self.journal.origin + d);
+        runs.into_iter().chain(notify).min()
     }
 
     pub fn handle_timeout(&mut self) {
         let now = self.now();
         self.core.handle_timeout(&mut Urandom, now);
         self.drain();
+        let long = self
+            .journal
+            .notify
+            .handle_timeout(self.journal.origin.elapsed(), now.wall);
+        for decided in long {
+            self.journal.decided(decided);
+        }
     }
 }
 

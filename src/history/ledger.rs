@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{iso, ms};
-use crate::journal::{Claim, MissReason, SkipReason, SlotFate};
+use crate::journal::{Claim, MissReason, Notified, SkipReason, SlotFate};
 
 /// Whoever claimed a slot first, as its row says (the answer to a refused claim).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +73,14 @@ pub struct SlotFilter {
 
 /// Claims each row in one transaction: a row whose `(job, slot)` is already there is refused
 /// with who holds it. Errors concern the transaction as a whole (nothing was claimed).
-pub fn claim(conn: &Connection, claims: &[Claim], by: &str) -> rusqlite::Result<Vec<ClaimResult>> {
+/// Claims `claims` in one transaction; `notices[i]` (notifications decided for claim `i`, a
+/// missed gap's) is stored with its row, only if the claim is won.
+pub fn claim(
+    conn: &Connection,
+    claims: &[Claim],
+    notices: &[Option<Notified>],
+    by: &str,
+) -> rusqlite::Result<Vec<ClaimResult>> {
     // IMMEDIATE: the write lock is taken first, so two processes cannot both see a slot free.
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| {
@@ -99,7 +106,7 @@ pub fn claim(conn: &Connection, claims: &[Claim], by: &str) -> rusqlite::Result<
             "SELECT state, instance, claimed_by, claimed_ms FROM slots WHERE job = ?1 AND slot_ms = ?2",
         )?;
         let mut out = Vec::with_capacity(claims.len());
-        for c in claims {
+        for (i, c) in claims.iter().enumerate() {
             let slot = c.slot.map(ms);
             let at = c.last.or(c.slot).map_or(ms(c.at), ms);
             let inserted = insert.execute(params![
@@ -117,6 +124,9 @@ pub fn claim(conn: &Connection, claims: &[Claim], by: &str) -> rusqlite::Result<
                 by,
             ])?;
             if inserted == 1 {
+                if let Some(Some(notified)) = notices.get(i) {
+                    super::outbox::apply(conn, notified)?;
+                }
                 if let Some(slot) = slot {
                     let end = c.last.map_or(slot, ms);
                     let fired = matches!(c.fate, SlotFate::Fired).then_some(slot);

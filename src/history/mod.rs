@@ -10,6 +10,7 @@
 //! Must not know: HTTP, Salt, the wrapper protocol, the engine's internals.
 
 pub mod ledger;
+pub mod outbox;
 pub mod output;
 pub mod probe;
 pub mod schema;
@@ -143,6 +144,9 @@ pub struct InFlight {
     pub launching: Option<String>,
     /// Who claimed its slot in the ledger (`host:pid`), when known.
     pub claimed_by: Option<String>,
+    pub started: Option<Timestamp>,
+    /// The slot it was due at (`None`: a manual run).
+    pub scheduled: Option<Timestamp>,
 }
 
 /// A target without a result in a run that had not ended.
@@ -174,6 +178,9 @@ pub struct MaintenanceState {
     pub machines: Vec<String>,
 }
 
+/// Deliveries due now, and when the next one not yet due is (unix ms).
+pub type DueDeliveries = (Vec<outbox::Due>, Option<i64>);
+
 enum Query {
     LastRuns(oneshot::Sender<HashMap<String, RunRow>>),
     Runs {
@@ -199,6 +206,7 @@ enum Query {
     },
     Claim {
         claims: Vec<Claim>,
+        notices: Vec<Option<crate::journal::Notified>>,
         by: String,
         reply: oneshot::Sender<Result<Vec<ClaimResult>, HistoryError>>,
     },
@@ -232,6 +240,25 @@ enum Query {
         to_ms: i64,
         reply: oneshot::Sender<Vec<TimelineItem>>,
     },
+    Streaks(oneshot::Sender<HashMap<String, (u32, bool)>>),
+    DueDeliveries {
+        now_ms: i64,
+        limit: usize,
+        busy: Vec<i64>,
+        reply: oneshot::Sender<Result<DueDeliveries, HistoryError>>,
+    },
+    Attempted {
+        id: i64,
+        outcome: outbox::Attempt,
+        at_ms: i64,
+        reply: oneshot::Sender<Result<(), HistoryError>>,
+    },
+    Deliveries {
+        job: Option<String>,
+        before: Option<i64>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<outbox::DeliveryRow>>,
+    },
     Flush(oneshot::Sender<Result<(), HistoryError>>),
     /// Runs SQL on the store's connection (tests: a full disk through `max_page_count`).
     #[cfg(test)]
@@ -244,6 +271,11 @@ enum Msg {
         event: RunEvent,
         weight: usize,
     },
+    /// Events that go into one transaction (taken into a batch whole).
+    Events {
+        events: Vec<RunEvent>,
+        weight: usize,
+    },
     Query(Query),
     /// Holds the store thread (tests: a disk slower than the input).
     #[cfg(test)]
@@ -251,6 +283,21 @@ enum Msg {
         reached: oneshot::Sender<()>,
         resume: std_mpsc::Receiver<()>,
     },
+}
+
+/// Adds a message to a batch, a group of events as its events (the first carries the
+/// group's weight), so they are applied, committed or kept for a retry together.
+fn push_msg(batch: &mut Vec<Msg>, m: Msg) {
+    match m {
+        Msg::Events { events, weight } => {
+            let mut weight = weight;
+            batch.extend(events.into_iter().map(|event| Msg::Event {
+                event,
+                weight: std::mem::take(&mut weight),
+            }));
+        }
+        m => batch.push(m),
+    }
 }
 
 /// Bytes of events waiting for the store past which [`History::writable`] waits.
@@ -274,6 +321,7 @@ fn weight(event: &RunEvent) -> usize {
             }
             RunEvent::TargetEnded { note, .. } => note.as_ref().map_or(0, String::len),
             RunEvent::NotLaunched { why, .. } => why.len(),
+            RunEvent::Notified(n) => n.deliveries.iter().map(|d| d.body.len()).sum(),
             _ => 0,
         }
 }
@@ -288,6 +336,8 @@ pub struct Committed {
     slots: HashSet<String>,
     /// A maintenance switch was set.
     maintenance: bool,
+    /// Notifications were queued for delivery.
+    deliveries: bool,
 }
 
 impl Committed {
@@ -315,16 +365,25 @@ impl Committed {
         self.slots.iter().map(String::as_str)
     }
 
+    /// New deliveries wait in the outbox.
+    pub fn deliveries_queued(&self) -> bool {
+        self.deliveries
+    }
+
     pub fn maintenance_changed(&self) -> bool {
         self.maintenance
     }
 
     fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.slots.is_empty() && !self.maintenance
+        self.runs.is_empty() && self.slots.is_empty() && !self.maintenance && !self.deliveries
     }
 
     fn note(&mut self, event: &RunEvent) {
         let (instance, machine) = match event {
+            RunEvent::Notified(n) => {
+                self.deliveries |= n.deliveries.iter().any(|d| !d.suppressed);
+                return;
+            }
             RunEvent::Started { instance, .. }
             | RunEvent::Published { instance, .. }
             | RunEvent::BatchesLeft { instance, .. }
@@ -665,8 +724,25 @@ impl History {
         claims: Vec<Claim>,
         by: &str,
     ) -> Result<Vec<ClaimResult>, HistoryError> {
+        self.claim_notifying(claims, Vec::new(), by).await
+    }
+
+    /// As [`History::claim`], storing `notices[i]` with claim `i` when it is won (the
+    /// notifications of a missed gap go with its row, or not at all).
+    pub async fn claim_notifying(
+        &self,
+        claims: Vec<Claim>,
+        notices: Vec<Option<crate::journal::Notified>>,
+        by: &str,
+    ) -> Result<Vec<ClaimResult>, HistoryError> {
         let by = by.to_string();
-        self.ask(|reply| Query::Claim { claims, by, reply }).await?
+        self.ask(|reply| Query::Claim {
+            claims,
+            notices,
+            by,
+            reply,
+        })
+        .await?
     }
 
     /// A job's ledger rows, newest first.
@@ -761,6 +837,68 @@ impl History {
 
     /// Resolves once everything sent before it is committed; [`HistoryError::NotStored`] when
     /// the store could not commit it (it keeps it and retries; flush again later).
+    /// Records events in one transaction (a run's end and the notifications it decided).
+    pub fn record_together(&self, events: Vec<RunEvent>) {
+        let weight = events.iter().map(weight).sum();
+        self.shared.queued.fetch_add(weight, Ordering::AcqRel);
+        if self.tx.send(Msg::Events { events, weight }).is_err() {
+            self.shared.queued.fetch_sub(weight, Ordering::AcqRel);
+        }
+    }
+
+    /// Every job's stored failure streak: `(failures in a row, someone was told)`.
+    pub async fn streaks(&self) -> Result<HashMap<String, (u32, bool)>, HistoryError> {
+        self.ask(Query::Streaks).await
+    }
+
+    /// Pending deliveries due by `now_ms` (not those in `busy`), and when the next is due.
+    pub async fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        busy: Vec<i64>,
+    ) -> Result<DueDeliveries, HistoryError> {
+        self.ask(|reply| Query::DueDeliveries {
+            now_ms,
+            limit,
+            busy,
+            reply,
+        })
+        .await?
+    }
+
+    /// Records an attempt at a delivery (committed before this returns).
+    pub async fn attempted(
+        &self,
+        id: i64,
+        outcome: outbox::Attempt,
+        at_ms: i64,
+    ) -> Result<(), HistoryError> {
+        self.ask(|reply| Query::Attempted {
+            id,
+            outcome,
+            at_ms,
+            reply,
+        })
+        .await?
+    }
+
+    /// Deliveries newest first (one job's, or all), before the id `before`.
+    pub async fn deliveries(
+        &self,
+        job: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<outbox::DeliveryRow>, HistoryError> {
+        self.ask(|reply| Query::Deliveries {
+            job: job.map(str::to_string),
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     pub async fn flush(&self) -> Result<(), HistoryError> {
         self.ask(Query::Flush).await?
     }
@@ -931,8 +1069,10 @@ impl Store {
             let mut batch: Vec<Msg> = unstored
                 .drain(..)
                 .map(|(event, weight)| Msg::Event { event, weight })
-                .chain(first)
                 .collect();
+            if let Some(m) = first {
+                push_msg(&mut batch, m);
+            }
             let weight_of = |m: &Msg| match m {
                 Msg::Event { weight, .. } => *weight,
                 _ => 0,
@@ -956,9 +1096,12 @@ impl Store {
                         }
                     }
                 };
-                asked = !matches!(m, Msg::Event { .. });
-                gathered += weight_of(&m);
-                batch.push(m);
+                asked = !matches!(m, Msg::Event { .. } | Msg::Events { .. });
+                gathered += match &m {
+                    Msg::Events { weight, .. } => *weight,
+                    m => weight_of(m),
+                };
+                push_msg(&mut batch, m);
             }
             let mut changed = Committed::default();
             let mut applied = 0;
@@ -987,6 +1130,13 @@ impl Store {
                         changed.note(&event);
                         applied += weight;
                         kept.push((event, weight));
+                    }
+                    Msg::Events { events, .. } => {
+                        // `push_msg` takes groups apart as they are batched.
+                        tracing::error!(
+                            events = events.len(),
+                            "history: an event group reached the store whole; not stored"
+                        );
                     }
                     Msg::Query(Query::Flush(tx)) => flushes.push(tx),
                     Msg::Query(q) => queries.push(q),
@@ -1085,6 +1235,7 @@ impl Store {
 
     fn apply(&mut self, event: &RunEvent) -> rusqlite::Result<()> {
         match event {
+            RunEvent::Notified(n) => outbox::apply(&self.conn, n)?,
             RunEvent::NotLaunched { instance, why, .. } => {
                 ledger::not_launched(&self.conn, instance, why)?;
             }
@@ -1480,10 +1631,11 @@ impl Store {
             ),
             Query::Claim {
                 claims,
+                notices,
                 by,
                 reply: tx,
             } => {
-                let result = ledger::claim(&self.conn, &claims, &by).map_err(|e| {
+                let result = ledger::claim(&self.conn, &claims, &notices, &by).map_err(|e| {
                     tracing::error!(error = %e, "history: cannot claim slots");
                     HistoryError::NotStored(e.to_string())
                 });
@@ -1493,6 +1645,10 @@ impl Store {
                     let notice = Committed {
                         serial: self.serial,
                         slots: claims.iter().map(|c| c.job.clone()).collect(),
+                        deliveries: notices
+                            .iter()
+                            .flatten()
+                            .any(|n| n.deliveries.iter().any(|d| !d.suppressed)),
                         ..Committed::default()
                     };
                     let _ = self.commits.send(Arc::new(notice));
@@ -1578,6 +1734,45 @@ impl Store {
             }
             // Answered after the commit, with its outcome (see `serve`).
             Query::Flush(tx) => reply(tx, Ok(())),
+            Query::Streaks(tx) => reply(
+                tx,
+                outbox::streaks(&self.conn)
+                    .inspect_err(log)
+                    .unwrap_or_default(),
+            ),
+            Query::DueDeliveries {
+                now_ms,
+                limit,
+                busy,
+                reply: tx,
+            } => reply(
+                tx,
+                outbox::due(&self.conn, now_ms, limit, &busy)
+                    .map_err(|e| HistoryError::NotStored(e.to_string())),
+            ),
+            Query::Attempted {
+                id,
+                outcome,
+                at_ms,
+                reply: tx,
+            } => reply(
+                tx,
+                outbox::attempted(&self.conn, id, &outcome, at_ms).map_err(|e| {
+                    tracing::error!(error = %e, "history: cannot record a delivery attempt");
+                    HistoryError::NotStored(e.to_string())
+                }),
+            ),
+            Query::Deliveries {
+                job,
+                before,
+                limit,
+                reply: tx,
+            } => reply(
+                tx,
+                outbox::list(&self.conn, job.as_deref(), before, limit)
+                    .inspect_err(log)
+                    .unwrap_or_default(),
+            ),
             #[cfg(test)]
             Query::Exec(sql, tx) => {
                 self.conn.execute_batch(&sql).expect("test SQL");
@@ -1738,7 +1933,8 @@ impl Store {
     fn in_flight(&self) -> rusqlite::Result<Vec<InFlight>> {
         let mut st = self.conn.prepare(
             "SELECT instance, job, token, jid, batches, launch_jid,
-                    (SELECT claimed_by FROM slots s WHERE s.instance = runs.instance)
+                    (SELECT claimed_by FROM slots s WHERE s.instance = runs.instance),
+                    started_ms, scheduled_ms
              FROM runs WHERE ended_ms IS NULL",
         )?;
         let runs = st
@@ -1753,6 +1949,10 @@ impl Store {
                     launching: launch_jid.filter(|l| jid.as_ref() != Some(l)),
                     jid,
                     claimed_by: r.get(6)?,
+                    started: Timestamp::from_millisecond(r.get(7)?).ok(),
+                    scheduled: r
+                        .get::<_, Option<i64>>(8)?
+                        .and_then(|m| Timestamp::from_millisecond(m).ok()),
                     open: Vec::new(),
                     done: Vec::new(),
                     // Written by this module only; unreadable would mean a damaged row.
@@ -1817,7 +2017,8 @@ impl Store {
             })
             .and_then(|_| {
                 ledger::prune(&self.conn, cutoff, self.retention.max_runs_per_job as usize)
-            });
+            })
+            .and_then(|_| outbox::prune(&self.conn, cutoff));
         if let Err(e) = r {
             tracing::error!(error = %e, "history: pruning failed");
         }

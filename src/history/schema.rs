@@ -116,6 +116,31 @@ pub const MIGRATIONS: &[&str] = &[
      UPDATE heads SET (last_state, last_reason) =
         (SELECT state, reason FROM slots s WHERE s.job = heads.job
            AND COALESCE(s.last_ms, s.slot_ms) = heads.claimed_ms);",
+    // 6: notifications. Each job's failure streak, and the outbox: one row per notice and
+    // channel, written with the run's end, sent (and retried) from here, so a restart neither
+    // loses nor repeats one.
+    "CREATE TABLE notify_streaks (
+        job TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        told INTEGER NOT NULL
+     );
+     CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        event TEXT NOT NULL,
+        instance TEXT,
+        slot_ms INTEGER,
+        body TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_ms INTEGER,
+        last_error TEXT,
+        done_ms INTEGER
+     );
+     CREATE INDEX deliveries_due ON deliveries(next_ms) WHERE state = 'pending';
+     CREATE INDEX deliveries_by_job ON deliveries(job, id);",
 ];
 
 #[derive(Debug, thiserror::Error)]

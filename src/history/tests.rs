@@ -831,3 +831,148 @@ async fn ledger_rows_follow_the_history_retention_but_keep_each_head() {
     assert_eq!(k[0].slot.as_deref(), Some("1970-01-01T00:33:20Z"));
     assert_eq!(heads["j"].last_claimed, Some(t(300)));
 }
+
+fn notified(
+    job: &str,
+    at: i64,
+    streak: Option<(u32, bool)>,
+    channels: &[(&str, bool)],
+) -> RunEvent {
+    RunEvent::Notified(crate::journal::Notified {
+        job: job.into(),
+        streak,
+        deliveries: channels
+            .iter()
+            .map(|(c, suppressed)| crate::journal::NewDelivery {
+                channel: c.to_string(),
+                event: "failure".into(),
+                instance: Some(format!("{job}_{at}")),
+                slot: Some(t(at)),
+                body: format!("{{\"job\":\"{job}\"}}"),
+                suppressed: *suppressed,
+            })
+            .collect(),
+        at: t(at),
+    })
+}
+
+#[tokio::test]
+async fn the_outbox_keeps_deliveries_and_streaks_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = open(&dir, Retention::default());
+        h.record_together(vec![
+            started("j_1", "j", 0),
+            notified("j", 0, Some((1, true)), &[("hook", false), ("mail", false)]),
+        ]);
+        let (due, next) = h.due_deliveries(ms(t(0)), 10, vec![]).await.unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(next, None);
+        assert_eq!(due[0].channel, "hook");
+        assert_eq!(due[0].body, "{\"job\":\"j\"}");
+        // One delivered, one to retry in a minute.
+        h.attempted(due[0].id, outbox::Attempt::Delivered, ms(t(1)))
+            .await
+            .unwrap();
+        h.attempted(
+            due[1].id,
+            outbox::Attempt::Retry {
+                error: "HTTP 503".into(),
+                next_ms: ms(t(60)),
+            },
+            ms(t(1)),
+        )
+        .await
+        .unwrap();
+    }
+    let h = open(&dir, Retention::default());
+    assert_eq!(h.streaks().await.unwrap()["j"], (1, true));
+    // Nothing due before the retry time; then only the undelivered one, never the other.
+    let (due, next) = h.due_deliveries(ms(t(30)), 10, vec![]).await.unwrap();
+    assert!(due.is_empty());
+    assert_eq!(next, Some(ms(t(60))));
+    let (due, _) = h.due_deliveries(ms(t(60)), 10, vec![]).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].channel.as_str(), due[0].attempts), ("mail", 1));
+    // Busy ones (a send in flight) are left out.
+    let (busy, _) = h
+        .due_deliveries(ms(t(60)), 10, vec![due[0].id])
+        .await
+        .unwrap();
+    assert!(busy.is_empty());
+    h.attempted(
+        due[0].id,
+        outbox::Attempt::Failed {
+            error: "SMTP 550".into(),
+        },
+        ms(t(61)),
+    )
+    .await
+    .unwrap();
+    let rows = h.deliveries(Some("j"), None, 10).await.unwrap();
+    let states: Vec<(&str, &str, i64)> = rows
+        .iter()
+        .map(|r| (r.channel.as_str(), r.state.as_str(), r.attempts))
+        .collect();
+    assert_eq!(
+        states,
+        vec![("mail", "failed", 2), ("hook", "delivered", 1)]
+    );
+    assert_eq!(rows[0].last_error.as_deref(), Some("SMTP 550"));
+    // Paging by id.
+    let older = h.deliveries(None, Some(rows[0].id), 10).await.unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].channel, "hook");
+}
+
+#[tokio::test]
+async fn suppressed_deliveries_are_recorded_and_never_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    h.record_together(vec![notified("j", 0, None, &[("hook", true)])]);
+    let (due, next) = h.due_deliveries(ms(t(100)), 10, vec![]).await.unwrap();
+    assert!(due.is_empty() && next.is_none());
+    let rows = h.deliveries(None, None, 10).await.unwrap();
+    assert_eq!(rows[0].state, "suppressed");
+    // A streak left out (`None`) is not written.
+    assert!(h.streaks().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_run_end_and_its_notifications_share_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let mut commits = h.subscribe();
+    h.record_together(vec![
+        started("j_1", "j", 0),
+        notified("j", 0, Some((1, true)), &[("hook", false)]),
+    ]);
+    h.flush().await.unwrap();
+    let Some(Notice::Commit(c)) = commits.next().await else {
+        panic!("a commit notice")
+    };
+    assert!(c.touched_run("j_1") && c.deliveries_queued());
+}
+
+#[tokio::test]
+async fn a_missed_gaps_notifications_are_stored_with_its_row_only_when_the_claim_is_won() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    let notice = || match notified("j", 0, None, &[("hook", false)]) {
+        RunEvent::Notified(n) => Some(n),
+        _ => None,
+    };
+    let gap = skipped("j", t(0), "");
+    let won = h
+        .claim_notifying(vec![gap.clone()], vec![notice()], "a:1")
+        .await
+        .unwrap();
+    assert!(won[0].is_ok());
+    // Another daemon's claim of the same slot loses, and its notice is not stored.
+    let lost = h
+        .claim_notifying(vec![gap], vec![notice()], "b:2")
+        .await
+        .unwrap();
+    assert!(lost[0].is_err());
+    assert_eq!(h.deliveries(Some("j"), None, 10).await.unwrap().len(), 1);
+}

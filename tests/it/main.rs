@@ -12,11 +12,15 @@ mod fuzz_props; // the fuzz targets' checks on random inputs, and the inputs fuz
 mod golden; // every config finding, pinned by golden files under tests/golden/config
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
 mod ledger; // the fire ledger on the lab: three minutes down under each misfire policy, two daemons
+mod notify; // notifications on the lab: failures and a recovery across a restart, a webhook down, slow, up
+mod notify_send; // the webhook and email senders against real HTTP and SMTP servers on loopback
 mod openapi; // the REST API against proto/api/openapi.json: routes and response schemas
 mod proto_salt; // Salt wire formats against the captured fixtures in proto/salt
 mod proto_wrapper; // the wrapper protocol against its fixtures in proto/wrapper
 mod salt_lab; // the native Salt client against a real master and minions
 mod salt_offline; // the Salt client and commands with no master: bounded errors, clean exits
+mod smtp_sink; // the lab's SMTP sink as a child process, with a self-signed certificate, for email tests
 mod support; // helpers: temp config dirs, running the binary and the daemon, HTTP calls
 mod ui; // the web UI in real headless Chromium against the daemon on the lab
+mod webhook_sink; // a real HTTP listener with scripted answers, for webhook tests
 mod wrapper; // the real sp-wrapper against the real machines hub

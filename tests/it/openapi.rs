@@ -222,6 +222,27 @@ fn responses_match_the_documented_schemas() {
             404,
         ),
         (
+            "/api/v1/jobs/{job}/deliveries",
+            "/api/v1/jobs/j/deliveries?limit=5".into(),
+            "get",
+            None,
+            200,
+        ),
+        (
+            "/api/v1/deliveries",
+            "/api/v1/deliveries?job=j&before=100".into(),
+            "get",
+            None,
+            200,
+        ),
+        (
+            "/api/v1/deliveries",
+            "/api/v1/deliveries?limit=many".into(),
+            "get",
+            None,
+            400,
+        ),
+        (
             "/api/v1/runs/{instance}",
             format!("/api/v1/runs/{instance}"),
             "get",

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use crate::lab::lab;
 use crate::support::{Daemon, write};
+use crate::webhook_sink::WebhookSink;
 
 #[test]
 fn the_web_ui_runs_a_job_shows_live_output_and_kills_a_run_in_chromium() {
@@ -15,7 +16,13 @@ fn the_web_ui_runs_a_job_shows_live_output_and_kills_a_run_in_chromium() {
         "playwright-core is missing: contrib/test.sh installs it (npm install --prefix tests/ui)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let settings = lab.daemon_settings(&dir.path().join("log"));
+    // The long job, killed, tells a webhook of its failure; the page lists the delivery.
+    let hook = WebhookSink::start([]);
+    let settings = format!(
+        "{}  notify_channels:\n    hook: {{webhook: '{}'}}\n",
+        lab.daemon_settings(&dir.path().join("log")),
+        hook.url
+    );
     write(dir.path(), "01-settings.yaml", &settings);
     let job = |name: &str, command: &str| {
         format!(
@@ -23,7 +30,8 @@ fn the_web_ui_runs_a_job_shows_live_output_and_kills_a_run_in_chromium() {
         )
     };
     let jobs = job("uiecho", "echo hello from the UI on $SP_MACHINE_ID")
-        + &job("uilong", "echo started; sleep 602");
+        + &job("uilong", "echo started; sleep 602")
+        + "  notify: {when: [failure], to: [hook]}\n";
     write(dir.path(), "jobs.yaml", &jobs);
     let mut d = Daemon::start(dir.path());
     d.wait_api();
@@ -53,6 +61,7 @@ fn the_web_ui_runs_a_job_shows_live_output_and_kills_a_run_in_chromium() {
         "jobs.png",
         "run-ok.png",
         "killed.png",
+        "job-notifications.png",
         "timeline.png",
         "jobs-phone.png",
     ] {

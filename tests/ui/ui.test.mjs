@@ -1,6 +1,6 @@
 // Drives the daemon's web UI in real headless Chromium: the jobs table, "run now" with live
-// output and the exit code, the job's slot strip, killing a long run (143), the timeline, and a
-// phone-sized layout.
+// output and the exit code, the job's slot strip, killing a long run (143) and its failure
+// notification delivered, the timeline, and a phone-sized layout.
 // Usage: node ui.test.mjs <api base URL> <screenshot dir>
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
@@ -90,6 +90,17 @@ try {
   const meaning = await page.textContent('#targets .badge[data-code="143"]');
   if (!meaning.includes("killed by user request")) await fail(page, `meaning: ${meaning}`);
   await page.screenshot({ path: `${shots}/killed.png`, fullPage: true });
+
+  step("the killed run's failure notification is listed on the job's page, delivered");
+  await page.goto(base + "/#/job/uilong");
+  await page.waitForSelector('#deliveries tr[data-delivery] .badge.ok', { timeout: 30000 });
+  const delivered = await page.textContent("#deliveries tbody");
+  if (!delivered.includes("failure") || !delivered.includes("hook") || !delivered.includes("delivered"))
+    await fail(page, `deliveries: ${delivered}`);
+  const policy = await page.textContent("#notify-policy");
+  if (!policy.includes("failure") || !policy.includes("hook") || !policy.includes("webhook"))
+    await fail(page, `notify policy: ${policy}`);
+  await page.screenshot({ path: `${shots}/job-notifications.png`, fullPage: true });
 
   step("the timeline shows the runs");
   await page.goto(base + "/#/timeline");

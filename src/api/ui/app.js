@@ -76,6 +76,14 @@ function slotCell(r) {
 }
 
 // The jobs table's mark for a job whose last due slot did not fire.
+function deliveryBadge(d) {
+  const cls = { delivered: "ok", failed: "bad", pending: "run", suppressed: "warn" }[d.state] || "";
+  const tries = d.attempts > 1 ? ` after ${d.attempts} attempts` : "";
+  const why = d.last_error && d.state !== "delivered" ? ` title="${esc(d.last_error)}"` : "";
+  const next = d.state === "pending" && d.next_attempt_at ? `, next try ${esc(when(d.next_attempt_at))}` : "";
+  return `<span class="badge ${cls}"${why}>${esc(d.state)}</span>${esc(tries)}${next}`;
+}
+
 function missedBadge(j) {
   if (j.last_due_fired !== false) return "";
   const why = j.last_slot_state === "fired"
@@ -193,7 +201,9 @@ async function jobPage(name) {
       <span class="slot skipped"></span> skipped <span class="slot missed"></span> missed
       <span class="slot fired ok manual"></span> manual run. Hover for details; a fired one opens its run.</p>
     <h2>Runs</h2><table id="runs"><thead><tr><th>Run</th><th>Trigger</th><th>Started</th><th>Took</th><th>Result</th></tr></thead><tbody></tbody></table>
-    <h2>Skipped slots</h2><div id="skips" class="muted"></div>`;
+    <h2>Skipped slots</h2><div id="skips" class="muted"></div>
+    <h2>Notifications</h2><div id="notify-policy"></div>
+    <table id="deliveries"><thead><tr><th>Sent</th><th>Event</th><th>Channel</th><th>Outcome</th></tr></thead><tbody></tbody></table>`;
   $("#run-now").addEventListener("click", async () => {
     try {
       const r = await api("POST", `/api/v1/jobs/${encodeURIComponent(name)}/run`);
@@ -206,11 +216,12 @@ async function jobPage(name) {
     catch (e) { say(e.message); }
   });
   every(2000, async still => {
-    let job, runs, slots;
+    let job, runs, slots, sent;
     try {
       job = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}`);
       runs = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/runs?limit=30`);
       slots = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/slots?limit=60`);
+      sent = await api("GET", `/api/v1/jobs/${encodeURIComponent(name)}/deliveries?limit=10`);
     } catch (e) { return say(e.message); }
     if (!still()) return;
     $("#job-facts").innerHTML = `<dl class="facts">
@@ -227,6 +238,15 @@ async function jobPage(name) {
       <td><a href="#/run/${encodeURIComponent(r.instance)}">${esc(r.instance)}</a></td><td>${esc(r.trigger)}</td>
       <td>${esc(when(r.started_at))}</td><td>${esc(duration(r.started_at, r.ended_at))}</td><td>${runBadge(r)}</td></tr>`).join("")
       || `<tr><td colspan="5" class="muted">No runs recorded yet.</td></tr>`;
+    $("#notify-policy").innerHTML = job.notify
+      ? `Notifies on ${job.notify.when.map(w => typeof w === "string" ? esc(w.replace("_", " "))
+          : Object.entries(w).map(([k, v]) => `${esc(k.replaceAll("_", " "))} ${esc(v)}`).join("")).join(", ")}:
+         ${job.notify.to.map(c => `<code>${esc(c.name)}</code> (${esc(c.kind || "not configured")})`).join(", ")}.`
+      : `<span class="muted">This job notifies nobody.</span>`;
+    $("#deliveries tbody").innerHTML = sent.deliveries.map(d => `<tr data-delivery="${esc(d.id)}">
+      <td>${esc(when(d.done_at || d.created_at))}</td><td>${esc(d.event.replace("_", " "))}</td><td>${esc(d.channel)}</td>
+      <td>${deliveryBadge(d)}</td></tr>`).join("")
+      || `<tr><td colspan="4" class="muted">No notifications sent yet.</td></tr>`;
     $("#skips").innerHTML = job.skipped.length
       ? job.skipped.map(s => `${esc(when(s.at))}: ${esc(s.reason)} (${esc(s.detail)})`).join("<br>") : "None.";
   });

@@ -5,6 +5,7 @@
 
 mod client;
 mod doctor;
+mod notify_test;
 mod salt_cmd;
 mod tap;
 
@@ -57,6 +58,18 @@ enum Command {
         /// Start after this instant (RFC 3339, e.g. 2025-03-30T00:00:00Z) instead of now.
         #[arg(long, value_name = "RFC3339")]
         from: Option<String>,
+    },
+    /// Send a test notification through each of a job's notification channels (from this
+    /// process; nothing is recorded) and print what each answered; exit 0 only when all
+    /// delivered.
+    NotifyTest {
+        #[arg(short = 'c', long = "configdir", value_name = "DIR", default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The job's name.
+        job: String,
+        /// Only this channel.
+        #[arg(long, value_name = "NAME")]
+        channel: Option<String>,
     },
     /// Check a deployment end to end: the config, the Salt master's config and key, a publish
     /// and its returns on the event bus, the machines port and the wrapper as the minions see
@@ -231,6 +244,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir } => check(&dir),
+        Command::NotifyTest { dir, job, channel } => {
+            notify_test::run(&dir, &job, channel.as_deref())
+        }
         Command::Doctor {
             dir,
             target,

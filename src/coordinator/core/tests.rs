@@ -674,6 +674,8 @@ fn batches_left_are_stored_and_go_on_after_a_restart() {
     // The daemon restarts while the first batch runs: the store has this.
     let in_flight = InFlight {
         claimed_by: None,
+        started: None,
+        scheduled: None,
         instance: "j_1".into(),
         job: "j".into(),
         token: "token".into(),
@@ -713,6 +715,8 @@ fn batches_left_are_stored_and_go_on_after_a_restart() {
 fn a_restart_between_batches_publishes_the_next_one() {
     let in_flight = InFlight {
         claimed_by: None,
+        started: None,
+        scheduled: None,
         instance: "j_1".into(),
         job: "j".into(),
         token: "token".into(),
@@ -781,6 +785,8 @@ fn a_launch_without_a_recorded_reply_is_sent_again_under_its_jid() {
     let in_flight =
         |jid: Option<&str>, launching: Option<&str>, batches: Vec<Vec<String>>| InFlight {
             claimed_by: None,
+            started: None,
+            scheduled: None,
             instance: "j_1".into(),
             job: "j".into(),
             token: "token".into(),
@@ -819,6 +825,8 @@ fn a_launch_without_a_recorded_reply_is_sent_again_under_its_jid() {
         &job_yaml("j", "a,b", "  batch_size: 1\n"),
         InFlight {
             claimed_by: None,
+            started: None,
+            scheduled: None,
             done: vec![("a".into(), 0)],
             ..in_flight(Some("J1"), Some("J2"), vec![vec!["b".to_string()]])
         },
