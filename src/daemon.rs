@@ -166,10 +166,25 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     );
     // Notifications: each job's policy, the streaks a restart resumes, and the outbox's
     // sender (it picks up what was pending before the restart).
-    coordinator.set_notify(&config.jobs, settings.notify_max_per_hour);
+    coordinator.set_policies(&config.jobs, settings.notify_max_per_hour);
     match history.streaks().await {
         Ok(streaks) => coordinator.resume_streaks(streaks),
         Err(e) => warn!(error = %e, "cannot read the notification streaks; they start afresh"),
+    }
+    // Attempts of failed targets planned before a restart go ahead at their time.
+    match history.pending_retries().await {
+        Ok(pending) => {
+            coordinator.resume_retries(pending.into_iter().map(|p| crate::scheduler::retry::Plan {
+                job: p.job,
+                first: p.first,
+                previous: p.previous,
+                attempt: p.attempt,
+                slot: p.slot,
+                machines: p.machines,
+                due: p.due,
+            }))
+        }
+        Err(e) => warn!(error = %e, "cannot read the planned retries; they are not carried out"),
     }
     let (channels, channels_rx) = watch::channel(settings.notify_channels.clone());
     crate::notify::outbox::spawn(history.clone(), channels_rx, metrics.clone());
@@ -219,7 +234,13 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
             _ = int.recv() => break,
             () = daemon.history.writable() => {}
         }
-        let deadline = daemon.planner.next_deadline();
+        let deadline = [
+            daemon.planner.next_deadline(),
+            daemon.coordinator.next_retry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let run_deadline = daemon.coordinator.next_deadline();
         tokio::select! {
             // In this order: what has arrived is handled before any deadline is judged, so a
@@ -262,6 +283,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
                     Err(e) => error!(error = %e, "wall-clock timer failed"),
                 }
                 daemon.due(now).await;
+                daemon.retry(now);
             }
             _ = sleep_until_opt(run_deadline) => daemon.coordinator.handle_timeout(),
         }
@@ -473,6 +495,38 @@ impl Daemon {
         }
     }
 
+    /// Starts the attempts of failed targets due by `now` (`retries`): a run of the same
+    /// slot for those targets only, named after the slot's first run.
+    fn retry(&mut self, now: jiff::Timestamp) {
+        for plan in self.coordinator.due_retries(now) {
+            let instance = plan.instance();
+            let Some(job) = self.config.jobs.get(&plan.job).cloned() else {
+                warn!(job = %plan.job, %instance, "{} is no longer configured; its planned attempt {instance} is dropped", plan.job);
+                self.coordinator.retry_dropped(&plan);
+                continue;
+            };
+            if self.maintenance().global {
+                info!(job = %job.name, %instance, "Maintenance mode active: attempt {instance} not started");
+                self.coordinator.retry_dropped(&plan);
+                continue;
+            }
+            let attempt = Arc::new(Job {
+                targets: config::Targets::List(plan.machines.clone()),
+                target_type: config::TargetType::List,
+                number_of_targets: 0,
+                batch_size: 0,
+                ..(*job).clone()
+            });
+            match self.start(&attempt, &instance, Trigger::Retry, plan.slot, 0) {
+                Ok(()) => self.coordinator.attempt_started(&plan),
+                Err(e) => {
+                    error!(job = %job.name, error = %e, "attempt {instance} not started");
+                    self.coordinator.retry_dropped(&plan);
+                }
+            }
+        }
+    }
+
     fn start(
         &mut self,
         job: &Arc<Job>,
@@ -647,7 +701,7 @@ impl Daemon {
                 debug!(?changes, "reload details");
                 let was = self.config.settings.debug;
                 self.coordinator
-                    .set_notify(&new.jobs, new.settings.notify_max_per_hour);
+                    .set_policies(&new.jobs, new.settings.notify_max_per_hour);
                 self.channels
                     .send_replace(new.settings.notify_channels.clone());
                 self.config = new;

@@ -12,6 +12,8 @@ pub enum Trigger {
     Manual,
     /// Slots missed while the daemon stalled or the clock jumped, fired once.
     CatchUp,
+    /// Another attempt of a slot for the targets that failed the one before (`retries`).
+    Retry,
 }
 
 impl Trigger {
@@ -20,6 +22,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
             Trigger::CatchUp => "catch-up",
+            Trigger::Retry => "retry",
         }
     }
 }
@@ -206,6 +209,26 @@ pub enum RunEvent {
         succeeded: usize,
         total: usize,
         at: Timestamp,
+    },
+    /// The run's failed targets will be tried again (`retries`): attempt `attempt` of the
+    /// slot, due at `due`, recorded before the run's end.
+    RetryPlanned {
+        instance: String,
+        first: String,
+        attempt: u32,
+        machines: Vec<String>,
+        due: Timestamp,
+    },
+    /// The attempt planned for this run's failed targets will not run (its job is gone,
+    /// global maintenance).
+    RetryDropped { instance: String },
+    /// This run is attempt `attempt` of the slot `first` started, trying again what failed
+    /// in `previous` (recorded right after its start).
+    Attempt {
+        instance: String,
+        first: String,
+        previous: String,
+        attempt: u32,
     },
     /// Notifications decided for a job, for the outbox, stored in the transaction of the
     /// event that caused them (recorded right after it, in one message).

@@ -212,6 +212,10 @@ pub struct Job {
     /// Whom to tell of what: the job's own `notify`, else `saltpeter_config.notify`; `None`:
     /// nobody. Names only channels `Settings::notify_channels` defines.
     pub notify: Option<NotifyPolicy>,
+    /// Attempts after the first for the targets that failed (`retries`, 0: none).
+    pub retries: u32,
+    /// Seconds before the first retry (`retry_delay`); each later one waits twice as long.
+    pub retry_delay_secs: u64,
 }
 
 impl Job {
@@ -771,6 +775,8 @@ fn resolve(
             max: def.misfire_max.unwrap_or(settings.default_misfire.max),
         },
         success_threshold: def.success_threshold,
+        retries: def.retries,
+        retry_delay_secs: def.retry_delay,
         lockfile: def.lockfile.clone(),
         notify,
     }

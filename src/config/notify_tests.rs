@@ -433,3 +433,43 @@ fn debug_output_shows_no_secret() {
     );
     assert!(debug.contains("password: Some(\"(redacted)\")"), "{debug}");
 }
+
+#[test]
+fn retries_default_to_none_and_are_bounded() {
+    // A file with an error is not loaded: the bad job has one of its own.
+    let loaded = Loader::new("h").load(&[
+        file(
+            "a.yaml",
+            &[
+                job("plain", ""),
+                job("again", "  retries: 3\n  retry_delay: 5\n"),
+                job("late", "  retry_delay: 5\n"),
+            ]
+            .concat(),
+        ),
+        file("b.yaml", &job("many", "  retries: 11\n")),
+    ]);
+    let jobs = &loaded.config.jobs;
+    assert_eq!(
+        (jobs["plain"].retries, jobs["plain"].retry_delay_secs),
+        (0, 60)
+    );
+    assert_eq!(
+        (jobs["again"].retries, jobs["again"].retry_delay_secs),
+        (3, 5)
+    );
+    let found = rendered(&loaded);
+    assert!(
+        found
+            .iter()
+            .any(|d| d.contains("warning")
+                && d.contains("`retry_delay` has no effect unless `retries`")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|d| d.contains("error") && d.contains("retries")),
+        "{found:#?}"
+    );
+}

@@ -20,6 +20,10 @@ pub const OVERLAP_MAGIC: &str = "i know what i am doing!";
 const MISFIRE_WINDOW_MAX: u64 = 31_536_000;
 /// The largest `misfire_max`.
 const MISFIRE_MAX_MAX: u64 = 1000;
+/// The most `retries` a job may have.
+const RETRIES_MAX: u64 = 10;
+/// The longest `retry_delay`: a day, in seconds.
+const RETRY_DELAY_MAX: u64 = 86_400;
 /// The largest `{consecutive_failures: N}`.
 const CONSECUTIVE_FAILURES_MAX: u64 = 1000;
 /// The largest `{running_longer_than: SECONDS}`: a year.
@@ -60,6 +64,10 @@ pub struct JobDef {
     pub misfire_max: Option<u32>,
     /// Fraction (0..=1) of targets that must succeed; `None`: all of them.
     pub success_threshold: Option<f64>,
+    /// Attempts after the first for targets that failed (0: none).
+    pub retries: u32,
+    /// Seconds before the first retry; doubled for each later one.
+    pub retry_delay: u64,
     pub lockfile: Option<String>,
     /// `None` (absent): `saltpeter_config.notify` applies. `Some`: replaces it, and turns
     /// notifications off when it names no condition or no channel (`notify: {}`).
@@ -228,6 +236,8 @@ const JOB_KEYS: &[&str] = &[
     "misfire_window",
     "misfire_max",
     "success_threshold",
+    "retries",
+    "retry_delay",
     "lockfile",
     "timezone",
     "dom_dow",
@@ -1499,6 +1509,21 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
             "`misfire_max` has no effect unless `misfire: all`",
         );
     }
+    let retries = get("retries")
+        .and_then(|v| ranged(v, "retries", 0, RETRIES_MAX, sink))
+        .unwrap_or(0) as u32;
+    let retry_delay = get("retry_delay")
+        .and_then(|v| ranged(v, "retry_delay", 1, RETRY_DELAY_MAX, sink))
+        .unwrap_or(60);
+    if let Some(v) = get("retry_delay")
+        && retries == 0
+    {
+        sink.warning(
+            v.pos,
+            Code::NoEffect,
+            "`retry_delay` has no effect unless `retries` is at least 1",
+        );
+    }
     let success_threshold = match get("success_threshold") {
         None => None,
         Some(v) => match v
@@ -1554,6 +1579,8 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         misfire_window,
         misfire_max: misfire_max.map(|(n, _)| n),
         success_threshold,
+        retries,
+        retry_delay,
         lockfile,
         notify,
     })

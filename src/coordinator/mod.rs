@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::info;
 
 pub use self::core::Firing;
 use self::core::{Core, Effect, Now, Purpose, Shuffle};
@@ -29,6 +30,7 @@ use crate::notify::tracker::{Decided, Streak, Tracker};
 use crate::salt::bus::BusMessage;
 use crate::salt::publisher::{Publisher, Reply, Request};
 use crate::salt::{SaltSettings, jobcache};
+use crate::scheduler::retry::{Plan, Retries};
 
 /// What a publish's reply is matched by: the run and why it was published.
 pub type SaltTag = (String, Purpose);
@@ -41,6 +43,7 @@ struct Journal {
     history: History,
     metrics: Metrics,
     notify: Tracker,
+    retries: Retries,
     origin: Instant,
 }
 
@@ -48,14 +51,32 @@ impl Journal {
     fn record(&mut self, event: RunEvent) {
         self.metrics.observe(&event);
         let wall = crate::clock::now();
-        match self.notify.observe(&event, self.origin.elapsed(), wall) {
-            Some(decided) => {
-                let decided = self.count(decided);
-                self.history
-                    .record_together(vec![event, decided.into_event(wall)]);
-            }
-            None => self.history.record(event),
+        // A run whose failed targets are tried again ends without deciding notifications:
+        // the slot's last attempt does.
+        let plan = self.retries.observe(&event, wall);
+        if let Some(plan) = &plan {
+            info!(instance = %plan.previous, attempt = plan.attempt, targets = plan.machines.len(), due = %plan.due, "{} target(s) of {} failed; attempt {} of the slot at {}", plan.machines.len(), plan.previous, plan.attempt, plan.due);
+            self.notify.will_retry(&plan.previous);
         }
+        let decided = self.notify.observe(&event, self.origin.elapsed(), wall);
+        if plan.is_none() && decided.is_none() {
+            return self.history.record(event);
+        }
+        let mut events = Vec::with_capacity(3);
+        if let Some(plan) = plan {
+            events.push(RunEvent::RetryPlanned {
+                instance: plan.previous,
+                first: plan.first,
+                attempt: plan.attempt,
+                machines: plan.machines,
+                due: plan.due,
+            });
+        }
+        events.push(event);
+        if let Some(decided) = decided {
+            events.push(self.count(decided).into_event(wall));
+        }
+        self.history.record_together(events);
     }
 
     fn count(&self, decided: Decided) -> Decided {
@@ -129,6 +150,7 @@ impl Coordinator {
                 history,
                 metrics,
                 notify: Tracker::new(&crate::hostname()),
+                retries: Retries::default(),
                 origin: Instant::now(),
             },
             after_commit,
@@ -159,12 +181,54 @@ impl Coordinator {
         self.journal.record(event);
     }
 
-    /// Each job's notification policy and the hourly limit (on every config load).
-    pub fn set_notify(&mut self, jobs: &BTreeMap<String, Arc<Job>>, max_per_hour: u32) {
+    /// Each job's notification policy, the hourly limit, and each job's retries (on every
+    /// config load).
+    pub fn set_policies(&mut self, jobs: &BTreeMap<String, Arc<Job>>, max_per_hour: u32) {
         let policies = jobs
             .values()
             .filter_map(|j| Some((j.name.clone(), Arc::new(j.notify.clone()?))));
         self.journal.notify.set_policies(policies, max_per_hour);
+        self.journal.retries.set_policies(
+            jobs.values()
+                .map(|j| (j.name.clone(), j.retries, j.retry_delay_secs)),
+        );
+    }
+
+    /// Attempts planned before a restart.
+    pub fn resume_retries(&mut self, plans: impl IntoIterator<Item = Plan>) {
+        self.journal.retries.resume(plans);
+    }
+
+    /// When the next planned attempt of a slot is due (wall clock).
+    pub fn next_retry(&self) -> Option<jiff::Timestamp> {
+        self.journal.retries.next_due()
+    }
+
+    /// The attempts due by `now`, for the daemon to start.
+    pub fn due_retries(&mut self, now: jiff::Timestamp) -> Vec<Plan> {
+        self.journal.retries.due(now)
+    }
+
+    /// A planned attempt that will not run (its job is gone, maintenance): the store forgets
+    /// the plan, so a restart does not start it either.
+    pub fn retry_dropped(&mut self, plan: &Plan) {
+        self.journal.record(RunEvent::RetryDropped {
+            instance: plan.previous.clone(),
+        });
+    }
+
+    /// The run of an attempt started (after [`Coordinator::fire`]): recorded as such.
+    pub fn attempt_started(&mut self, plan: &Plan) {
+        let instance = plan.instance();
+        self.journal
+            .retries
+            .attempt_started(&instance, &plan.first, plan.attempt);
+        self.journal.record(RunEvent::Attempt {
+            instance,
+            first: plan.first.clone(),
+            previous: plan.previous.clone(),
+            attempt: plan.attempt,
+        });
     }
 
     /// The failure streaks stored before a restart.

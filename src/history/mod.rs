@@ -94,6 +94,12 @@ pub struct RunRow {
     pub succeeded: Option<u64>,
     pub total: Option<u64>,
     pub running: bool,
+    /// This run's attempt of its slot (1: the first run; `retries` add more).
+    pub attempt: u32,
+    /// The slot's first run, for an attempt after the first.
+    pub first_instance: Option<String>,
+    /// An attempt planned for this run's failed targets, not started yet: when it is due.
+    pub retry_at: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -178,6 +184,19 @@ pub struct MaintenanceState {
     pub machines: Vec<String>,
 }
 
+/// An attempt planned for a run's failed targets and not started (a restart resumes it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRetry {
+    pub job: String,
+    /// The run whose failed targets are tried again.
+    pub previous: String,
+    pub first: String,
+    pub attempt: u32,
+    pub slot: Option<Timestamp>,
+    pub machines: Vec<String>,
+    pub due: Timestamp,
+}
+
 /// Deliveries due now, and when the next one not yet due is (unix ms).
 pub type DueDeliveries = (Vec<outbox::Due>, Option<i64>);
 
@@ -241,6 +260,7 @@ enum Query {
         reply: oneshot::Sender<Vec<TimelineItem>>,
     },
     Streaks(oneshot::Sender<HashMap<String, (u32, bool)>>),
+    PendingRetries(oneshot::Sender<Vec<PendingRetry>>),
     DueDeliveries {
         now_ms: i64,
         limit: usize,
@@ -380,6 +400,9 @@ impl Committed {
 
     fn note(&mut self, event: &RunEvent) {
         let (instance, machine) = match event {
+            RunEvent::RetryPlanned { instance, .. }
+            | RunEvent::RetryDropped { instance }
+            | RunEvent::Attempt { instance, .. } => (instance, None),
             RunEvent::Notified(n) => {
                 self.deliveries |= n.deliveries.iter().any(|d| !d.suppressed);
                 return;
@@ -846,6 +869,11 @@ impl History {
         }
     }
 
+    /// Attempts planned for failed targets and not started yet.
+    pub async fn pending_retries(&self) -> Result<Vec<PendingRetry>, HistoryError> {
+        self.ask(Query::PendingRetries).await
+    }
+
     /// Every job's stored failure streak: `(failures in a row, someone was told)`.
     pub async fn streaks(&self) -> Result<HashMap<String, (u32, bool)>, HistoryError> {
         self.ask(Query::Streaks).await
@@ -1236,6 +1264,48 @@ impl Store {
     fn apply(&mut self, event: &RunEvent) -> rusqlite::Result<()> {
         match event {
             RunEvent::Notified(n) => outbox::apply(&self.conn, n)?,
+            RunEvent::RetryPlanned {
+                instance,
+                attempt,
+                machines,
+                due,
+                ..
+            } => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE runs SET retry_attempt = ?2, retry_ms = ?3, retry_machines = ?4 WHERE instance = ?1",
+                    )?
+                    .execute(params![
+                        instance,
+                        attempt,
+                        ms(*due),
+                        serde_json::to_string(machines).unwrap_or_default()
+                    ])?;
+            }
+            RunEvent::RetryDropped { instance } => {
+                self.conn
+                    .prepare_cached("UPDATE runs SET retry_ms = NULL WHERE instance = ?1")?
+                    .execute(params![instance])?;
+            }
+            RunEvent::Attempt {
+                instance,
+                first,
+                previous,
+                attempt,
+            } => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE runs SET first_instance = ?2, attempt = ?3 WHERE instance = ?1",
+                    )?
+                    .execute(params![instance, first, attempt])?;
+                // The plan is carried out; the slot's ledger row follows its latest attempt.
+                self.conn
+                    .prepare_cached("UPDATE runs SET retry_ms = NULL WHERE instance = ?1")?
+                    .execute(params![previous])?;
+                self.conn
+                    .prepare_cached("UPDATE slots SET instance = ?1 WHERE instance = ?2")?
+                    .execute(params![instance, previous])?;
+            }
             RunEvent::NotLaunched { instance, why, .. } => {
                 ledger::not_launched(&self.conn, instance, why)?;
             }
@@ -1734,6 +1804,33 @@ impl Store {
             }
             // Answered after the commit, with its outcome (see `serve`).
             Query::Flush(tx) => reply(tx, Ok(())),
+            Query::PendingRetries(tx) => {
+                let rows = (|| {
+                    let mut st = self.conn.prepare(
+                        "SELECT job, instance, COALESCE(first_instance, instance), retry_attempt, scheduled_ms,
+                                retry_machines, retry_ms
+                         FROM runs WHERE retry_ms IS NOT NULL ORDER BY retry_ms",
+                    )?;
+                    st.query_map([], |r| {
+                        let machines: Option<String> = r.get(5)?;
+                        Ok(PendingRetry {
+                            job: r.get(0)?,
+                            previous: r.get(1)?,
+                            first: r.get(2)?,
+                            attempt: r.get(3)?,
+                            slot: r
+                                .get::<_, Option<i64>>(4)?
+                                .and_then(|m| Timestamp::from_millisecond(m).ok()),
+                            machines: machines
+                                .and_then(|m| serde_json::from_str(&m).ok())
+                                .unwrap_or_default(),
+                            due: Timestamp::from_millisecond(r.get(6)?).unwrap_or_default(),
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })();
+                reply(tx, rows.inspect_err(log).unwrap_or_default())
+            }
             Query::Streaks(tx) => reply(
                 tx,
                 outbox::streaks(&self.conn)
@@ -1882,6 +1979,9 @@ impl Store {
                 succeeded: r.get::<_, Option<i64>>("succeeded")?.map(|v| v as u64),
                 total: r.get::<_, Option<i64>>("total")?.map(|v| v as u64),
                 running: ended.is_none(),
+                attempt: r.get("attempt")?,
+                first_instance: r.get("first_instance")?,
+                retry_at: iso(r.get("retry_ms")?),
             })
         })?
         .collect()

@@ -141,6 +141,14 @@ pub const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX deliveries_due ON deliveries(next_ms) WHERE state = 'pending';
      CREATE INDEX deliveries_by_job ON deliveries(job, id);",
+    // 7: retries. Each run's attempt of its slot (the first run names them all), and an
+    // attempt planned for a run's failed targets, until the attempt starts.
+    "ALTER TABLE runs ADD COLUMN first_instance TEXT;
+     ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE runs ADD COLUMN retry_attempt INTEGER;
+     ALTER TABLE runs ADD COLUMN retry_ms INTEGER;
+     ALTER TABLE runs ADD COLUMN retry_machines TEXT;
+     CREATE INDEX runs_retry_due ON runs(retry_ms) WHERE retry_ms IS NOT NULL;",
 ];
 
 #[derive(Debug, thiserror::Error)]

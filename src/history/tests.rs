@@ -976,3 +976,63 @@ async fn a_missed_gaps_notifications_are_stored_with_its_row_only_when_the_claim
     assert!(lost[0].is_err());
     assert_eq!(h.deliveries(Some("j"), None, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_planned_attempt_is_found_again_until_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = open(&dir, Retention::default());
+    h.record(started("j_1", "j", 0));
+    h.record(RunEvent::RetryPlanned {
+        instance: "j_1".into(),
+        first: "j_1".into(),
+        attempt: 2,
+        machines: vec!["b".into()],
+        due: t(60),
+    });
+    h.record(RunEvent::RunEnded {
+        instance: "j_1".into(),
+        success: false,
+        succeeded: 1,
+        total: 2,
+        at: t(1),
+    });
+    h.claim(vec![fired("j", Some(t(0)), "j_1")], "a:1")
+        .await
+        .unwrap();
+    let pending = h.pending_retries().await.unwrap();
+    assert_eq!(
+        pending,
+        [PendingRetry {
+            job: "j".into(),
+            previous: "j_1".into(),
+            first: "j_1".into(),
+            attempt: 2,
+            slot: Some(t(0)),
+            machines: vec!["b".into()],
+            due: t(60),
+        }]
+    );
+    assert_eq!(
+        h.run("j_1").await.unwrap().unwrap().run.retry_at,
+        Some(t(60).to_string())
+    );
+    // The attempt starts: the plan is done, and the slot's row follows the new run.
+    h.record(started("j_1_retry2", "j", 60));
+    h.record(RunEvent::Attempt {
+        instance: "j_1_retry2".into(),
+        first: "j_1".into(),
+        previous: "j_1".into(),
+        attempt: 2,
+    });
+    assert!(h.pending_retries().await.unwrap().is_empty());
+    let run = h.run("j_1_retry2").await.unwrap().unwrap().run;
+    assert_eq!(
+        (run.attempt, run.first_instance.as_deref()),
+        (2, Some("j_1"))
+    );
+    let rows = h
+        .slots("j", ledger::SlotFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].instance.as_deref(), Some("j_1_retry2"));
+}

@@ -217,6 +217,7 @@ mod tests {
             at: "2025-06-10T06:13:21.5Z".into(),
             summary: "failed on 1 of 2 targets".into(),
             consecutive_failures: 1,
+            attempts: 1,
             succeeded: 1,
             total: 2,
             targets: vec![TargetResult {

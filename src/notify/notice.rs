@@ -73,6 +73,9 @@ pub struct Notice {
     pub summary: String,
     /// Failed runs in a row, this one included (0 after a success).
     pub consecutive_failures: u32,
+    /// Attempts the slot took (`retries`; 1 without; 0 when nothing ran).
+    #[serde(default)]
+    pub attempts: u32,
     pub succeeded: usize,
     pub total: usize,
     /// Failed targets first, then the others; at most [`MAX_TARGETS`].
@@ -131,6 +134,9 @@ impl Notice {
                 "Targets:  {} of {} succeeded",
                 self.succeeded, self.total
             );
+        }
+        if self.attempts > 1 {
+            let _ = writeln!(s, "Attempts: {}", self.attempts);
         }
         if self.consecutive_failures > 1 {
             let _ = writeln!(s, "Failures in a row: {}", self.consecutive_failures);

@@ -95,6 +95,20 @@ struct Watch {
     ok_count: usize,
     /// Why the launch failed (126/127, Salt refused, nothing reached the master).
     launch_failure: Option<String>,
+    /// Another attempt of the slot follows this run: its end decides nothing.
+    retrying: bool,
+    /// The slot's first run, for an attempt after the first.
+    first: Option<String>,
+    /// This run's attempt of its slot.
+    attempt: u32,
+    /// Targets that succeeded in the slot's earlier attempts (`ok` holds them first).
+    earlier_ok: usize,
+}
+
+/// What the attempts of a slot so far leave to its next: the targets that succeeded.
+struct Chain {
+    ok: Vec<TargetResult>,
+    ok_count: usize,
 }
 
 pub struct Tracker {
@@ -108,6 +122,8 @@ pub struct Tracker {
     sent: HashMap<String, VecDeque<Timestamp>>,
     /// `running_longer_than` deadlines: (monotonic deadline, instance).
     long: BTreeSet<(Duration, String)>,
+    /// Slots whose next attempt is planned, by their first run.
+    chains: HashMap<String, Chain>,
 }
 
 impl Tracker {
@@ -121,6 +137,7 @@ impl Tracker {
             streaks: HashMap::new(),
             sent: HashMap::new(),
             long: BTreeSet::new(),
+            chains: HashMap::new(),
         }
     }
 
@@ -162,6 +179,10 @@ impl Tracker {
             failed_count: 0,
             ok_count: 0,
             launch_failure: None,
+            retrying: false,
+            first: None,
+            attempt: 1,
+            earlier_ok: 0,
         };
         for (machine, code) in run.done {
             let result = TargetResult {
@@ -206,6 +227,14 @@ impl Tracker {
         self.long.insert((mono + left, instance.to_string()));
     }
 
+    /// Another attempt follows this run (`retries`): its end decides nothing; the slot's last
+    /// attempt does, with the targets that succeeded before it.
+    pub fn will_retry(&mut self, instance: &str) {
+        if let Some(w) = self.runs.get_mut(instance) {
+            w.retrying = true;
+        }
+    }
+
     /// Follows one journal event; a run's end may decide notices.
     pub fn observe(
         &mut self,
@@ -234,6 +263,10 @@ impl Tracker {
                         failed_count: 0,
                         ok_count: 0,
                         launch_failure: None,
+                        retrying: false,
+                        first: None,
+                        attempt: 1,
+                        earlier_ok: 0,
                     },
                 );
                 self.arm_long(instance, job, *at, mono, wall);
@@ -276,6 +309,24 @@ impl Tracker {
                 }
                 None
             }
+            RunEvent::Attempt {
+                instance,
+                first,
+                attempt,
+                ..
+            } => {
+                let watch = self.runs.get_mut(instance)?;
+                watch.first = Some(first.clone());
+                watch.attempt = *attempt;
+                if let Some(chain) = self.chains.remove(first) {
+                    let mut ok = chain.ok;
+                    ok.append(&mut watch.ok);
+                    ok.truncate(MAX_TARGETS);
+                    watch.ok = ok;
+                    watch.earlier_ok = chain.ok_count;
+                }
+                None
+            }
             RunEvent::NotLaunched { instance, why, .. } => {
                 if let Some(watch) = self.runs.get_mut(instance) {
                     watch.launch_failure = Some(format!("nothing reached the Salt master: {why}"));
@@ -290,7 +341,20 @@ impl Tracker {
                 at,
             } => {
                 let watch = self.runs.remove(instance)?;
-                self.ended(instance, watch, *success, *succeeded, *total, *at, wall)
+                if watch.retrying {
+                    let first = watch.first.clone().unwrap_or_else(|| instance.clone());
+                    self.chains.insert(
+                        first,
+                        Chain {
+                            ok_count: watch.earlier_ok + watch.ok_count,
+                            ok: watch.ok,
+                        },
+                    );
+                    return None;
+                }
+                // The slot's result counts the targets its earlier attempts settled.
+                let (succeeded, total) = (succeeded + watch.earlier_ok, total + watch.earlier_ok);
+                self.ended(instance, watch, *success, succeeded, total, *at, wall)
             }
             _ => None,
         }
@@ -347,9 +411,10 @@ impl Tracker {
                     _ if total == 0 => "failed: no target ran".to_string(),
                     _ => format!("failed on {} of {total} targets", total - succeeded),
                 };
+                let ok_count = watch.ok_count + watch.earlier_ok;
                 let omitted = (watch.failed_count - watch.failed.len())
-                    + (watch.ok_count - watch.ok.len())
-                    + total.saturating_sub(watch.failed_count + watch.ok_count);
+                    + ok_count.saturating_sub(watch.ok.len())
+                    + total.saturating_sub(watch.failed_count + ok_count);
                 let mut targets = std::mem::take(&mut watch.failed);
                 targets.append(&mut watch.ok);
                 targets.truncate(MAX_TARGETS);
@@ -368,6 +433,7 @@ impl Tracker {
                     at: wall.to_string(),
                     summary,
                     consecutive_failures: streak.failures,
+                    attempts: watch.attempt,
                     succeeded,
                     total,
                     targets,
@@ -415,6 +481,7 @@ impl Tracker {
             at: wall.to_string(),
             summary,
             consecutive_failures: self.streak(&claim.job).failures,
+            attempts: 0,
             succeeded: 0,
             total: 0,
             targets: Vec::new(),
@@ -468,6 +535,7 @@ impl Tracker {
                 at: wall.to_string(),
                 summary: format!("still running after {} s", running.as_secs()),
                 consecutive_failures: self.streak(&watch.job).failures,
+                attempts: watch.attempt,
                 succeeded: watch.ok_count,
                 total: watch.ok_count + watch.failed_count,
                 targets: watch

@@ -343,3 +343,89 @@ fn a_huge_run_lists_at_most_max_targets() {
     assert_eq!(notice.targets_omitted, 150);
     assert_eq!(notice.total, 250);
 }
+
+#[test]
+fn a_retried_slot_is_told_once_after_its_last_attempt_with_every_target() {
+    let mut tr = tracker(vec![When::Failure, When::Recovery]);
+    let at = t(0);
+    let start = |tr: &mut Tracker, instance: &str| {
+        tr.observe(
+            &RunEvent::Started {
+                instance: instance.into(),
+                job: "backup".into(),
+                trigger: Trigger::Schedule,
+                scheduled: Some(at),
+                at,
+                token: "x".into(),
+            },
+            Duration::ZERO,
+            at,
+        );
+    };
+    let end = |tr: &mut Tracker, instance: &str, codes: &[(&str, i64)]| {
+        for (m, c) in codes {
+            tr.observe(
+                &RunEvent::TargetEnded {
+                    instance: instance.into(),
+                    machine: m.to_string(),
+                    code: *c,
+                    note: None,
+                    at,
+                },
+                Duration::ZERO,
+                at,
+            );
+        }
+        let ok = codes.iter().filter(|c| c.1 == 0).count();
+        tr.observe(
+            &RunEvent::RunEnded {
+                instance: instance.into(),
+                success: ok == codes.len(),
+                succeeded: ok,
+                total: codes.len(),
+                at,
+            },
+            Duration::ZERO,
+            at,
+        )
+    };
+    start(&mut tr, "backup_1");
+    tr.will_retry("backup_1");
+    assert!(
+        end(&mut tr, "backup_1", &[("a", 0), ("b", 1)]).is_none(),
+        "not the last attempt"
+    );
+    assert_eq!(
+        tr.streak("backup"),
+        Streak::default(),
+        "the streak waits too"
+    );
+    start(&mut tr, "backup_1_retry2");
+    tr.observe(
+        &RunEvent::Attempt {
+            instance: "backup_1_retry2".into(),
+            first: "backup_1".into(),
+            previous: "backup_1".into(),
+            attempt: 2,
+        },
+        Duration::ZERO,
+        at,
+    );
+    let d = end(&mut tr, "backup_1_retry2", &[("b", 3)]).unwrap();
+    let notice = &d.deliveries[0].notice;
+    assert_eq!(notice.event, Event::Failure);
+    assert_eq!(notice.attempts, 2);
+    assert_eq!(
+        (notice.succeeded, notice.total),
+        (1, 2),
+        "a from the first attempt, b from the last"
+    );
+    assert_eq!(notice.summary, "failed on 1 of 2 targets");
+    let machines: Vec<_> = notice
+        .targets
+        .iter()
+        .map(|t| (t.machine.as_str(), t.code))
+        .collect();
+    assert_eq!(machines, [("b", Some(3)), ("a", Some(0))]);
+    assert_eq!(notice.instance.as_deref(), Some("backup_1_retry2"));
+}

@@ -17,6 +17,7 @@
 //! Must not know: Salt, sockets, the wall clock, the database.
 
 mod misfire;
+pub mod retry;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};

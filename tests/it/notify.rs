@@ -294,3 +294,133 @@ fn a_webhook_down_then_slow_then_up_gets_the_delivery_once_and_the_run_never_wai
     );
     d.expect_line("notification delivered", Duration::from_secs(5));
 }
+
+/// A job started by hand only (its schedule is 1 January 2099).
+fn by_hand(name: &str, targets: &str, command: &str, extra: &str) -> String {
+    format!(
+        "{name}:\n  sec: 0\n  min: 0\n  hour: 0\n  dom: 1\n  mon: 1\n  dow: '*'\n  year: 2099\n  targets: {targets}\n  target_type: list\n  command: '{command}'\n  wrapper_path: {}\n{extra}",
+        env!("CARGO_BIN_EXE_sp-wrapper")
+    )
+}
+
+fn runs_of(d: &Daemon, job: &str) -> Vec<Value> {
+    let (_, page) = d.call("GET", &format!("/api/v1/jobs/{job}/runs"), None);
+    page["runs"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn failed_targets_are_tried_again_as_attempts_of_one_slot_told_after_the_last() {
+    let (lab, _guard) = lab();
+    let minions = lab.minions();
+    let (m0, m1) = (minions[0].clone(), minions[1].clone());
+    let sink = WebhookSink::start([]);
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "01-settings.yaml",
+        &format!(
+            "{}  notify_channels:\n    hook: {{webhook: '{}'}}\n  notify: {{when: [failure, recovery], to: [hook]}}\n",
+            lab.daemon_settings(&dir.path().join("log")),
+            sink.url
+        ),
+    );
+    let counter = work.path().join("once");
+    let retry = "  retries: 1\n  retry_delay: 2\n";
+    let jobs = [
+        // Fails its first time only.
+        by_hand(
+            "once",
+            &format!("[{m0}]"),
+            &format!(
+                "n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ $n -ge 1 ]",
+                c = counter.display()
+            ),
+            retry,
+        ),
+        // Fails on one target, every time.
+        by_hand(
+            "twice",
+            &format!("[{m0}, {m1}]"),
+            &format!("test \"$SP_MACHINE_ID\" != {m1}"),
+            retry,
+        ),
+    ];
+    write(dir.path(), "jobs.yaml", &jobs.concat());
+    let mut d = Daemon::start(dir.path());
+    d.wait_api();
+    for job in ["once", "twice"] {
+        let (status, body) = d.call("POST", &format!("/api/v1/jobs/{job}/run"), Some("{}"));
+        assert_eq!(status, 202, "{body}");
+    }
+    // Each job: two runs of one slot, the second trying again what failed in the first.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let done = |runs: &[Value]| runs.len() == 2 && runs.iter().all(|r| r["running"] == false);
+    let (once, twice) = loop {
+        let (once, twice) = (runs_of(&d, "once"), runs_of(&d, "twice"));
+        if done(&once) && done(&twice) {
+            break (once, twice);
+        }
+        assert!(Instant::now() < deadline, "{once:#?}\n{twice:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // Newest first.
+    let (first, second) = (&once[1], &once[0]);
+    assert_eq!(
+        (first["success"].clone(), first["attempt"].clone()),
+        (Value::Bool(false), 1.into())
+    );
+    assert_eq!(second["success"], true, "{second:#}");
+    assert_eq!(second["attempt"], 2);
+    assert_eq!(second["trigger"], "retry");
+    assert_eq!(second["first_instance"], first["instance"]);
+    assert_eq!(
+        second["instance"],
+        format!("{}_retry2", first["instance"].as_str().unwrap())
+    );
+    assert!(first["retry_at"].is_null(), "the plan is carried out");
+    // The slot's ledger row follows its last attempt: the slot ended 0.
+    let (_, slots) = d.call("GET", "/api/v1/jobs/once/slots", None);
+    assert_eq!(slots["slots"].as_array().unwrap().len(), 1, "{slots:#}");
+    assert_eq!(slots["slots"][0]["instance"], second["instance"]);
+    assert_eq!(slots["slots"][0]["success"], true);
+    // The retry tried only what failed.
+    let (_, detail) = d.call(
+        "GET",
+        &format!("/api/v1/runs/{}", twice[0]["instance"].as_str().unwrap()),
+        None,
+    );
+    let targets: Vec<&str> = detail["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["machine"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, [m1.as_str()]);
+    // One notification, for `twice`, after its last attempt; none for `once`, which was
+    // never told of a failure.
+    let seen = sink.wait("twice's failure", Duration::from_secs(30), |s| {
+        !s.is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let seen_all = sink.requests();
+    assert_eq!(
+        seen_all.len(),
+        1,
+        "{:#?}",
+        seen_all.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    let body = seen[0].json();
+    assert_eq!(body["job"], "twice");
+    assert_eq!(body["event"], "failure");
+    assert_eq!(body["attempts"], 2);
+    assert_eq!(body["instance"], twice[0]["instance"]);
+    assert_eq!(
+        (body["succeeded"].clone(), body["total"].clone()),
+        (1.into(), 2.into())
+    );
+    assert_eq!(body["targets"][0]["machine"], m1.as_str());
+    assert_eq!(body["targets"][0]["code"], 1);
+    assert_eq!(body["targets"][1]["machine"], m0.as_str());
+    assert_eq!(body["targets"][1]["code"], 0);
+}

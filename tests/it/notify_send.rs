@@ -195,6 +195,7 @@ fn notice() -> Notice {
         at: "2025-06-15T02:03:11Z".into(),
         summary: "failed on 2 of 3 targets".into(),
         consecutive_failures: 2,
+        attempts: 1,
         succeeded: 1,
         total: 3,
         targets: vec![

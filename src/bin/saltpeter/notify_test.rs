@@ -54,6 +54,7 @@ pub fn run(dir: &Path, name: &str, only: Option<&str>) -> anyhow::Result<ExitCod
         at: now.to_string(),
         summary: "a test notification (saltpeter notify-test)".into(),
         consecutive_failures: 0,
+        attempts: 0,
         succeeded: 0,
         total: 0,
         targets: Vec::new(),
