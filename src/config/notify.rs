@@ -143,7 +143,7 @@ impl SmtpAddr {
 const REDACTED: &str = "(redacted)";
 
 /// `scheme://host[:port]` of a URL, without the path and query that may hold a secret.
-fn url_origin(url: &str) -> &str {
+pub fn url_origin(url: &str) -> &str {
     let start = url.find("://").map_or(0, |i| i + 3);
     let end = url[start..]
         .find(['/', '?', '#'])

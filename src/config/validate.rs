@@ -882,6 +882,15 @@ const CHANNEL_KEYS: [&str; 10] = [
     "webhook", "smtp", "secret", "starttls", "user", "password", "from", "to", "timeout", "ca_file",
 ];
 
+/// A mapping's value for `key`, unless absent or null.
+fn field<'a>(entries: &'a [(Node, Node)], key: &str) -> Option<&'a Node> {
+    entries
+        .iter()
+        .find(|(k, _)| k.key_str() == Some(key))
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
 /// One channel of `notify_channels`; `at` is where its name is.
 fn channel(name: &str, at: Pos, node: &Node, sink: &mut Sink) -> Option<Channel> {
     let what = format!("notify_channels.{name}");
@@ -896,13 +905,7 @@ fn channel(name: &str, at: Pos, node: &Node, sink: &mut Sink) -> Option<Channel>
         );
         return None;
     };
-    let get = |k: &str| {
-        entries
-            .iter()
-            .find(|(key, _)| key.key_str() == Some(k))
-            .map(|(_, v)| v)
-            .filter(|v| !v.is_null())
-    };
+    let get = |k: &str| field(entries, k);
     let (webhook, smtp) = (get("webhook"), get("smtp"));
     let keys: &[&str] = match (webhook, smtp) {
         (Some(_), Some(v)) => {
@@ -1174,13 +1177,7 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         );
         return None;
     };
-    let get = |k: &str| {
-        entries
-            .iter()
-            .find(|(key, _)| key.key_str() == Some(k))
-            .map(|(_, v)| v)
-            .filter(|v| !v.is_null())
-    };
+    let get = |k: &str| field(entries, k);
 
     for (key, _) in entries {
         if !key.key_str().is_some_and(|k| JOB_KEYS.contains(&k)) {

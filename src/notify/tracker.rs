@@ -105,6 +105,26 @@ struct Watch {
     earlier_ok: usize,
 }
 
+impl Watch {
+    fn new(job: &str, trigger: &str, slot: Option<Timestamp>, started: Timestamp) -> Watch {
+        Watch {
+            job: job.to_string(),
+            trigger: trigger.to_string(),
+            slot,
+            started,
+            failed: Vec::new(),
+            ok: Vec::new(),
+            failed_count: 0,
+            ok_count: 0,
+            launch_failure: None,
+            retrying: false,
+            first: None,
+            attempt: 1,
+            earlier_ok: 0,
+        }
+    }
+}
+
 /// What the attempts of a slot so far leave to its next: the targets that succeeded.
 struct Chain {
     ok: Vec<TargetResult>,
@@ -164,26 +184,12 @@ impl Tracker {
     /// A run that was in flight before a restart, followed from now on (its targets that had
     /// ended are not in its notice; their count is).
     pub fn adopt(&mut self, run: Adopted<'_>, mono: Duration, wall: Timestamp) {
-        let mut watch = Watch {
-            job: run.job.to_string(),
-            trigger: if run.slot.is_some() {
-                "schedule"
-            } else {
-                "manual"
-            }
-            .into(),
-            slot: run.slot,
-            started: run.started,
-            failed: Vec::new(),
-            ok: Vec::new(),
-            failed_count: 0,
-            ok_count: 0,
-            launch_failure: None,
-            retrying: false,
-            first: None,
-            attempt: 1,
-            earlier_ok: 0,
+        let trigger = if run.slot.is_some() {
+            "schedule"
+        } else {
+            "manual"
         };
+        let mut watch = Watch::new(run.job, trigger, run.slot, run.started);
         for (machine, code) in run.done {
             let result = TargetResult {
                 machine: machine.clone(),
@@ -253,21 +259,7 @@ impl Tracker {
             } => {
                 self.runs.insert(
                     instance.clone(),
-                    Watch {
-                        job: job.clone(),
-                        trigger: trigger.as_str().to_string(),
-                        slot: *scheduled,
-                        started: *at,
-                        failed: Vec::new(),
-                        ok: Vec::new(),
-                        failed_count: 0,
-                        ok_count: 0,
-                        launch_failure: None,
-                        retrying: false,
-                        first: None,
-                        attempt: 1,
-                        earlier_ok: 0,
-                    },
+                    Watch::new(job, trigger.as_str(), *scheduled, *at),
                 );
                 self.arm_long(instance, job, *at, mono, wall);
                 None

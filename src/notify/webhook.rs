@@ -17,7 +17,7 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
 use super::send_error::{SendError, first_line, http_status_retryable, redact};
-use crate::config::notify::Webhook;
+use crate::config::notify::{Webhook, url_origin};
 
 /// Most of a failed answer's body read, for the error's text.
 const MAX_ERROR_BODY: u64 = 4096;
@@ -158,15 +158,6 @@ fn classify_error(
         }
         other => SendError::Protocol(safe(format!("{origin}: {other}"))),
     }
-}
-
-/// `scheme://host[:port]` of a URL, without the path and query that may hold a secret.
-fn url_origin(url: &str) -> &str {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| start + i);
-    &url[..end]
 }
 
 /// `host:port` of a URL (the scheme's port when none is written), for connection errors.

@@ -179,18 +179,21 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
-    fn run(r: &mut Retries, instance: &str, at: i64, codes: &[(&str, i64)]) -> Option<Plan> {
+    fn started(r: &mut Retries, instance: &str, trigger: Trigger, at: i64) {
         r.observe(
             &RunEvent::Started {
                 instance: instance.into(),
                 job: "backup".into(),
-                trigger: Trigger::Schedule,
+                trigger,
                 scheduled: Some(t(0)),
                 at: t(at),
                 token: "x".into(),
             },
             t(at),
         );
+    }
+
+    fn ended(r: &mut Retries, instance: &str, at: i64, codes: &[(&str, i64)]) -> Option<Plan> {
         for (machine, code) in codes {
             r.observe(
                 &RunEvent::TargetEnded {
@@ -215,6 +218,20 @@ mod tests {
         )
     }
 
+    /// A slot's first run, ending at `at` with these codes.
+    fn run(r: &mut Retries, instance: &str, at: i64, codes: &[(&str, i64)]) -> Option<Plan> {
+        started(r, instance, Trigger::Schedule, at);
+        ended(r, instance, at, codes)
+    }
+
+    /// The run of `plan`, ending at `at` with these codes.
+    fn attempt(r: &mut Retries, plan: &Plan, at: i64, codes: &[(&str, i64)]) -> Option<Plan> {
+        let instance = plan.instance();
+        started(r, &instance, Trigger::Retry, at);
+        r.attempt_started(&instance, &plan.first, plan.attempt);
+        ended(r, &instance, at, codes)
+    }
+
     #[test]
     fn failed_targets_only_are_tried_again_with_a_doubling_delay() {
         let mut r = Retries::default();
@@ -229,41 +246,7 @@ mod tests {
         assert_eq!(r.due(t(70)), std::slice::from_ref(&plan));
         assert!(r.due(t(1000)).is_empty(), "handed out once");
         // The second attempt fails on one: the third waits twice as long.
-        r.observe(
-            &RunEvent::Started {
-                instance: plan.instance(),
-                job: "backup".into(),
-                trigger: Trigger::Retry,
-                scheduled: plan.slot,
-                at: t(70),
-                token: "x".into(),
-            },
-            t(70),
-        );
-        r.attempt_started(&plan.instance(), &plan.first, plan.attempt);
-        let third = r.observe(
-            &RunEvent::TargetEnded {
-                instance: plan.instance(),
-                machine: "c".into(),
-                code: 1,
-                note: None,
-                at: t(80),
-            },
-            t(80),
-        );
-        assert!(third.is_none());
-        let third = r
-            .observe(
-                &RunEvent::RunEnded {
-                    instance: plan.instance(),
-                    success: false,
-                    succeeded: 1,
-                    total: 2,
-                    at: t(80),
-                },
-                t(80),
-            )
-            .unwrap();
+        let third = attempt(&mut r, &plan, 80, &[("b", 0), ("c", 1)]).unwrap();
         assert_eq!((third.attempt, third.due), (3, t(200)));
         assert_eq!(third.first, "backup_1");
         assert_eq!(third.previous, "backup_1_retry2");
@@ -281,38 +264,8 @@ mod tests {
         assert!(run(&mut r, "backup_2", 0, &[("a", 0)]).is_none());
         let plan = run(&mut r, "backup_3", 0, &[("a", 1)]).unwrap();
         r.due(plan.due);
-        r.observe(
-            &RunEvent::Started {
-                instance: plan.instance(),
-                job: "backup".into(),
-                trigger: Trigger::Retry,
-                scheduled: plan.slot,
-                at: t(5),
-                token: "x".into(),
-            },
-            t(5),
-        );
-        r.attempt_started(&plan.instance(), &plan.first, plan.attempt);
-        let again = r.observe(
-            &RunEvent::TargetEnded {
-                instance: plan.instance(),
-                machine: "a".into(),
-                code: 1,
-                note: None,
-                at: t(6),
-            },
-            t(6),
-        );
-        assert!(again.is_none());
-        let end = RunEvent::RunEnded {
-            instance: plan.instance(),
-            success: false,
-            succeeded: 0,
-            total: 1,
-            at: t(6),
-        };
         assert!(
-            r.observe(&end, t(6)).is_none(),
+            attempt(&mut r, &plan, 6, &[("a", 1)]).is_none(),
             "retries: 1 allows one more attempt only"
         );
     }

@@ -9,12 +9,18 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::engine_lab::poll_run;
-use crate::lab::lab;
+use crate::lab::{Lab, lab};
 use crate::smtp_sink::Sink;
 use crate::support::{Daemon, write};
 use crate::webhook_sink::{Reply, Request, WebhookSink};
 
 const SECRET: &str = "shared-hmac-secret";
+
+/// The daemon's settings on the lab, with `more` lines of `saltpeter_config`.
+fn settings(lab: &Lab, dir: &std::path::Path, more: &str) {
+    let text = lab.daemon_settings(&dir.join("log")) + more;
+    write(dir, "01-settings.yaml", &text);
+}
 
 /// A job on one minion whose command fails (exit 1) until it has run `fail` times, counting
 /// its runs in `counter`.
@@ -58,14 +64,12 @@ fn two_failures_and_a_recovery_are_told_once_each_across_a_restart() {
     let counter = work.path().join("runs");
     // A second job, the same, tells email only of its second failure in a row and the end.
     let mail = Sink::on(lab, &[]);
-    write(
+    settings(
+        lab,
         dir.path(),
-        "01-settings.yaml",
         &format!(
-            "{}  notify_channels:\n    hook: {{webhook: '{}', secret: '{SECRET}', timeout: 5}}\n    mail: {{smtp: 'smtp://127.0.0.1:{}', from: 'saltpeter@example.com', to: ['ops@example.com']}}\n",
-            lab.daemon_settings(&dir.path().join("log")),
-            sink.url,
-            mail.port
+            "  notify_channels:\n    hook: {{webhook: '{}', secret: '{SECRET}', timeout: 5}}\n    mail: {{smtp: 'smtp://127.0.0.1:{}', from: 'saltpeter@example.com', to: ['ops@example.com']}}\n",
+            sink.url, mail.port
         ),
     );
     let jobs = [
@@ -212,31 +216,16 @@ fn a_webhook_down_then_slow_then_up_gets_the_delivery_once_and_the_run_never_wai
     // Down (503), then slower than its 2 s timeout, then up.
     let sink = WebhookSink::start([Reply::Status(503), Reply::Hang(Duration::from_secs(4))]);
     let dir = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    write(
+    settings(
+        lab,
         dir.path(),
-        "01-settings.yaml",
         &format!(
-            "{}  notify_channels:\n    hook: {{webhook: '{}', timeout: 2}}\n  notify: {{when: [failure], to: [hook]}}\n",
-            lab.daemon_settings(&dir.path().join("log")),
+            "  notify_channels:\n    hook: {{webhook: '{}', timeout: 2}}\n  notify: {{when: [failure], to: [hook]}}\n",
             sink.url
         ),
     );
-    // Never due on its own (1 January 2099); started by hand. The default policy applies.
-    let job = flaky(
-        "failing",
-        &minion,
-        "0",
-        &work.path().join("runs"),
-        1000,
-        "null",
-    )
-    .replace("  notify: null\n", "")
-    .replace("mon: '*'", "mon: '1'")
-    .replace("dom: '*'", "dom: '1'")
-    .replace("hour: '*'", "hour: '0'")
-    .replace("min: '*'", "min: '0'")
-        + "  year: '2099'\n";
+    // Started by hand; it always fails. The default policy applies.
+    let job = by_hand("failing", &format!("[{minion}]"), "exit 1", "");
     write(dir.path(), "jobs.yaml", &job);
     let mut d = Daemon::start(dir.path());
     d.wait_api();
@@ -316,12 +305,11 @@ fn failed_targets_are_tried_again_as_attempts_of_one_slot_told_after_the_last() 
     let sink = WebhookSink::start([]);
     let dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    write(
+    settings(
+        lab,
         dir.path(),
-        "01-settings.yaml",
         &format!(
-            "{}  notify_channels:\n    hook: {{webhook: '{}'}}\n  notify: {{when: [failure, recovery], to: [hook]}}\n",
-            lab.daemon_settings(&dir.path().join("log")),
+            "  notify_channels:\n    hook: {{webhook: '{}'}}\n  notify: {{when: [failure, recovery], to: [hook]}}\n",
             sink.url
         ),
     );
