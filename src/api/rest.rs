@@ -312,23 +312,7 @@ impl SlotsQuery {
             ),
             None => None,
         };
-        let before = match &self.before {
-            Some(b) => Some(
-                b.parse::<i64>()
-                    .map_err(|_| bad_param("before", format!("{b:?} is not a row id")))?,
-            ),
-            None => None,
-        };
-        let limit = match &self.limit {
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| {
-                    bad_param("limit", format!("{l:?} is not a number from 1 to 1000"))
-                })?,
-            None => 100,
-        };
+        let (before, limit) = page_params(&self.before, &self.limit, "row", 1000, 100)?;
         let filter = SlotFilter {
             state: self.state,
             since_ms,
@@ -362,6 +346,33 @@ async fn slots(
     Ok(Json(json!({ "slots": rows, "next_before": next })))
 }
 
+/// `before` (an id of `what`) and `limit` (1 to `max`, else `default`) of a paged list, each
+/// refused by name when it is not a number in range.
+fn page_params(
+    before: &Option<String>,
+    limit: &Option<String>,
+    what: &str,
+    max: usize,
+    default: usize,
+) -> Result<(Option<i64>, usize), ApiError> {
+    let before = match before {
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| bad_param("before", format!("{b:?} is not a {what} id")))?,
+        ),
+        None => None,
+    };
+    let limit = match limit {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| bad_param("limit", format!("{l:?} is not a number from 1 to {max}")))?,
+        None => default,
+    };
+    Ok((before, limit))
+}
+
 /// Taken as text, so a bad value is refused with its name in a JSON error.
 #[derive(Deserialize)]
 struct DeliveryPage {
@@ -375,21 +386,7 @@ async fn deliveries(
     State(state): State<AppState>,
     Query(page): Query<DeliveryPage>,
 ) -> Result<Json<Value>, ApiError> {
-    let before = match &page.before {
-        Some(b) => Some(
-            b.parse::<i64>()
-                .map_err(|_| bad_param("before", format!("{b:?} is not a delivery id")))?,
-        ),
-        None => None,
-    };
-    let limit = match &page.limit {
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| bad_param("limit", format!("{l:?} is not a number from 1 to 500")))?,
-        None => 50,
-    };
+    let (before, limit) = page_params(&page.before, &page.limit, "delivery", 500, 50)?;
     let rows = state
         .history
         .deliveries(page.job.as_deref(), before, limit)
