@@ -364,3 +364,41 @@ fn an_email_to_a_closed_port_is_a_retryable_refusal() {
         format!("connection refused to 127.0.0.1:{port}")
     );
 }
+
+#[test]
+fn notify_test_sends_through_each_channel_of_the_job_and_says_what_happened() {
+    let hook = WebhookSink::start([]);
+    let closed = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write(
+        dir.path(),
+        "jobs.yaml",
+        &format!(
+            "saltpeter_config:\n  notify_channels:\n    up: {{webhook: '{}', secret: s}}\n    down: {{webhook: 'http://127.0.0.1:{closed}/x', timeout: 2}}\nbackup:\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: 'true'\n  notify: {{when: [failure], to: [up, down]}}\nquiet:\n  min: '*'\n  hour: '*'\n  dom: '*'\n  mon: '*'\n  dow: '*'\n  targets: '*'\n  command: 'true'\n",
+            hook.url
+        ),
+    );
+    let path = dir.path().to_str().unwrap();
+    let (code, out, err) = crate::support::run(&["notify-test", "-c", path, "backup"]);
+    assert_eq!(code, 1, "one channel is down: {out}{err}");
+    assert!(out.contains("up (webhook): delivered in"), "{out}");
+    assert!(
+        out.contains("down (webhook): failed: connection refused")
+            && out.contains("would try again"),
+        "{out}"
+    );
+    let got = hook.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["event"], "test");
+    assert_eq!(got[0].json()["job"], "backup");
+    assert!(got[0].header("x-saltpeter-signature").is_some());
+    // Only the channel asked for: all delivered, exit 0.
+    let (code, out, _) =
+        crate::support::run(&["notify-test", "-c", path, "backup", "--channel", "up"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("down"), "{out}");
+    // A job that notifies nobody says so.
+    let (code, _, err) = crate::support::run(&["notify-test", "-c", path, "quiet"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("quiet notifies nobody"), "{err}");
+}
