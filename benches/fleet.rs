@@ -3,7 +3,8 @@
 //! second, then all completing. Reports the daemon's CPU and memory, output-ack and
 //! complete-ack latencies, and checks through the API that the run ended with every target 0.
 //! Run with `cargo bench --bench fleet` (FLEET_SIZES=1000,5000 and FLEET_SECS=20 size it;
-//! FLEET_STREAMING=0 or 1 runs one case only).
+//! FLEET_STREAMING=0 or 1 runs one case only; FLEET_LOG sets the daemon's log filter, `info`
+//! by default).
 
 #[allow(dead_code)] // each benchmark uses part of it
 #[path = "common/mod.rs"]

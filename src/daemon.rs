@@ -358,26 +358,23 @@ impl Daemon {
         let global = self.maintenance().global;
         for decision in &decisions {
             let job = decision.job();
-            let (slot, last, count, fate, trigger, instance, detail) = match decision {
-                Decision::Missed(m) => (
-                    m.first,
-                    (m.last != m.first).then_some(m.last),
-                    m.count,
-                    SlotFate::Missed(m.reason),
-                    Trigger::Schedule,
-                    None,
-                    if m.exact {
+            let claim = match decision {
+                Decision::Missed(m) => Claim {
+                    job: job.name.clone(),
+                    slot: Some(m.first),
+                    last: (m.last != m.first).then_some(m.last),
+                    count: m.count,
+                    fate: SlotFate::Missed(m.reason),
+                    trigger: Trigger::Schedule,
+                    instance: None,
+                    detail: if m.exact {
                         m.detail.clone()
                     } else {
                         format!("{} (counting stopped at {})", m.detail, m.count)
                     },
-                ),
+                    at: now,
+                },
                 Decision::Fire(f) => {
-                    let trigger = if f.catch_up {
-                        Trigger::CatchUp
-                    } else {
-                        Trigger::Schedule
-                    };
                     let running = firing
                         .get(&job.name)
                         .cloned()
@@ -398,20 +395,24 @@ impl Daemon {
                         firing.insert(job.name.clone(), instance.clone());
                         (SlotFate::Fired, Some(instance), String::new())
                     };
-                    (f.slot, None, 1, fate, trigger, instance, detail)
+                    Claim {
+                        job: job.name.clone(),
+                        slot: Some(f.slot),
+                        last: None,
+                        count: 1,
+                        fate,
+                        trigger: if f.catch_up {
+                            Trigger::CatchUp
+                        } else {
+                            Trigger::Schedule
+                        },
+                        instance,
+                        detail,
+                        at: now,
+                    }
                 }
             };
-            claims.push(Claim {
-                job: job.name.clone(),
-                slot: Some(slot),
-                last,
-                count,
-                fate,
-                trigger,
-                instance,
-                detail,
-                at: now,
-            });
+            claims.push(claim);
         }
         // A missed gap's notifications are stored with its row, in the claim's transaction.
         let notices: Vec<_> = claims

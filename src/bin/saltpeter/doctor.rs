@@ -708,8 +708,7 @@ fn loopback_for(bind: &str) -> String {
     match bind {
         "0.0.0.0" | "" => "127.0.0.1".into(),
         "::" | "[::]" => "[::1]".into(),
-        a if a.contains(':') && !a.starts_with('[') => format!("[{a}]"),
-        a => a.into(),
+        a => bracketed(a),
     }
 }
 
@@ -721,7 +720,7 @@ async fn machines_port(
     config: &Config,
 ) -> Outcome {
     let start = Instant::now();
-    let bind = format!("{}:{}", loopback_free(&plan.bind), plan.port);
+    let bind = format!("{}:{}", bracketed(&plan.bind), plan.port);
     // The daemon may not run: listen on its port meanwhile, unless it (or something) holds it.
     let listening = match tokio::net::TcpListener::bind(&bind).await {
         Ok(listener) => {
@@ -822,8 +821,9 @@ async fn machines_port(
     }
 }
 
-/// The bind address as given (`0.0.0.0` binds every address, as the daemon does).
-fn loopback_free(bind: &str) -> String {
+/// An address as the host of `host:port`: IPv6 in brackets (a wildcard stays a wildcard, so
+/// binding it takes every address, as the daemon does).
+fn bracketed(bind: &str) -> String {
     if bind.contains(':') && !bind.starts_with('[') {
         format!("[{bind}]")
     } else {
