@@ -177,8 +177,10 @@ fn subsets_batches_and_machines_under_maintenance() {
             .all(|l| !l.contains(":minion-3:") && l.contains("exit code 0")),
         "{results:?}"
     );
-    let log = std::fs::read_to_string(dir.path().join("log/batch.log")).unwrap();
-    assert!(log.contains("Target under maintenance"), "{log}");
+    job_log_with(
+        &dir.path().join("log/batch.log"),
+        "Target under maintenance",
+    );
 }
 
 #[test]
@@ -206,11 +208,28 @@ fn a_target_without_a_key_and_a_paused_wrapper() {
     // The stopped wrapper is not coming back: end it (only this job's: other tests run
     // wrappers of their own meanwhile).
     kill_wrappers_of("paused");
-    let log = std::fs::read_to_string(dir.path().join("log/paused.log")).unwrap();
-    assert!(
-        log.contains("[SALTPETER ERROR: Job lost connection - no heartbeat for 15 seconds]"),
-        "{log}"
+    job_log_with(
+        &dir.path().join("log/paused.log"),
+        "[SALTPETER ERROR: Job lost connection - no heartbeat for 15 seconds]",
     );
+}
+
+/// Waits until a job's text log holds `needle`: its writer is a thread of its own, which
+/// writes a target's result after the store has it (after the daemon printed the result).
+fn job_log_with(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in {}: {log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Polls a run until `done` says so.
