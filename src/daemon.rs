@@ -173,17 +173,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     }
     // Attempts of failed targets planned before a restart go ahead at their time.
     match history.pending_retries().await {
-        Ok(pending) => {
-            coordinator.resume_retries(pending.into_iter().map(|p| crate::scheduler::retry::Plan {
-                job: p.job,
-                first: p.first,
-                previous: p.previous,
-                attempt: p.attempt,
-                slot: p.slot,
-                machines: p.machines,
-                due: p.due,
-            }))
-        }
+        Ok(pending) => coordinator.resume_retries(pending),
         Err(e) => warn!(error = %e, "cannot read the planned retries; they are not carried out"),
     }
     let (channels, channels_rx) = watch::channel(settings.notify_channels.clone());

@@ -210,15 +210,9 @@ pub enum RunEvent {
         total: usize,
         at: Timestamp,
     },
-    /// The run's failed targets will be tried again (`retries`): attempt `attempt` of the
-    /// slot, due at `due`, recorded before the run's end.
-    RetryPlanned {
-        instance: String,
-        first: String,
-        attempt: u32,
-        machines: Vec<String>,
-        due: Timestamp,
-    },
+    /// The failed targets of `plan.previous` will be tried again (`retries`), recorded
+    /// before that run's end.
+    RetryPlanned(RetryPlan),
     /// The attempt planned for this run's failed targets will not run (its job is gone,
     /// global maintenance).
     RetryDropped { instance: String },
@@ -233,6 +227,30 @@ pub enum RunEvent {
     /// Notifications decided for a job, for the outbox, stored in the transaction of the
     /// event that caused them (recorded right after it, in one message).
     Notified(Notified),
+}
+
+/// Another attempt of a slot for the targets that failed the last one (`retries`): decided by
+/// `scheduler::retry`, stored with the failed run, resumed after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPlan {
+    pub job: String,
+    /// The slot's first run: every attempt is named after it.
+    pub first: String,
+    /// The run whose failed targets are tried again.
+    pub previous: String,
+    /// This attempt's number (the first run is attempt 1).
+    pub attempt: u32,
+    /// The slot (`None` for a manual run).
+    pub slot: Option<Timestamp>,
+    pub machines: Vec<String>,
+    pub due: Timestamp,
+}
+
+impl RetryPlan {
+    /// The attempt's run: `<first>_retry<attempt>`.
+    pub fn instance(&self) -> String {
+        format!("{}_retry{}", self.first, self.attempt)
+    }
 }
 
 /// What the notification tracker decided for a job: its failure streak from now on, and the

@@ -50,6 +50,14 @@ struct Journal {
 impl Journal {
     fn record(&mut self, event: RunEvent) {
         self.metrics.observe(&event);
+        // The bulk of a run's events concern neither retries nor notifications: straight to
+        // the store, without a clock read.
+        if matches!(
+            event,
+            RunEvent::Output { .. } | RunEvent::Heartbeat { .. } | RunEvent::Waiting { .. }
+        ) {
+            return self.history.record(event);
+        }
         let wall = crate::clock::now();
         // A run whose failed targets are tried again ends without deciding notifications:
         // the slot's last attempt does.
@@ -64,13 +72,7 @@ impl Journal {
         }
         let mut events = Vec::with_capacity(3);
         if let Some(plan) = plan {
-            events.push(RunEvent::RetryPlanned {
-                instance: plan.previous,
-                first: plan.first,
-                attempt: plan.attempt,
-                machines: plan.machines,
-                due: plan.due,
-            });
+            events.push(RunEvent::RetryPlanned(plan));
         }
         events.push(event);
         if let Some(decided) = decided {

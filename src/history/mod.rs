@@ -26,7 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, oneshot};
 
-use crate::journal::{Claim, RunEvent};
+use crate::journal::{Claim, RetryPlan, RunEvent};
 use ledger::{ClaimResult, Head, SlotFilter, SlotRow};
 use output::{CapState, Slice};
 
@@ -184,19 +184,6 @@ pub struct MaintenanceState {
     pub machines: Vec<String>,
 }
 
-/// An attempt planned for a run's failed targets and not started (a restart resumes it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingRetry {
-    pub job: String,
-    /// The run whose failed targets are tried again.
-    pub previous: String,
-    pub first: String,
-    pub attempt: u32,
-    pub slot: Option<Timestamp>,
-    pub machines: Vec<String>,
-    pub due: Timestamp,
-}
-
 /// Deliveries due now, and when the next one not yet due is (unix ms).
 pub type DueDeliveries = (Vec<outbox::Due>, Option<i64>);
 
@@ -260,7 +247,7 @@ enum Query {
         reply: oneshot::Sender<Vec<TimelineItem>>,
     },
     Streaks(oneshot::Sender<HashMap<String, (u32, bool)>>),
-    PendingRetries(oneshot::Sender<Vec<PendingRetry>>),
+    PendingRetries(oneshot::Sender<Vec<RetryPlan>>),
     DueDeliveries {
         now_ms: i64,
         limit: usize,
@@ -400,7 +387,9 @@ impl Committed {
 
     fn note(&mut self, event: &RunEvent) {
         let (instance, machine) = match event {
-            RunEvent::RetryPlanned { instance, .. }
+            RunEvent::RetryPlanned(RetryPlan {
+                previous: instance, ..
+            })
             | RunEvent::RetryDropped { instance }
             | RunEvent::Attempt { instance, .. } => (instance, None),
             RunEvent::Notified(n) => {
@@ -870,7 +859,7 @@ impl History {
     }
 
     /// Attempts planned for failed targets and not started yet.
-    pub async fn pending_retries(&self) -> Result<Vec<PendingRetry>, HistoryError> {
+    pub async fn pending_retries(&self) -> Result<Vec<RetryPlan>, HistoryError> {
         self.ask(Query::PendingRetries).await
     }
 
@@ -1264,13 +1253,13 @@ impl Store {
     fn apply(&mut self, event: &RunEvent) -> rusqlite::Result<()> {
         match event {
             RunEvent::Notified(n) => outbox::apply(&self.conn, n)?,
-            RunEvent::RetryPlanned {
-                instance,
+            RunEvent::RetryPlanned(RetryPlan {
+                previous: instance,
                 attempt,
                 machines,
                 due,
                 ..
-            } => {
+            }) => {
                 self.conn
                     .prepare_cached(
                         "UPDATE runs SET retry_attempt = ?2, retry_ms = ?3, retry_machines = ?4 WHERE instance = ?1",
@@ -1813,7 +1802,7 @@ impl Store {
                     )?;
                     st.query_map([], |r| {
                         let machines: Option<String> = r.get(5)?;
-                        Ok(PendingRetry {
+                        Ok(RetryPlan {
                             job: r.get(0)?,
                             previous: r.get(1)?,
                             first: r.get(2)?,

@@ -3,7 +3,7 @@
 use futures_util::FutureExt;
 
 use super::*;
-use crate::journal::{Claim, MissReason, SkipReason, SlotFate, Trigger};
+use crate::journal::{Claim, MissReason, RetryPlan, SkipReason, SlotFate, Trigger};
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -982,13 +982,16 @@ async fn a_planned_attempt_is_found_again_until_it_starts() {
     let dir = tempfile::tempdir().unwrap();
     let h = open(&dir, Retention::default());
     h.record(started("j_1", "j", 0));
-    h.record(RunEvent::RetryPlanned {
-        instance: "j_1".into(),
+    let plan = RetryPlan {
+        job: "j".into(),
+        previous: "j_1".into(),
         first: "j_1".into(),
         attempt: 2,
+        slot: Some(t(0)),
         machines: vec!["b".into()],
         due: t(60),
-    });
+    };
+    h.record(RunEvent::RetryPlanned(plan.clone()));
     h.record(RunEvent::RunEnded {
         instance: "j_1".into(),
         success: false,
@@ -1000,18 +1003,7 @@ async fn a_planned_attempt_is_found_again_until_it_starts() {
         .await
         .unwrap();
     let pending = h.pending_retries().await.unwrap();
-    assert_eq!(
-        pending,
-        [PendingRetry {
-            job: "j".into(),
-            previous: "j_1".into(),
-            first: "j_1".into(),
-            attempt: 2,
-            slot: Some(t(0)),
-            machines: vec!["b".into()],
-            due: t(60),
-        }]
-    );
+    assert_eq!(pending, [plan]);
     assert_eq!(
         h.run("j_1").await.unwrap().unwrap().run.retry_at,
         Some(t(60).to_string())

@@ -74,7 +74,7 @@ async fn run(history: History, channels: watch::Receiver<Channels>, metrics: Met
     // Subscribed before the first look, so nothing queued in between is missed.
     let mut commits = history.subscribe();
     let mut busy: HashSet<i64> = HashSet::new();
-    let mut sends: JoinSet<(Due, String, Attempt)> = JoinSet::new();
+    let mut sends: JoinSet<(Due, Attempt)> = JoinSet::new();
     let mut look = true;
     let mut next_due: Option<tokio::time::Instant> = None;
     loop {
@@ -114,7 +114,7 @@ async fn run(history: History, channels: watch::Receiver<Channels>, metrics: Met
                 Some(StoreNotice::Missed) => look = true,
             },
             Some(done) = sends.join_next(), if !sends.is_empty() => {
-                let Ok((due, kind, outcome)) = done else {
+                let Ok((due, outcome)) = done else {
                     tracing::error!("notifications: a send panicked; it is tried again later");
                     continue;
                 };
@@ -133,7 +133,6 @@ async fn run(history: History, channels: watch::Receiver<Channels>, metrics: Met
                     }
                 };
                 metrics.notification(&due.channel, label);
-                let _ = kind;
                 let now_ms = crate::clock::now().as_millisecond();
                 // Recorded before it leaves `busy`: it is never fetched again as pending.
                 loop {
@@ -157,18 +156,17 @@ async fn run(history: History, channels: watch::Receiver<Channels>, metrics: Met
     }
 }
 
-async fn attempt(due: Due, channel: Option<Arc<Channel>>, now_ms: i64) -> (Due, String, Attempt) {
+async fn attempt(due: Due, channel: Option<Arc<Channel>>, now_ms: i64) -> (Due, Attempt) {
     let Some(channel) = channel else {
         let error = format!("channel `{}` is not configured (any more)", due.channel);
-        return (due, String::new(), Attempt::Failed { error });
+        return (due, Attempt::Failed { error });
     };
-    let kind = channel.kind().to_string();
     let (id, body) = (due.id, due.body.clone());
     let result = tokio::task::spawn_blocking(move || send(&channel, id, &body, now_ms / 1000))
         .await
         .unwrap_or_else(|e| Err(SendError::Body(format!("the send panicked: {e}"))));
     let outcome = judge(result, due.attempts, crate::clock::now().as_millisecond());
-    (due, kind, outcome)
+    (due, outcome)
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

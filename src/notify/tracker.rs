@@ -184,6 +184,9 @@ impl Tracker {
     /// A run that was in flight before a restart, followed from now on (its targets that had
     /// ended are not in its notice; their count is).
     pub fn adopt(&mut self, run: Adopted<'_>, mono: Duration, wall: Timestamp) {
+        if !self.policies.contains_key(run.job) {
+            return;
+        }
         let trigger = if run.slot.is_some() {
             "schedule"
         } else {
@@ -257,6 +260,11 @@ impl Tracker {
                 at,
                 ..
             } => {
+                // Runs of jobs nobody is told of are not followed (a policy added by a reload
+                // applies from the job's next run).
+                if !self.policies.contains_key(job) {
+                    return None;
+                }
                 self.runs.insert(
                     instance.clone(),
                     Watch::new(job, trigger.as_str(), *scheduled, *at),

@@ -16,28 +16,8 @@ use crate::journal::RunEvent;
 /// The longest wait between two attempts, whatever the doubling says.
 pub const MAX_WAIT: SignedDuration = SignedDuration::from_hours(6);
 
-/// Another attempt of a slot for the targets that failed the last one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    pub job: String,
-    /// The slot's first run: every attempt is named after it.
-    pub first: String,
-    /// The run whose failed targets are tried again.
-    pub previous: String,
-    /// This attempt's number (the first run is attempt 1).
-    pub attempt: u32,
-    /// The slot (`None` for a manual run).
-    pub slot: Option<Timestamp>,
-    pub machines: Vec<String>,
-    pub due: Timestamp,
-}
-
-impl Plan {
-    /// The attempt's run: `<first>_retry<attempt>`.
-    pub fn instance(&self) -> String {
-        format!("{}_retry{}", self.first, self.attempt)
-    }
-}
+/// The plan is plain journal data (the store keeps it for a restart).
+pub use crate::journal::RetryPlan as Plan;
 
 struct Watch {
     job: String,
