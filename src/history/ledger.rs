@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use jiff::Timestamp;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::db::{Db, DbError, p};
 use super::{iso, ms};
 use crate::journal::{Claim, MissReason, Notified, SkipReason, SlotFate};
 
@@ -76,146 +76,158 @@ pub struct SlotFilter {
 /// Claims `claims` in one transaction; `notices[i]` (notifications decided for claim `i`, a
 /// missed gap's) is stored with its row, only if the claim is won.
 pub fn claim(
-    conn: &Connection,
+    db: &Db,
     claims: &[Claim],
     notices: &[Option<Notified>],
     by: &str,
-) -> rusqlite::Result<Vec<ClaimResult>> {
+) -> Result<Vec<ClaimResult>, DbError> {
     // IMMEDIATE: the write lock is taken first, so two processes cannot both see a slot free.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+    // (On PostgreSQL a concurrent insert of the same `(job, slot_ms)` waits for the first
+    // transaction to end, then does nothing.)
+    db.begin_write()?;
     let result = (|| {
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO slots (job, slot_ms, last_ms, at_ms, count, state, reason, detail,
-                                trigger, instance, claimed_ms, claimed_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT (job, slot_ms) DO NOTHING",
-        )?;
-        // The job's head follows its latest claimed slot (SET reads the row as it was).
-        let mut head = conn.prepare_cached(
-            "INSERT INTO heads (job, claimed_ms, fired_ms, last_state, last_reason)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (job) DO UPDATE SET
-               last_state = CASE WHEN excluded.claimed_ms >= COALESCE(claimed_ms, excluded.claimed_ms)
-                            THEN excluded.last_state ELSE last_state END,
-               last_reason = CASE WHEN excluded.claimed_ms >= COALESCE(claimed_ms, excluded.claimed_ms)
-                            THEN excluded.last_reason ELSE last_reason END,
-               claimed_ms = MAX(COALESCE(claimed_ms, excluded.claimed_ms), excluded.claimed_ms),
-               fired_ms = COALESCE(MAX(fired_ms, excluded.fired_ms), fired_ms, excluded.fired_ms)",
-        )?;
-        let mut holder = conn.prepare_cached(
-            "SELECT state, instance, claimed_by, claimed_ms FROM slots WHERE job = ?1 AND slot_ms = ?2",
-        )?;
-        let mut out = Vec::with_capacity(claims.len());
-        for (i, c) in claims.iter().enumerate() {
+        // In one order for every daemon (job, then slot): two daemons claiming overlapping
+        // sets wait for each other's rows in the same order, never in a cycle (a deadlock).
+        let mut order: Vec<usize> = (0..claims.len()).collect();
+        order.sort_by_key(|&i| (&claims[i].job, claims[i].slot));
+        let mut out: Vec<Option<ClaimResult>> = vec![None; claims.len()];
+        for i in order {
+            let c = &claims[i];
             let slot = c.slot.map(ms);
             let at = c.last.or(c.slot).map_or(ms(c.at), ms);
-            let inserted = insert.execute(params![
-                c.job,
-                slot,
-                c.last.map(ms),
-                at,
-                c.count.min(i64::MAX as u64) as i64,
-                c.fate.state(),
-                c.fate.reason(),
-                c.detail,
-                c.trigger.as_str(),
-                c.instance,
-                ms(c.at),
-                by,
-            ])?;
+            let inserted = db.exec(
+                "INSERT INTO slots (job, slot_ms, last_ms, at_ms, count, state, reason, detail,
+                                    trigger, instance, claimed_ms, claimed_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (job, slot_ms) DO NOTHING",
+                p![
+                    &c.job,
+                    slot,
+                    c.last.map(ms),
+                    at,
+                    c.count.min(i64::MAX as u64) as i64,
+                    c.fate.state(),
+                    c.fate.reason(),
+                    &c.detail,
+                    c.trigger.as_str(),
+                    c.instance.as_deref(),
+                    ms(c.at),
+                    by,
+                ],
+            )?;
             if inserted == 1 {
                 if let Some(Some(notified)) = notices.get(i) {
-                    super::outbox::apply(conn, notified)?;
+                    super::outbox::apply(db, notified)?;
                 }
                 if let Some(slot) = slot {
                     let end = c.last.map_or(slot, ms);
                     let fired = matches!(c.fate, SlotFate::Fired).then_some(slot);
-                    head.execute(params![c.job, end, fired, c.fate.state(), c.fate.reason()])?;
+                    // The job's head follows its latest claimed slot (SET reads the row as it
+                    // was).
+                    db.exec(
+                        "INSERT INTO heads (job, claimed_ms, fired_ms, last_state, last_reason)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (job) DO UPDATE SET
+                           last_state = CASE WHEN excluded.claimed_ms >= COALESCE(heads.claimed_ms, excluded.claimed_ms)
+                                        THEN excluded.last_state ELSE heads.last_state END,
+                           last_reason = CASE WHEN excluded.claimed_ms >= COALESCE(heads.claimed_ms, excluded.claimed_ms)
+                                        THEN excluded.last_reason ELSE heads.last_reason END,
+                           claimed_ms = greatest(COALESCE(heads.claimed_ms, excluded.claimed_ms), excluded.claimed_ms),
+                           fired_ms = COALESCE(greatest(heads.fired_ms, excluded.fired_ms), heads.fired_ms, excluded.fired_ms)",
+                        p![&c.job, end, fired, c.fate.state(), c.fate.reason()],
+                    )?;
                 }
-                out.push(Ok(()));
+                out[i] = Some(Ok(()));
                 continue;
             }
-            let taken = holder
-                .query_row(params![c.job, slot], |r| {
-                    Ok(Taken {
-                        state: r.get(0)?,
-                        instance: r.get(1)?,
-                        claimed_by: r.get(2)?,
-                        claimed_at: iso(r.get(3)?),
-                    })
-                })
-                .optional()?
+            let taken = db
+                .row(
+                    "SELECT state, instance, claimed_by, claimed_ms FROM slots WHERE job = ?1 AND slot_ms = ?2",
+                    p![&c.job, slot],
+                    |r| {
+                        Ok(Taken {
+                            state: r.get(0)?,
+                            instance: r.get(1)?,
+                            claimed_by: r.get(2)?,
+                            claimed_at: iso(r.get(3)?),
+                        })
+                    },
+                )?
                 .unwrap_or(Taken {
                     state: "?".into(),
                     instance: None,
                     claimed_by: String::new(),
                     claimed_at: None,
                 });
-            out.push(Err(taken));
+            out[i] = Some(Err(taken));
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every claim answered"))
+            .collect::<Vec<_>>())
     })();
     match result {
         Ok(out) => {
-            conn.execute_batch("COMMIT")?;
+            db.commit()?;
             Ok(out)
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = db.rollback();
             Err(e)
         }
     }
 }
 
 /// Notes that `jobs` are planned afresh from `at` (added to the plan, not resumed).
-pub fn planned(conn: &Connection, jobs: &[String], at: Timestamp) -> rusqlite::Result<()> {
-    let mut st = conn.prepare_cached(
-        "INSERT INTO heads (job, planned_ms) VALUES (?1, ?2)
-         ON CONFLICT (job) DO UPDATE SET planned_ms = excluded.planned_ms",
-    )?;
+pub fn planned(db: &Db, jobs: &[String], at: Timestamp) -> Result<(), DbError> {
     for job in jobs {
-        st.execute(params![job, ms(at)])?;
+        db.exec(
+            "INSERT INTO heads (job, planned_ms) VALUES (?1, ?2)
+             ON CONFLICT (job) DO UPDATE SET planned_ms = excluded.planned_ms",
+            p![job, ms(at)],
+        )?;
     }
     Ok(())
 }
 
 /// Each job's head (see [`Head`]) or, with `job`, that job's only: one row per job, kept with
 /// each claim.
-pub fn heads(conn: &Connection, job: Option<&str>) -> rusqlite::Result<HashMap<String, Head>> {
-    let mut st = conn.prepare_cached(
-        "SELECT job, MAX(COALESCE(claimed_ms, planned_ms), COALESCE(planned_ms, claimed_ms)),
-                fired_ms, claimed_ms, last_state, last_reason
-         FROM heads WHERE ?1 IS NULL OR job = ?1",
-    )?;
+pub fn heads(db: &Db, job: Option<&str>) -> Result<HashMap<String, Head>, DbError> {
     let ts = |v: Option<i64>| v.and_then(|m| Timestamp::from_millisecond(m).ok());
-    st.query_map(params![job], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            Head {
-                resume_from: ts(r.get(1)?),
-                last_fired: ts(r.get(2)?),
-                last_claimed: ts(r.get(3)?),
-                last_state: r.get(4)?,
-                last_reason: r.get(5)?,
-            },
-        ))
-    })?
-    .collect()
+    let rows = db.query(
+        "SELECT job, greatest(COALESCE(claimed_ms, planned_ms), COALESCE(planned_ms, claimed_ms)),
+                fired_ms, claimed_ms, last_state, last_reason
+         FROM heads WHERE CAST(?1 AS TEXT) IS NULL OR job = ?1",
+        p![job],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                Head {
+                    resume_from: ts(r.get(1)?),
+                    last_fired: ts(r.get(2)?),
+                    last_claimed: ts(r.get(3)?),
+                    last_state: r.get(4)?,
+                    last_reason: r.get(5)?,
+                },
+            ))
+        },
+    )?;
+    Ok(rows.into_iter().collect())
 }
 
 /// A job's rows, newest first.
 pub fn slots(
-    conn: &Connection,
+    db: &Db,
     job: &str,
     filter: &SlotFilter,
     limit: usize,
-) -> rusqlite::Result<Vec<SlotRow>> {
+) -> Result<Vec<SlotRow>, DbError> {
     let (state, manual) = match filter.state.as_deref() {
-        Some("manual") => (None, Some(1)),
-        Some(s) => (Some(s.to_string()), Some(0)),
+        Some("manual") => (None, Some(1_i64)),
+        Some(s) => (Some(s), Some(0_i64)),
         None => (None, None),
     };
-    let mut st = conn.prepare_cached(
+    db.query(
         "SELECT s.id, s.job, s.slot_ms, s.last_ms, s.count, s.state, s.reason, s.detail,
                 s.trigger, s.instance, s.claimed_ms, s.claimed_by, r.success,
                 -- A fired row whose run is gone was pruned, which only happens to ended runs
@@ -223,14 +235,12 @@ pub fn slots(
                 r.ended_ms IS NOT NULL OR (r.instance IS NULL AND s.claimed_ms < ?7)
          FROM slots s LEFT JOIN runs r ON r.instance = s.instance
          WHERE s.job = ?1
-           AND (?2 IS NULL OR s.state = ?2)
-           AND (?3 IS NULL OR (s.slot_ms IS NULL) = (?3 = 1))
-           AND (?4 IS NULL OR s.at_ms >= ?4)
-           AND (?5 IS NULL OR (s.at_ms, s.id) < (SELECT at_ms, id FROM slots WHERE id = ?5))
+           AND (CAST(?2 AS TEXT) IS NULL OR s.state = ?2)
+           AND (CAST(?3 AS BIGINT) IS NULL OR (s.slot_ms IS NULL) = (?3 = 1))
+           AND (CAST(?4 AS BIGINT) IS NULL OR s.at_ms >= ?4)
+           AND (CAST(?5 AS BIGINT) IS NULL OR (s.at_ms, s.id) < (SELECT at_ms, id FROM slots WHERE id = ?5))
          ORDER BY s.at_ms DESC, s.id DESC LIMIT ?6",
-    )?;
-    st.query_map(
-        params![
+        p![
             job,
             state,
             manual,
@@ -254,19 +264,18 @@ pub fn slots(
                 claimed_at: iso(r.get(10)?),
                 claimed_by: r.get(11)?,
                 success: r.get(12)?,
-                ended: r.get::<_, Option<bool>>(13)?.unwrap_or(false),
+                ended: r.get::<Option<bool>>(13)?.unwrap_or(false),
             })
         },
-    )?
-    .collect()
+    )
 }
 
 /// A fired slot whose run never reached the Salt master: missed after all (`master
 /// unreachable`).
-pub fn not_launched(conn: &Connection, instance: &str, why: &str) -> rusqlite::Result<()> {
+pub fn not_launched(db: &Db, instance: &str, why: &str) -> Result<(), DbError> {
     let detail = format!("its launch never reached the Salt master: {why}");
     refate(
-        conn,
+        db,
         instance,
         SlotFate::Missed(MissReason::MasterUnreachable),
         &detail,
@@ -275,16 +284,18 @@ pub fn not_launched(conn: &Connection, instance: &str, why: &str) -> rusqlite::R
 
 /// A fired slot whose run ended with every target under maintenance: skipped after all
 /// (`machine maintenance`). Nothing changes when any target did run.
-pub fn ended(conn: &Connection, instance: &str) -> rusqlite::Result<()> {
-    let all_in_maintenance: bool = conn
-        .prepare_cached(
+pub fn ended(db: &Db, instance: &str) -> Result<(), DbError> {
+    let all_in_maintenance: bool = db
+        .row(
             "SELECT EXISTS (SELECT 1 FROM targets WHERE instance = ?1)
                 AND NOT EXISTS (SELECT 1 FROM targets WHERE instance = ?1 AND state != 'maintenance')",
+            p![instance],
+            |r| r.get(0),
         )?
-        .query_row(params![instance], |r| r.get(0))?;
+        .unwrap_or(false);
     if all_in_maintenance {
         refate(
-            conn,
+            db,
             instance,
             SlotFate::Skipped(SkipReason::MachineMaintenance),
             "every target was under maintenance",
@@ -295,48 +306,49 @@ pub fn ended(conn: &Connection, instance: &str) -> rusqlite::Result<()> {
 
 /// Changes what became of the slot `instance` fired (and of the job's head if that is the
 /// slot), and its last fired slot.
-fn refate(conn: &Connection, instance: &str, fate: SlotFate, detail: &str) -> rusqlite::Result<()> {
+fn refate(db: &Db, instance: &str, fate: SlotFate, detail: &str) -> Result<(), DbError> {
     let (state, reason) = (fate.state(), fate.reason());
-    conn.prepare_cached(
+    db.exec(
         "UPDATE heads SET last_state = ?2, last_reason = ?3
          WHERE (job, claimed_ms) = (SELECT job, slot_ms FROM slots WHERE instance = ?1 AND state = 'fired')",
-    )?
-    .execute(params![instance, state, reason])?;
-    conn.prepare_cached(
+        p![instance, state, reason],
+    )?;
+    db.exec(
         "UPDATE slots SET state = ?2, reason = ?3, detail = ?4
          WHERE instance = ?1 AND state = 'fired'",
-    )?
-    .execute(params![instance, state, reason, detail])?;
-    conn.prepare_cached(
+        p![instance, state, reason, detail],
+    )?;
+    db.exec(
         "UPDATE heads SET fired_ms = (SELECT MAX(slot_ms) FROM slots s
                                       WHERE s.job = heads.job AND s.state = 'fired')
          WHERE job = (SELECT job FROM slots WHERE instance = ?1)",
-    )?
-    .execute(params![instance])?;
+        p![instance],
+    )?;
     Ok(())
 }
 
 /// Drops rows older than `cutoff_ms` and, per job, all but the newest `per_job` (0: no limit),
 /// always keeping each job's last claimed slot (where a restart resumes).
-pub fn prune(conn: &Connection, cutoff_ms: Option<i64>, per_job: usize) -> rusqlite::Result<()> {
+pub fn prune(db: &Db, cutoff_ms: Option<i64>, per_job: usize) -> Result<(), DbError> {
     let newest = "SELECT MAX(COALESCE(last_ms, slot_ms)) FROM slots k WHERE k.job = slots.job";
     if let Some(cutoff) = cutoff_ms {
-        conn.execute(
+        db.exec(
             &format!(
-                "DELETE FROM slots WHERE at_ms < ?1 AND COALESCE(last_ms, slot_ms, -1) IS NOT ({newest})"
+                "DELETE FROM slots WHERE at_ms < ?1
+                 AND COALESCE(last_ms, slot_ms, -1) IS DISTINCT FROM ({newest})"
             ),
-            params![cutoff],
+            p![cutoff],
         )?;
     }
     if per_job > 0 {
-        conn.execute(
+        db.exec(
             &format!(
                 "DELETE FROM slots WHERE id NOT IN (
-                    SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY job ORDER BY at_ms DESC, id DESC) AS n FROM slots)
+                    SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY job ORDER BY at_ms DESC, id DESC) AS n FROM slots) AS ranked
                     WHERE n <= ?1)
-                 AND COALESCE(last_ms, slot_ms, -1) IS NOT ({newest})"
+                 AND COALESCE(last_ms, slot_ms, -1) IS DISTINCT FROM ({newest})"
             ),
-            params![per_job as i64],
+            p![per_job.min(i64::MAX as usize) as i64],
         )?;
     }
     Ok(())

@@ -9,6 +9,7 @@
 //!
 //! Must not know: HTTP, Salt, the wrapper protocol, the engine's internals.
 
+pub mod db;
 pub mod ledger;
 pub mod outbox;
 pub mod output;
@@ -21,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 
+use db::{Database, Db, DbError, p};
 use jiff::Timestamp;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, oneshot};
 
@@ -36,7 +37,7 @@ pub enum HistoryError {
     Open {
         path: String,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
     #[error("database {path}: {source}")]
     Migrate {
@@ -57,7 +58,7 @@ pub enum HistoryError {
     #[error("not stored yet: {0}")]
     NotStored(String),
     #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] DbError),
 }
 
 /// Limits on what is kept.
@@ -515,23 +516,23 @@ pub struct History {
     tx: std_mpsc::Sender<Msg>,
     commits: broadcast::Sender<Arc<Committed>>,
     shared: Arc<Shared>,
-    path: Arc<std::path::PathBuf>,
+    database: Arc<Database>,
 }
 
 /// A read-only connection of its own, for a reader of committed output that must not end the
 /// store's group commits with a query per target (the job log at the end of a large run).
 pub struct OutputReader {
-    conn: Connection,
+    db: Db,
 }
 
 impl OutputReader {
     /// Runs `f` in one read transaction: a burst of reads takes the database's read lock once
     /// and sees one snapshot, instead of a transaction per query.
     pub fn snapshot<T>(&self, f: impl FnOnce(&OutputReader) -> T) -> T {
-        let began = self.conn.execute_batch("BEGIN").is_ok();
+        let began = self.db.begin().is_ok();
         let out = f(self);
         if began {
-            let _ = self.conn.execute_batch("COMMIT");
+            let _ = self.db.commit();
         }
         out
     }
@@ -543,12 +544,12 @@ impl OutputReader {
         machine: &str,
         offset: u64,
     ) -> Result<Option<(Slice, bool)>, HistoryError> {
-        Ok(read_output(&self.conn, instance, machine, offset)?)
+        Ok(read_output(&self.db, instance, machine, offset)?)
     }
 }
 
 impl History {
-    /// Opens (creating and migrating) the database at `path` and starts its thread.
+    /// Opens (creating and migrating) the SQLite database at `path` and starts its thread.
     pub fn open(path: &Path, retention: Retention) -> Result<History, HistoryError> {
         History::open_with_queue_limit(path, retention, QUEUE_LIMIT)
     }
@@ -559,28 +560,24 @@ impl History {
         retention: Retention,
         queue_limit: usize,
     ) -> Result<History, HistoryError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        History::connect(&Database::File(path.to_path_buf()), retention, queue_limit)
+    }
+
+    /// Opens the store where `database` says (a SQLite file, created if missing, or a
+    /// PostgreSQL server), brings its schema up to date and starts its thread.
+    pub fn connect(
+        database: &Database,
+        retention: Retention,
+        queue_limit: usize,
+    ) -> Result<History, HistoryError> {
+        if let Database::File(path) = database
+            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir).map_err(|source| HistoryError::Dir {
                 dir: dir.display().to_string(),
                 source,
             })?;
         }
-        let shown = path.display().to_string();
-        let mut conn = Connection::open(path).map_err(|source| HistoryError::Open {
-            path: shown.clone(),
-            source,
-        })?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // A group commit of thousands of targets' rows and output pages must fit in SQLite's
-        // page cache (its default is 2 MiB), or it spills and re-reads them.
-        conn.pragma_update(None, "cache_size", -8_192)?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        schema::migrate(&mut conn).map_err(|source| HistoryError::Migrate {
-            path: shown,
-            source,
-        })?;
         let (tx, rx) = std_mpsc::channel();
         let (commits, _) = broadcast::channel(NOTICES);
         let shared = Arc::new(Shared {
@@ -592,34 +589,65 @@ impl History {
             commit_failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         });
-        let mut store = Store {
-            conn,
-            retention,
-            outputs: HashMap::new(),
-            dirty: Vec::new(),
-            beats: HashMap::new(),
-            beats_written: std::time::Instant::now(),
-            pending_chunks: HashMap::new(),
-            commits: commits.clone(),
-            serial: 0,
-            shared: shared.clone(),
-        };
+        // The connection is opened and migrated on the store's own thread: PostgreSQL's
+        // client blocks on a runtime of its own, which may not run inside the daemon's.
+        let (opened_tx, opened) = std_mpsc::sync_channel(1);
         let guard = StopGuard(shared.clone());
+        let (target, store_commits, store_shared) =
+            (database.clone(), commits.clone(), shared.clone());
         std::thread::Builder::new()
             .name("history".into())
             .spawn(move || {
                 let _guard = guard;
+                let shown = target.shown();
+                let db = Db::open(&target)
+                    .map_err(|source| HistoryError::Open {
+                        path: shown.clone(),
+                        source,
+                    })
+                    .and_then(|db| {
+                        schema::migrate(&db)
+                            .map(|()| db)
+                            .map_err(|source| HistoryError::Migrate {
+                                path: shown,
+                                source,
+                            })
+                    });
+                let db = match db {
+                    Ok(db) => {
+                        let _ = opened_tx.send(Ok(()));
+                        db
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut store = Store {
+                    db,
+                    retention,
+                    outputs: HashMap::new(),
+                    dirty: Vec::new(),
+                    beats: HashMap::new(),
+                    beats_written: std::time::Instant::now(),
+                    pending_chunks: HashMap::new(),
+                    commits: store_commits,
+                    serial: 0,
+                    shared: store_shared,
+                    careful: false,
+                };
                 store.serve(rx)
             })
             .map_err(|source| HistoryError::Dir {
                 dir: "(history thread)".into(),
                 source,
             })?;
+        opened.recv().map_err(|_| HistoryError::Stopped)??;
         Ok(History {
             tx,
             commits,
             shared,
-            path: Arc::new(path.to_path_buf()),
+            database: Arc::new(database.clone()),
         })
     }
 
@@ -833,18 +861,23 @@ impl History {
         .await
     }
 
-    /// A read-only connection to the same database; it sees what is committed.
+    /// A connection of its own to the same database (read-only for SQLite); it sees what is
+    /// committed.
     pub fn output_reader(&self) -> Result<OutputReader, HistoryError> {
-        use rusqlite::OpenFlags;
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&*self.path, flags).map_err(|source| {
-            HistoryError::Open {
-                path: self.path.display().to_string(),
-                source,
-            }
-        })?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(OutputReader { conn })
+        let open = |source| HistoryError::Open {
+            path: self.database.shown(),
+            source,
+        };
+        let db = match &*self.database {
+            Database::File(path) => db::open_sqlite_existing(path, true).map_err(open)?,
+            pg => Db::open(pg).map_err(open)?,
+        };
+        Ok(OutputReader { db })
+    }
+
+    /// Where the store lives.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Resolves once everything sent before it is committed; [`HistoryError::NotStored`] when
@@ -953,7 +986,7 @@ impl History {
 }
 
 struct Store {
-    conn: Connection,
+    db: Db,
     retention: Retention,
     /// Targets written to in this process, by instance then machine (a run's end drops its own).
     outputs: HashMap<String, HashMap<String, Written>>,
@@ -970,6 +1003,8 @@ struct Store {
     /// The last [`Committed::serial`] sent.
     serial: u64,
     shared: Arc<Shared>,
+    /// Each event on its own savepoint (PostgreSQL, after a statement failed a batch).
+    careful: bool,
 }
 
 /// A target written to in this process: its output cap's state and the next output seq, kept
@@ -982,19 +1017,16 @@ struct Written {
 
 /// A target's output from byte `from` as stored, and whether the target has ended.
 fn read_output(
-    conn: &Connection,
+    db: &Db,
     instance: &str,
     machine: &str,
     from: u64,
-) -> rusqlite::Result<Option<(Slice, bool)>> {
-    let Some((total, state)) = conn
-        .prepare_cached(
-            "SELECT output_bytes, state FROM targets WHERE instance = ?1 AND machine = ?2",
-        )?
-        .query_row(params![instance, machine], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })
-        .optional()?
+) -> Result<Option<(Slice, bool)>, DbError> {
+    let Some((total, state)) = db.row(
+        "SELECT output_bytes, state FROM targets WHERE instance = ?1 AND machine = ?2",
+        p![instance, machine],
+        |r| Ok((r.get::<u64>(0)?, r.get::<String>(1)?)),
+    )?
     else {
         return Ok(None);
     };
@@ -1004,18 +1036,19 @@ fn read_output(
         return Ok(Some((output::assemble(&[], from, total), done)));
     }
     // From the chunk that holds `from` on (the index bounds the scan).
-    let mut st = conn.prepare_cached(
+    let chunks = db.query(
         "SELECT pos, data FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos >=
            COALESCE((SELECT MAX(pos) FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos <= ?3), 0)
          ORDER BY pos",
+        p![instance, machine, from as i64],
+        |r| Ok((r.get::<u64>(0)?, r.get::<String>(1)?)),
     )?;
-    let chunks = st
-        .query_map(params![instance, machine, from as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Some((output::assemble(&chunks, from, total), done)))
 }
+
+/// The columns of a run row, in the order `select_runs` reads them (`r` is `runs`).
+const RUN_COLUMNS: &str = "r.instance, r.job, r.trigger, r.scheduled_ms, r.started_ms, r.ended_ms,
+    r.jid, r.success, r.succeeded, r.total, r.attempt, r.first_instance, r.retry_ms";
 
 /// Events are committed together for at most this long (queries do not wait for it).
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
@@ -1023,26 +1056,6 @@ const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000)
 /// After a failed commit, the first retry; each further failure doubles the wait up to the max.
 const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Errors of the storage itself (a full disk, a read-only or failing file system), after which
-/// nothing in the transaction can be trusted to be stored; others concern one event.
-fn is_storage_failure(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode as C;
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            C::DiskFull
-                | C::SystemIoFailure
-                | C::ReadOnly
-                | C::CannotOpen
-                | C::DatabaseBusy
-                | C::DatabaseLocked
-                | C::OutOfMemory
-                | C::DatabaseCorrupt
-                | C::NotADatabase
-        )
-    )
-}
 
 /// How often pending heartbeats are written (queries see them at once regardless).
 const BEATS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -1128,17 +1141,17 @@ impl Store {
             let mut flushes: Vec<oneshot::Sender<Result<(), HistoryError>>> = Vec::new();
             let mut kept: Vec<(RunEvent, usize)> = Vec::new();
             // The first error that means the storage itself failed: the batch is not stored.
-            let mut failed: Option<rusqlite::Error> = None;
-            if let Err(e) = self.conn.execute_batch("BEGIN") {
+            let mut failed: Option<DbError> = None;
+            if let Err(e) = self.db.begin() {
                 failed = Some(e);
             }
             for msg in batch {
                 match msg {
                     Msg::Event { event, weight } => {
                         if failed.is_none()
-                            && let Err(e) = self.apply(&event)
+                            && let Err(e) = self.apply_one(&event)
                         {
-                            if is_storage_failure(&e) {
+                            if e.is_storage_failure() || self.poisons(&e) {
                                 failed = Some(e);
                             } else {
                                 tracing::error!(error = %e, ?event, "history: cannot store an event");
@@ -1175,7 +1188,7 @@ impl Store {
             last_commit = std::time::Instant::now();
             let outcome = match failed {
                 Some(e) => Err(e),
-                None => self.conn.execute_batch("COMMIT"),
+                None => self.db.commit(),
             };
             match outcome {
                 Ok(()) => {
@@ -1183,6 +1196,7 @@ impl Store {
                         tracing::info!("history: storing again; nothing sent meanwhile was lost");
                     }
                     retry = RETRY_FIRST;
+                    self.careful = false;
                     // The batch's events are dropped by now: their bytes leave the queue.
                     drop(kept);
                     let left = self.shared.queued.fetch_sub(applied, Ordering::AcqRel) - applied;
@@ -1200,13 +1214,26 @@ impl Store {
                         let _ = tx.send(Ok(()));
                     }
                 }
+                Err(e) if !e.is_storage_failure() && !self.careful => {
+                    // One event's statement failed on PostgreSQL, which aborts the whole
+                    // transaction: the batch goes again at once, each event on its own
+                    // savepoint, so only that event is lost.
+                    tracing::warn!(error = %e, events = kept.len(), "history: a statement failed; storing the batch again event by event");
+                    let _ = self.db.rollback();
+                    self.forget_unwritten();
+                    self.careful = true;
+                    unstored = kept;
+                    retry = std::time::Duration::ZERO;
+                    for tx in flushes {
+                        let _ = tx.send(Err(HistoryError::NotStored(e.to_string())));
+                    }
+                }
                 Err(e) => {
                     self.shared.commit_failures.fetch_add(1, Ordering::Relaxed);
                     self.shared.failing.store(true, Ordering::Relaxed);
+                    retry = retry.max(RETRY_FIRST);
                     tracing::error!(error = %e, events = kept.len(), retry_in_ms = retry.as_millis() as u64, "history: cannot commit; keeping the events in memory and retrying (nothing is acknowledged meanwhile)");
-                    if !self.conn.is_autocommit() {
-                        let _ = self.conn.execute_batch("ROLLBACK");
-                    }
+                    let _ = self.db.rollback();
                     self.forget_unwritten();
                     unstored = kept;
                     retry = (retry * 2).min(RETRY_MAX);
@@ -1250,9 +1277,33 @@ impl Store {
         self.pending_chunks.clear();
     }
 
-    fn apply(&mut self, event: &RunEvent) -> rusqlite::Result<()> {
+    /// Whether `e`, from one event's statement, spoils the whole transaction: PostgreSQL
+    /// aborts a transaction at its first error (unless the event had its own savepoint).
+    fn poisons(&self, _e: &DbError) -> bool {
+        self.db.kind() == db::Kind::Postgres && !self.careful
+    }
+
+    /// Applies one event; in careful mode on its own savepoint, so that its failure leaves
+    /// the rest of the transaction standing.
+    fn apply_one(&mut self, event: &RunEvent) -> Result<(), DbError> {
+        if !(self.careful && self.db.kind() == db::Kind::Postgres) {
+            return self.apply(event);
+        }
+        self.db.batch("SAVEPOINT event")?;
+        match self.apply(event) {
+            Ok(()) => self.db.batch("RELEASE SAVEPOINT event"),
+            Err(e) if e.is_storage_failure() => Err(e),
+            Err(e) => {
+                // What the event changed in memory stays: the batch's other output waits there.
+                self.db.batch("ROLLBACK TO SAVEPOINT event")?;
+                Err(e)
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &RunEvent) -> Result<(), DbError> {
         match event {
-            RunEvent::Notified(n) => outbox::apply(&self.conn, n)?,
+            RunEvent::Notified(n) => outbox::apply(&self.db, n)?,
             RunEvent::RetryPlanned(RetryPlan {
                 previous: instance,
                 attempt,
@@ -1260,21 +1311,18 @@ impl Store {
                 due,
                 ..
             }) => {
-                self.conn
-                    .prepare_cached(
-                        "UPDATE runs SET retry_attempt = ?2, retry_ms = ?3, retry_machines = ?4 WHERE instance = ?1",
-                    )?
-                    .execute(params![
+                self.db.exec("UPDATE runs SET retry_attempt = ?2, retry_ms = ?3, retry_machines = ?4 WHERE instance = ?1", p![
                         instance,
                         attempt,
                         ms(*due),
-                        serde_json::to_string(machines).unwrap_or_default()
+                        &serde_json::to_string(machines).unwrap_or_default()
                     ])?;
             }
             RunEvent::RetryDropped { instance } => {
-                self.conn
-                    .prepare_cached("UPDATE runs SET retry_ms = NULL WHERE instance = ?1")?
-                    .execute(params![instance])?;
+                self.db.exec(
+                    "UPDATE runs SET retry_ms = NULL WHERE instance = ?1",
+                    p![instance],
+                )?;
             }
             RunEvent::Attempt {
                 instance,
@@ -1282,21 +1330,22 @@ impl Store {
                 previous,
                 attempt,
             } => {
-                self.conn
-                    .prepare_cached(
-                        "UPDATE runs SET first_instance = ?2, attempt = ?3 WHERE instance = ?1",
-                    )?
-                    .execute(params![instance, first, attempt])?;
+                self.db.exec(
+                    "UPDATE runs SET first_instance = ?2, attempt = ?3 WHERE instance = ?1",
+                    p![instance, first, attempt],
+                )?;
                 // The plan is carried out; the slot's ledger row follows its latest attempt.
-                self.conn
-                    .prepare_cached("UPDATE runs SET retry_ms = NULL WHERE instance = ?1")?
-                    .execute(params![previous])?;
-                self.conn
-                    .prepare_cached("UPDATE slots SET instance = ?1 WHERE instance = ?2")?
-                    .execute(params![instance, previous])?;
+                self.db.exec(
+                    "UPDATE runs SET retry_ms = NULL WHERE instance = ?1",
+                    p![previous],
+                )?;
+                self.db.exec(
+                    "UPDATE slots SET instance = ?1 WHERE instance = ?2",
+                    p![instance, previous],
+                )?;
             }
             RunEvent::NotLaunched { instance, why, .. } => {
-                ledger::not_launched(&self.conn, instance, why)?;
+                ledger::not_launched(&self.db, instance, why)?;
             }
             RunEvent::Started {
                 instance,
@@ -1306,32 +1355,47 @@ impl Store {
                 at,
                 token,
             } => {
-                self.conn
-                        .prepare_cached("INSERT OR REPLACE INTO runs (instance, job, trigger, scheduled_ms, started_ms, token)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                        .execute(params![instance, job, trigger.as_str(), scheduled.map(ms), ms(*at), token])?;
+                self.db.exec(
+                    "INSERT INTO runs (instance, job, trigger, scheduled_ms, started_ms, token)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (instance) DO UPDATE SET job = excluded.job,
+                       trigger = excluded.trigger, scheduled_ms = excluded.scheduled_ms,
+                       started_ms = excluded.started_ms, token = excluded.token",
+                    p![
+                        instance,
+                        job,
+                        trigger.as_str(),
+                        scheduled.map(ms),
+                        ms(*at),
+                        token
+                    ],
+                )?;
             }
             RunEvent::Published {
                 instance,
                 jid,
                 machines,
             } => {
-                self.conn
-                    .prepare_cached("UPDATE runs SET jid = ?2 WHERE instance = ?1")?
-                    .execute(params![instance, jid])?;
+                self.db.exec(
+                    "UPDATE runs SET jid = ?2 WHERE instance = ?1",
+                    p![instance, jid],
+                )?;
                 for m in machines {
-                    self.conn
-                            .prepare_cached("INSERT OR IGNORE INTO targets (instance, machine, state) VALUES (?1, ?2, 'expected')")?
-                            .execute(params![instance, m])?;
+                    self.db.exec(
+                        "INSERT INTO targets (instance, machine, state) VALUES (?1, ?2, 'expected')
+                             ON CONFLICT DO NOTHING",
+                        p![instance, m],
+                    )?;
                 }
             }
             RunEvent::MachineSkipped { instance, machine } => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO targets (instance, machine, state, note)
-                     VALUES (?1, ?2, 'maintenance', 'Target under maintenance')",
-                    )?
-                    .execute(params![instance, machine])?;
+                self.db.exec(
+                    "INSERT INTO targets (instance, machine, state, note)
+                     VALUES (?1, ?2, 'maintenance', 'Target under maintenance')
+                     ON CONFLICT (instance, machine) DO UPDATE SET state = excluded.state,
+                       note = excluded.note",
+                    p![instance, machine],
+                )?;
             }
             RunEvent::Confirmed {
                 instance,
@@ -1339,12 +1403,11 @@ impl Store {
                 at,
             } => {
                 self.ensure_target(instance, machine)?;
-                self.conn
-                    .prepare_cached(
-                        "UPDATE targets SET state = 'running', confirmed_ms = ?3, heartbeat_ms = ?3
+                self.db.exec(
+                    "UPDATE targets SET state = 'running', confirmed_ms = ?3, heartbeat_ms = ?3
                      WHERE instance = ?1 AND machine = ?2 AND state = 'expected'",
-                    )?
-                    .execute(params![instance, machine, ms(*at)])?;
+                    p![instance, machine, ms(*at)],
+                )?;
             }
             RunEvent::LateResult {
                 instance,
@@ -1356,25 +1419,26 @@ impl Store {
                     "[saltpeter: the wrapper reported exit code {retcode} ({}) at {at}, after this target had ended]",
                     crate::engine::meaning(*retcode)
                 );
-                self.conn
-                    .prepare_cached(
-                        "UPDATE targets SET note = CASE WHEN note IS NULL OR note = '' THEN ?3
-                                                        ELSE note || char(10) || ?3 END
+                self.db.exec(
+                    "UPDATE targets SET note = CASE WHEN note IS NULL OR note = '' THEN ?3
+                                                        ELSE note || ?4 END
                          WHERE instance = ?1 AND machine = ?2",
-                    )?
-                    .execute(params![instance, machine, line])?;
+                    p![instance, machine, &line, &format!("\n{line}")],
+                )?;
             }
             RunEvent::Launching { instance, jid } => {
-                self.conn
-                    .prepare_cached("UPDATE runs SET launch_jid = ?2 WHERE instance = ?1")?
-                    .execute(params![instance, jid])?;
+                self.db.exec(
+                    "UPDATE runs SET launch_jid = ?2 WHERE instance = ?1",
+                    p![instance, jid],
+                )?;
             }
             RunEvent::BatchesLeft { instance, batches } => {
                 let json = (!batches.is_empty())
                     .then(|| serde_json::to_string(batches).expect("lists of strings"));
-                self.conn
-                    .prepare_cached("UPDATE runs SET batches = ?2 WHERE instance = ?1")?
-                    .execute(params![instance, json])?;
+                self.db.exec(
+                    "UPDATE runs SET batches = ?2 WHERE instance = ?1",
+                    p![instance, &json],
+                )?;
             }
             RunEvent::Waiting {
                 instance,
@@ -1384,12 +1448,11 @@ impl Store {
                 // The note of a target still in Phase 1 says why it waits; its result's note
                 // replaces it.
                 self.ensure_target(instance, machine)?;
-                self.conn
-                    .prepare_cached(
-                        "UPDATE targets SET note = ?3
+                self.db.exec(
+                    "UPDATE targets SET note = ?3
                          WHERE instance = ?1 AND machine = ?2 AND state = 'expected'",
-                    )?
-                    .execute(params![instance, machine, why])?;
+                    p![instance, machine, why],
+                )?;
             }
             RunEvent::WrapperStarted {
                 instance,
@@ -1398,9 +1461,7 @@ impl Store {
                 version,
             } => {
                 self.ensure_target(instance, machine)?;
-                self.conn
-                        .prepare_cached("UPDATE targets SET pid = ?3, wrapper_version = ?4 WHERE instance = ?1 AND machine = ?2")?
-                        .execute(params![instance, machine, pid, version])?;
+                self.db.exec("UPDATE targets SET pid = ?3, wrapper_version = ?4 WHERE instance = ?1 AND machine = ?2", p![instance, machine, pid, version])?;
             }
             RunEvent::Heartbeat {
                 instance,
@@ -1460,11 +1521,10 @@ impl Store {
                 for p in drop {
                     let pending = (instance.clone(), machine.clone(), p);
                     if self.pending_chunks.remove(&pending).is_none() {
-                        self.conn
-                            .prepare_cached(
-                                "DELETE FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos = ?3",
-                            )?
-                            .execute(params![instance, machine, p as i64])?;
+                        self.db.exec(
+                            "DELETE FROM chunks WHERE instance = ?1 AND machine = ?2 AND pos = ?3",
+                            p![instance, machine, p as i64],
+                        )?;
                     }
                 }
             }
@@ -1481,13 +1541,12 @@ impl Store {
                     .beats
                     .get_mut(instance.as_str())
                     .and_then(|run| run.remove(machine.as_str()));
-                self.conn
-                    .prepare_cached(
-                        "UPDATE targets SET state = 'done', code = ?3, note = ?4, ended_ms = ?5,
+                self.db.exec(
+                    "UPDATE targets SET state = 'done', code = ?3, note = ?4, ended_ms = ?5,
                            heartbeat_ms = COALESCE(?6, heartbeat_ms)
                          WHERE instance = ?1 AND machine = ?2",
-                    )?
-                    .execute(params![instance, machine, code, note, ms(*at), beat])?;
+                    p![instance, machine, code, note, ms(*at), beat],
+                )?;
             }
             RunEvent::RunEnded {
                 instance,
@@ -1497,12 +1556,10 @@ impl Store {
                 at,
             } => {
                 self.flush_outputs()?;
-                self.conn
-                        .prepare_cached("UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1")?
-                        .execute(params![instance, ms(*at), success, *succeeded as i64, *total as i64])?;
+                self.db.exec("UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1", p![instance, ms(*at), success, *succeeded as i64, *total as i64])?;
                 self.outputs.remove(instance.as_str());
                 self.write_beats_of(instance)?;
-                ledger::ended(&self.conn, instance)?;
+                ledger::ended(&self.db, instance)?;
                 self.prune_job_of(instance)?;
             }
         }
@@ -1510,26 +1567,26 @@ impl Store {
     }
 
     /// A target row exists before it is updated (events may name targets Salt's reply did not).
-    fn ensure_target(&self, instance: &str, machine: &str) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO targets (instance, machine, state)
-             SELECT ?1, ?2, 'expected' WHERE EXISTS (SELECT 1 FROM runs WHERE instance = ?1)",
-            )?
-            .execute(params![instance, machine])?;
+    fn ensure_target(&self, instance: &str, machine: &str) -> Result<(), DbError> {
+        self.db.exec(
+            "INSERT INTO targets (instance, machine, state)
+             SELECT ?1, ?2, 'expected' WHERE EXISTS (SELECT 1 FROM runs WHERE instance = ?1)
+             ON CONFLICT DO NOTHING",
+            p![instance, machine],
+        )?;
         Ok(())
     }
 
     /// Writes the heartbeats `instance`'s targets sent since they were last written.
-    fn write_beats_of(&mut self, instance: &str) -> rusqlite::Result<()> {
+    fn write_beats_of(&mut self, instance: &str) -> Result<(), DbError> {
         let Some(run) = self.beats.remove(instance) else {
             return Ok(());
         };
-        let mut st = self.conn.prepare_cached(
-            "UPDATE targets SET heartbeat_ms = ?3 WHERE instance = ?1 AND machine = ?2",
-        )?;
         for (machine, at) in run {
-            st.execute(params![instance, machine, at])?;
+            self.db.exec(
+                "UPDATE targets SET heartbeat_ms = ?3 WHERE instance = ?1 AND machine = ?2",
+                p![instance, &machine, at],
+            )?;
         }
         Ok(())
     }
@@ -1546,29 +1603,25 @@ impl Store {
     }
 
     /// The cap's state of a target written to before (by an earlier process).
-    fn load_output(&self, instance: &str, machine: &str) -> rusqlite::Result<CapState> {
+    fn load_output(&self, instance: &str, machine: &str) -> Result<CapState, DbError> {
         let (total, dropped): (i64, i64) = self
-            .conn
-            .query_row(
+            .db
+            .row(
                 "SELECT output_bytes, dropped FROM targets WHERE instance = ?1 AND machine = ?2",
-                params![instance, machine],
+                p![instance, machine],
                 |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
+            )?
             .unwrap_or((0, 0));
         let mut state = CapState {
             total: total as u64,
             dropped: dropped as u64,
             ..CapState::default()
         };
-        let mut st = self.conn.prepare(
-            "SELECT pos, length(CAST(data AS BLOB)) FROM chunks WHERE instance = ?1 AND machine = ?2 ORDER BY pos",
+        let chunks = self.db.query(
+            "SELECT pos, octet_length(data) FROM chunks WHERE instance = ?1 AND machine = ?2 ORDER BY pos",
+            p![instance, machine],
+            |r| Ok((r.get::<u64>(0)?, r.get::<u64>(1)?)),
         )?;
-        let chunks = st
-            .query_map(params![instance, machine], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
         // Head chunks are the contiguous ones from 0 inside the first half of the cap.
         let half = self.retention.output_cap as u64 / 2;
         let mut head_open = true;
@@ -1586,22 +1639,21 @@ impl Store {
     /// A target's output from `from`, and whether the target has ended.
     /// Writes the batch's output; the first storage failure is returned (the batch is then
     /// not stored), any other error is logged.
-    fn flush_outputs(&mut self) -> rusqlite::Result<()> {
+    fn flush_outputs(&mut self) -> Result<(), DbError> {
         let mut failed = None;
-        let mut check = |e: rusqlite::Error| {
-            if is_storage_failure(&e) {
+        let mut check = |e: DbError| {
+            if e.is_storage_failure() || self.db.kind() == db::Kind::Postgres {
                 failed.get_or_insert(e);
             } else {
                 tracing::error!(error = %e, "history: cannot store output");
             }
         };
         for ((instance, machine, pos), data) in std::mem::take(&mut self.pending_chunks) {
-            let insert = self.conn.prepare_cached(
-                "INSERT OR REPLACE INTO chunks (instance, machine, pos, data) VALUES (?1, ?2, ?3, ?4)",
-            );
-            if let Err(e) =
-                insert.and_then(|mut st| st.execute(params![instance, machine, pos as i64, data]))
-            {
+            if let Err(e) = self.db.exec(
+                "INSERT INTO chunks (instance, machine, pos, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (instance, machine, pos) DO UPDATE SET data = excluded.data",
+                p![&instance, &machine, pos as i64, &data],
+            ) {
                 check(e);
             }
         }
@@ -1615,14 +1667,12 @@ impl Store {
             };
             written.dirty = false;
             let (total, dropped) = (written.cap.total as i64, written.cap.dropped as i64);
-            let update = self.conn.prepare_cached(
+            let next_seq = written.next_seq;
+            if let Err(e) = self.db.exec(
                 "UPDATE targets SET output_bytes = ?3, dropped = ?4, next_seq = COALESCE(?5, next_seq)
                  WHERE instance = ?1 AND machine = ?2",
-            );
-            let next_seq = written.next_seq;
-            if let Err(e) = update
-                .and_then(|mut st| st.execute(params![instance, machine, total, dropped, next_seq]))
-            {
+                p![&instance, &machine, total, dropped, next_seq],
+            ) {
                 check(e);
             }
         }
@@ -1635,15 +1685,15 @@ impl Store {
                 let _ = tx.send(v);
             }))
         }
-        let log = |e: &rusqlite::Error| {
+        let log = |e: &DbError| {
             tracing::error!(error = %e, "history: query failed");
         };
         match q {
             Query::LastRuns(tx) => {
                 let rows = self
                     .select_runs(
-                        "SELECT * FROM runs r WHERE started_ms = (SELECT MAX(started_ms) FROM runs WHERE job = r.job)",
-                        params![],
+                        &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE started_ms = (SELECT MAX(started_ms) FROM runs WHERE job = r.job)"),
+                        p![],
                     )
                     .inspect_err(log)
                     .unwrap_or_default();
@@ -1657,14 +1707,14 @@ impl Store {
             } => {
                 let rows = match before {
                     Some(b) => self.select_runs(
-                        "SELECT * FROM runs WHERE job = ?1 AND (started_ms, instance) <
+                        &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE job = ?1 AND (started_ms, instance) <
                            (SELECT started_ms, instance FROM runs WHERE instance = ?2)
-                         ORDER BY started_ms DESC, instance DESC LIMIT ?3",
-                        params![job, b, limit as i64],
+                         ORDER BY started_ms DESC, instance DESC LIMIT ?3"),
+                        p![&job, &b, limit as i64],
                     ),
                     None => self.select_runs(
-                        "SELECT * FROM runs WHERE job = ?1 ORDER BY started_ms DESC, instance DESC LIMIT ?2",
-                        params![job, limit as i64],
+                        &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE job = ?1 ORDER BY started_ms DESC, instance DESC LIMIT ?2"),
+                        p![&job, limit as i64],
                     ),
                 };
                 reply(tx, rows.inspect_err(log).unwrap_or_default())
@@ -1683,7 +1733,7 @@ impl Store {
                 reply: tx,
             } => reply(
                 tx,
-                read_output(&self.conn, &instance, &machine, offset)
+                read_output(&self.db, &instance, &machine, offset)
                     .inspect_err(log)
                     .ok()
                     .flatten(),
@@ -1694,7 +1744,7 @@ impl Store {
                 by,
                 reply: tx,
             } => {
-                let result = ledger::claim(&self.conn, &claims, &notices, &by).map_err(|e| {
+                let result = ledger::claim(&self.db, &claims, &notices, &by).map_err(|e| {
                     tracing::error!(error = %e, "history: cannot claim slots");
                     HistoryError::NotStored(e.to_string())
                 });
@@ -1721,7 +1771,7 @@ impl Store {
                 reply: tx,
             } => reply(
                 tx,
-                ledger::slots(&self.conn, &job, &filter, limit)
+                ledger::slots(&self.db, &job, &filter, limit)
                     .inspect_err(log)
                     .unwrap_or_default(),
             ),
@@ -1731,14 +1781,14 @@ impl Store {
                 reply: tx,
             } => reply(
                 tx,
-                ledger::planned(&self.conn, &jobs, at).map_err(|e| {
+                ledger::planned(&self.db, &jobs, at).map_err(|e| {
                     tracing::error!(error = %e, "history: cannot note the jobs planned afresh");
                     HistoryError::NotStored(e.to_string())
                 }),
             ),
             Query::Heads { job, reply: tx } => reply(
                 tx,
-                ledger::heads(&self.conn, job.as_deref())
+                ledger::heads(&self.db, job.as_deref())
                     .inspect_err(log)
                     .unwrap_or_default(),
             ),
@@ -1747,20 +1797,18 @@ impl Store {
                 limit,
                 reply: tx,
             } => {
-                let rows = (|| {
-                    let mut st = self.conn.prepare(
-                        "SELECT job, claimed_ms, reason, detail FROM slots WHERE job = ?1 AND state = 'skipped' ORDER BY at_ms DESC LIMIT ?2",
-                    )?;
-                    st.query_map(params![job, limit as i64], |r| {
+                let rows = self.db.query(
+                    "SELECT job, claimed_ms, reason, detail FROM slots WHERE job = ?1 AND state = 'skipped' ORDER BY at_ms DESC LIMIT ?2",
+                    p![&job, limit as i64],
+                    |r| {
                         Ok(SkipRow {
                             job: r.get(0)?,
                             at: iso(r.get(1)?).unwrap_or_default(),
                             reason: r.get(2)?,
                             detail: r.get(3)?,
                         })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })();
+                    },
+                );
                 reply(tx, rows.inspect_err(log).unwrap_or_default())
             }
             Query::InFlight(tx) => reply(tx, self.in_flight().inspect_err(log).unwrap_or_default()),
@@ -1772,35 +1820,29 @@ impl Store {
             } => {
                 let key = machine.unwrap_or_else(|| "*".into());
                 let r = if on {
-                    self.conn.execute(
-                        "INSERT OR IGNORE INTO maintenance (machine) VALUES (?1)",
-                        params![key],
+                    self.db.exec(
+                        "INSERT INTO maintenance (machine) VALUES (?1) ON CONFLICT DO NOTHING",
+                        p![&key],
                     )
                 } else {
-                    self.conn
-                        .execute("DELETE FROM maintenance WHERE machine = ?1", params![key])
+                    self.db
+                        .exec("DELETE FROM maintenance WHERE machine = ?1", p![&key])
                 };
                 if let Err(e) = r {
                     log(&e);
                 }
                 reply(tx, self.maintenance())
             }
-            Query::Size(tx) => {
-                let size =
-                    |q: &str| -> i64 { self.conn.query_row(q, [], |r| r.get(0)).unwrap_or(0) };
-                let pages = size("PRAGMA page_count") * size("PRAGMA page_size");
-                reply(tx, pages.max(0) as u64)
-            }
+            Query::Size(tx) => reply(tx, self.db.size().inspect_err(log).unwrap_or(0)),
             // Answered after the commit, with its outcome (see `serve`).
             Query::Flush(tx) => reply(tx, Ok(())),
             Query::PendingRetries(tx) => {
-                let rows = (|| {
-                    let mut st = self.conn.prepare(
+                let rows = self.db.query(
                         "SELECT job, instance, COALESCE(first_instance, instance), retry_attempt, scheduled_ms,
                                 retry_machines, retry_ms
                          FROM runs WHERE retry_ms IS NOT NULL ORDER BY retry_ms",
-                    )?;
-                    st.query_map([], |r| {
+                    p![],
+                    |r| {
                         let machines: Option<String> = r.get(5)?;
                         Ok(RetryPlan {
                             job: r.get(0)?,
@@ -1808,21 +1850,20 @@ impl Store {
                             first: r.get(2)?,
                             attempt: r.get(3)?,
                             slot: r
-                                .get::<_, Option<i64>>(4)?
+                                .get::<Option<i64>>(4)?
                                 .and_then(|m| Timestamp::from_millisecond(m).ok()),
                             machines: machines
                                 .and_then(|m| serde_json::from_str(&m).ok())
                                 .unwrap_or_default(),
                             due: Timestamp::from_millisecond(r.get(6)?).unwrap_or_default(),
                         })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })();
+                    },
+                );
                 reply(tx, rows.inspect_err(log).unwrap_or_default())
             }
             Query::Streaks(tx) => reply(
                 tx,
-                outbox::streaks(&self.conn)
+                outbox::streaks(&self.db)
                     .inspect_err(log)
                     .unwrap_or_default(),
             ),
@@ -1833,7 +1874,7 @@ impl Store {
                 reply: tx,
             } => reply(
                 tx,
-                outbox::due(&self.conn, now_ms, limit, &busy)
+                outbox::due(&self.db, now_ms, limit, &busy)
                     .map_err(|e| HistoryError::NotStored(e.to_string())),
             ),
             Query::Attempted {
@@ -1843,7 +1884,7 @@ impl Store {
                 reply: tx,
             } => reply(
                 tx,
-                outbox::attempted(&self.conn, id, &outcome, at_ms).map_err(|e| {
+                outbox::attempted(&self.db, id, &outcome, at_ms).map_err(|e| {
                     tracing::error!(error = %e, "history: cannot record a delivery attempt");
                     HistoryError::NotStored(e.to_string())
                 }),
@@ -1855,23 +1896,22 @@ impl Store {
                 reply: tx,
             } => reply(
                 tx,
-                outbox::list(&self.conn, job.as_deref(), before, limit)
+                outbox::list(&self.db, job.as_deref(), before, limit)
                     .inspect_err(log)
                     .unwrap_or_default(),
             ),
             #[cfg(test)]
             Query::Exec(sql, tx) => {
-                self.conn.execute_batch(&sql).expect("test SQL");
+                self.db.batch(&sql).expect("test SQL");
                 reply(tx, ())
             }
             Query::Running(tx) => {
-                let rows = (|| {
-                    let mut st = self.conn.prepare(
+                let rows = (|| -> Result<Vec<RunDetail>, DbError> {
+                    let ids = self.db.query(
                         "SELECT instance FROM runs WHERE ended_ms IS NULL ORDER BY started_ms",
+                        p![],
+                        |r| r.get::<String>(0),
                     )?;
-                    let ids = st
-                        .query_map([], |r| r.get::<_, String>(0))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
                     let mut out = Vec::new();
                     for id in ids {
                         out.extend(self.run_detail(&id)?);
@@ -1885,25 +1925,25 @@ impl Store {
                 to_ms,
                 reply: tx,
             } => {
-                let rows = (|| {
-                    let mut st = self.conn.prepare(
+                let rows = (|| -> Result<Vec<TimelineItem>, DbError> {
+                    let mut items = Vec::new();
+                    let found = self.db.query(
                         "SELECT r.job, t.machine, t.confirmed_ms, t.ended_ms, t.code, t.instance
                          FROM targets t JOIN runs r ON r.instance = t.instance
                          WHERE (t.confirmed_ms BETWEEN ?1 AND ?2) OR (t.ended_ms BETWEEN ?1 AND ?2)",
+                        p![from_ms, to_ms],
+                        |r| {
+                            Ok((
+                                r.get::<String>(0)?,
+                                r.get::<String>(1)?,
+                                r.get::<Option<i64>>(2)?,
+                                r.get::<Option<i64>>(3)?,
+                                r.get::<Option<i64>>(4)?,
+                                r.get::<String>(5)?,
+                            ))
+                        },
                     )?;
-                    let mut items = Vec::new();
-                    let found = st.query_map(params![from_ms, to_ms], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, Option<i64>>(2)?,
-                            r.get::<_, Option<i64>>(3)?,
-                            r.get::<_, Option<i64>>(4)?,
-                            r.get::<_, String>(5)?,
-                        ))
-                    })?;
-                    for row in found {
-                        let (cron, machine, start, end, code, instance) = row?;
+                    for (cron, machine, start, end, code, instance) in found {
                         let mut push = |at: i64, msg_type, ret_code| {
                             items.push((
                                 at,
@@ -1934,14 +1974,14 @@ impl Store {
 
     fn maintenance(&self) -> MaintenanceState {
         let mut state = MaintenanceState::default();
-        let rows = (|| {
-            let mut st = self
-                .conn
-                .prepare("SELECT machine FROM maintenance ORDER BY machine")?;
-            st.query_map([], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })()
-        .unwrap_or_default();
+        let rows = self
+            .db
+            .query(
+                "SELECT machine FROM maintenance ORDER BY machine",
+                p![],
+                |r| r.get::<String>(0),
+            )
+            .unwrap_or_default();
         for m in rows {
             if m == "*" {
                 state.global = true;
@@ -1952,44 +1992,44 @@ impl Store {
         state
     }
 
-    fn select_runs(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<RunRow>> {
-        let mut st = self.conn.prepare(sql)?;
-        st.query_map(p, |r| {
-            let ended: Option<i64> = r.get("ended_ms")?;
+    fn select_runs(&self, sql: &str, params: &[db::P<'_>]) -> Result<Vec<RunRow>, DbError> {
+        self.db.query(sql, params, |r| {
+            let ended: Option<i64> = r.get(5)?;
             Ok(RunRow {
-                instance: r.get("instance")?,
-                job: r.get("job")?,
-                trigger: r.get("trigger")?,
-                scheduled_at: iso(r.get("scheduled_ms")?),
-                started_at: iso(r.get("started_ms")?).unwrap_or_default(),
+                instance: r.get(0)?,
+                job: r.get(1)?,
+                trigger: r.get(2)?,
+                scheduled_at: iso(r.get(3)?),
+                started_at: iso(r.get(4)?).unwrap_or_default(),
                 ended_at: iso(ended),
-                jid: r.get("jid")?,
-                success: r.get("success")?,
-                succeeded: r.get::<_, Option<i64>>("succeeded")?.map(|v| v as u64),
-                total: r.get::<_, Option<i64>>("total")?.map(|v| v as u64),
+                jid: r.get(6)?,
+                success: r.get(7)?,
+                succeeded: r.get(8)?,
+                total: r.get(9)?,
                 running: ended.is_none(),
-                attempt: r.get("attempt")?,
-                first_instance: r.get("first_instance")?,
-                retry_at: iso(r.get("retry_ms")?),
+                attempt: r.get(10)?,
+                first_instance: r.get(11)?,
+                retry_at: iso(r.get(12)?),
             })
-        })?
-        .collect()
+        })
     }
 
-    fn run_detail(&self, instance: &str) -> rusqlite::Result<Option<RunDetail>> {
+    fn run_detail(&self, instance: &str) -> Result<Option<RunDetail>, DbError> {
         let Some(run) = self
-            .select_runs("SELECT * FROM runs WHERE instance = ?1", params![instance])?
+            .select_runs(
+                &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE instance = ?1"),
+                p![instance],
+            )?
             .pop()
         else {
             return Ok(None);
         };
-        let mut st = self.conn.prepare(
+        let targets = self.db.query(
             "SELECT machine, state, code, note, confirmed_ms, ended_ms, wrapper_version, pid,
                     heartbeat_ms, output_bytes, dropped
              FROM targets WHERE instance = ?1 ORDER BY machine",
-        )?;
-        let targets = st
-            .query_map(params![instance], |r| {
+            p![instance],
+            |r| {
                 let code: Option<i64> = r.get(2)?;
                 Ok(TargetRow {
                     machine: r.get(0)?,
@@ -2002,11 +2042,11 @@ impl Store {
                     wrapper_version: r.get(6)?,
                     pid: r.get(7)?,
                     last_heartbeat: iso(r.get(8)?),
-                    output_bytes: r.get::<_, i64>(9)? as u64,
-                    dropped_bytes: r.get::<_, i64>(10)? as u64,
+                    output_bytes: r.get(9)?,
+                    dropped_bytes: r.get(10)?,
                 })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            },
+        )?;
         let mut targets = targets;
         // Heartbeats not yet written are the freshest.
         if let Some(beats) = self.beats.get(instance) {
@@ -2019,15 +2059,14 @@ impl Store {
         Ok(Some(RunDetail { run, targets }))
     }
 
-    fn in_flight(&self) -> rusqlite::Result<Vec<InFlight>> {
-        let mut st = self.conn.prepare(
+    fn in_flight(&self) -> Result<Vec<InFlight>, DbError> {
+        let runs = self.db.query(
             "SELECT instance, job, token, jid, batches, launch_jid,
                     (SELECT claimed_by FROM slots s WHERE s.instance = runs.instance),
                     started_ms, scheduled_ms
              FROM runs WHERE ended_ms IS NULL",
-        )?;
-        let runs = st
-            .query_map([], |r| {
+            p![],
+            |r| {
                 let batches: Option<String> = r.get(4)?;
                 let jid: Option<String> = r.get(3)?;
                 let launch_jid: Option<String> = r.get(5)?;
@@ -2040,7 +2079,7 @@ impl Store {
                     claimed_by: r.get(6)?,
                     started: Timestamp::from_millisecond(r.get(7)?).ok(),
                     scheduled: r
-                        .get::<_, Option<i64>>(8)?
+                        .get::<Option<i64>>(8)?
                         .and_then(|m| Timestamp::from_millisecond(m).ok()),
                     open: Vec::new(),
                     done: Vec::new(),
@@ -2049,45 +2088,43 @@ impl Store {
                         .and_then(|j| serde_json::from_str(&j).ok())
                         .unwrap_or_default(),
                 })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            },
+        )?;
         let mut out = Vec::new();
         for mut run in runs {
-            let mut st = self.conn.prepare(
+            run.open = self.db.query(
                 "SELECT machine, state, next_seq FROM targets
                  WHERE instance = ?1 AND state IN ('expected', 'running') ORDER BY machine",
-            )?;
-            run.open = st
-                .query_map(params![run.instance], |r| {
+                p![&run.instance],
+                |r| {
                     Ok(OpenTarget {
                         machine: r.get(0)?,
-                        confirmed: r.get::<_, String>(1)? == "running",
+                        confirmed: r.get::<String>(1)? == "running",
                         next_seq: r.get(2)?,
                     })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut st = self.conn.prepare(
-                "SELECT machine, code FROM targets WHERE instance = ?1 AND state = 'done' AND code IS NOT NULL",
+                },
             )?;
-            run.done = st
-                .query_map(params![run.instance], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            run.done = self.db.query(
+                "SELECT machine, code FROM targets WHERE instance = ?1 AND state = 'done' AND code IS NOT NULL",
+                p![&run.instance],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             out.push(run);
         }
         Ok(out)
     }
 
     /// Keeps at most `max_runs_per_job` runs of the job `instance` belongs to.
-    fn prune_job_of(&self, instance: &str) -> rusqlite::Result<()> {
+    fn prune_job_of(&self, instance: &str) -> Result<(), DbError> {
         if self.retention.max_runs_per_job == 0 {
             return Ok(());
         }
-        self.conn.execute(
+        self.db.exec(
             "DELETE FROM runs WHERE job = (SELECT job FROM runs WHERE instance = ?1)
                AND ended_ms IS NOT NULL
                AND instance NOT IN (SELECT instance FROM runs WHERE job = (SELECT job FROM runs WHERE instance = ?1)
                                     ORDER BY started_ms DESC LIMIT ?2)",
-            params![instance, self.retention.max_runs_per_job as i64],
+            p![instance, self.retention.max_runs_per_job as i64],
         )?;
         Ok(())
     }
@@ -2099,15 +2136,13 @@ impl Store {
             .then(|| ms(crate::clock::now()) - (self.retention.max_age_days as i64) * 86_400_000);
         let r = cutoff
             .map_or(Ok(0), |cutoff| {
-                self.conn.execute(
+                self.db.exec(
                     "DELETE FROM runs WHERE ended_ms IS NOT NULL AND started_ms < ?1",
-                    params![cutoff],
+                    p![cutoff],
                 )
             })
-            .and_then(|_| {
-                ledger::prune(&self.conn, cutoff, self.retention.max_runs_per_job as usize)
-            })
-            .and_then(|_| outbox::prune(&self.conn, cutoff));
+            .and_then(|_| ledger::prune(&self.db, cutoff, self.retention.max_runs_per_job as usize))
+            .and_then(|_| outbox::prune(&self.db, cutoff));
         if let Err(e) = r {
             tracing::error!(error = %e, "history: pruning failed");
         }

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use super::db::{Db, DbError, p};
 use super::{iso, ms};
 use crate::journal::Notified;
 
@@ -61,89 +61,94 @@ pub fn when(ms: i64) -> String {
     iso(Some(ms)).unwrap_or_default()
 }
 
-pub fn apply(conn: &Connection, n: &Notified) -> rusqlite::Result<()> {
+pub fn apply(db: &Db, n: &Notified) -> Result<(), DbError> {
     if let Some((failures, told)) = n.streak {
-        conn.prepare_cached(
+        db.exec(
             "INSERT INTO notify_streaks (job, failures, told) VALUES (?1, ?2, ?3)
              ON CONFLICT (job) DO UPDATE SET failures = excluded.failures, told = excluded.told",
-        )?
-        .execute(params![n.job, failures, told])?;
+            p![&n.job, failures, told],
+        )?;
     }
     let at = ms(n.at);
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO deliveries (job, channel, event, instance, slot_ms, body, created_ms, state, next_ms, done_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
     for d in &n.deliveries {
         let (state, next, done) = if d.suppressed {
             ("suppressed", None, Some(at))
         } else {
             ("pending", Some(at), None)
         };
-        insert.execute(params![
-            n.job,
-            d.channel,
-            d.event,
-            d.instance,
-            d.slot.map(ms),
-            d.body,
-            at,
-            state,
-            next,
-            done
-        ])?;
+        db.exec(
+            "INSERT INTO deliveries (job, channel, event, instance, slot_ms, body, created_ms, state, next_ms, done_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            p![
+                &n.job,
+                &d.channel,
+                &d.event,
+                d.instance.as_deref(),
+                d.slot.map(ms),
+                &d.body,
+                at,
+                state,
+                next,
+                done
+            ],
+        )?;
     }
     Ok(())
 }
 
 /// Every job's stored streak: `(failures in a row, someone was told)`.
-pub fn streaks(conn: &Connection) -> rusqlite::Result<HashMap<String, (u32, bool)>> {
-    let mut st = conn.prepare("SELECT job, failures, told FROM notify_streaks")?;
-    st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
-        .collect()
+pub fn streaks(db: &Db) -> Result<HashMap<String, (u32, bool)>, DbError> {
+    let rows = db.query(
+        "SELECT job, failures, told FROM notify_streaks",
+        p![],
+        |r| Ok((r.get::<String>(0)?, (r.get::<u32>(1)?, r.get::<bool>(2)?))),
+    )?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Pending deliveries due by `now_ms` (oldest first, at most `limit`, leaving out `busy`),
 /// and when the next one not yet due is.
 pub fn due(
-    conn: &Connection,
+    db: &Db,
     now_ms: i64,
     limit: usize,
     busy: &[i64],
-) -> rusqlite::Result<(Vec<Due>, Option<i64>)> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, job, channel, body, attempts FROM deliveries
-         WHERE state = 'pending' AND next_ms <= ?1 ORDER BY next_ms, id LIMIT ?2",
-    )?;
+) -> Result<(Vec<Due>, Option<i64>), DbError> {
     // `busy` are few (the sends in flight): fetched past them rather than bound as a list.
-    let rows = st
-        .query_map(params![now_ms, (limit + busy.len()) as i64], |r| {
-            Ok(Due {
-                id: r.get(0)?,
-                job: r.get(1)?,
-                channel: r.get(2)?,
-                body: r.get(3)?,
-                attempts: r.get(4)?,
-            })
-        })?
-        .filter(|d| d.as_ref().map_or(true, |d| !busy.contains(&d.id)))
-        .take(limit)
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let next = conn
-        .prepare_cached(
-            "SELECT MIN(next_ms) FROM deliveries WHERE state = 'pending' AND next_ms > ?1",
+    let rows = db
+        .query(
+            "SELECT id, job, channel, body, attempts FROM deliveries
+             WHERE state = 'pending' AND next_ms <= ?1 ORDER BY next_ms, id LIMIT ?2",
+            p![
+                now_ms,
+                limit.saturating_add(busy.len()).min(i64::MAX as usize) as i64
+            ],
+            |r| {
+                Ok(Due {
+                    id: r.get(0)?,
+                    job: r.get(1)?,
+                    channel: r.get(2)?,
+                    body: r.get(3)?,
+                    attempts: r.get(4)?,
+                })
+            },
         )?
-        .query_row(params![now_ms], |r| r.get(0))?;
+        .into_iter()
+        .filter(|d| !busy.contains(&d.id))
+        .take(limit)
+        .collect();
+    let next = db
+        .row(
+            "SELECT MIN(next_ms) FROM deliveries WHERE state = 'pending' AND next_ms > ?1",
+            p![now_ms],
+            |r| r.get::<Option<i64>>(0),
+        )?
+        .flatten();
     Ok((rows, next))
 }
 
 /// Records one attempt at delivery `id`, made at `at_ms`.
-pub fn attempted(
-    conn: &Connection,
-    id: i64,
-    outcome: &Attempt,
-    at_ms: i64,
-) -> rusqlite::Result<()> {
+pub fn attempted(db: &Db, id: i64, outcome: &Attempt, at_ms: i64) -> Result<(), DbError> {
     let (state, next, error, done) = match outcome {
         Attempt::Delivered => ("delivered", None, None, Some(at_ms)),
         Attempt::Retry { error, next_ms } => {
@@ -151,28 +156,26 @@ pub fn attempted(
         }
         Attempt::Failed { error } => ("failed", None, Some(error.as_str()), Some(at_ms)),
     };
-    conn.prepare_cached(
+    db.exec(
         "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_ms = ?3,
            last_error = COALESCE(?4, last_error), done_ms = ?5
          WHERE id = ?1 AND state = 'pending'",
-    )?
-    .execute(params![id, state, next, error, done])?;
+        p![id, state, next, error, done],
+    )?;
     Ok(())
 }
 
 /// Deliveries newest first, of one job or all, before the id `before` (paging).
 pub fn list(
-    conn: &Connection,
+    db: &Db,
     job: Option<&str>,
     before: Option<i64>,
     limit: usize,
-) -> rusqlite::Result<Vec<DeliveryRow>> {
-    let mut st = conn.prepare_cached(
+) -> Result<Vec<DeliveryRow>, DbError> {
+    db.query(
         "SELECT id, job, channel, event, instance, slot_ms, created_ms, state, attempts, next_ms, last_error, done_ms
-         FROM deliveries WHERE (?1 IS NULL OR job = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3",
-    )?;
-    st.query_map(
-        params![job, before.unwrap_or(i64::MAX), limit as i64],
+         FROM deliveries WHERE (CAST(?1 AS TEXT) IS NULL OR job = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3",
+        p![job, before.unwrap_or(i64::MAX), limit.min(i64::MAX as usize) as i64],
         |r| {
             let state: String = r.get(7)?;
             let next: Option<i64> = r.get(9)?;
@@ -191,16 +194,15 @@ pub fn list(
                 done_at: iso(r.get(11)?),
             })
         },
-    )?
-    .collect()
+    )
 }
 
 /// Drops finished deliveries older than `cutoff_ms` (pending ones stay until they end).
-pub fn prune(conn: &Connection, cutoff_ms: Option<i64>) -> rusqlite::Result<()> {
+pub fn prune(db: &Db, cutoff_ms: Option<i64>) -> Result<(), DbError> {
     if let Some(cutoff) = cutoff_ms {
-        conn.execute(
+        db.exec(
             "DELETE FROM deliveries WHERE state <> 'pending' AND created_ms < ?1",
-            params![cutoff],
+            p![cutoff],
         )?;
     }
     Ok(())

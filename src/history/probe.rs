@@ -59,9 +59,9 @@ pub fn probe(path: &Path, busy: Duration) -> Result<Probe, HistoryError> {
             exists: existing == dir,
         });
     }
-    let open = |source| HistoryError::Open {
+    let open = |source: rusqlite::Error| HistoryError::Open {
         path: shown.clone(),
-        source,
+        source: source.into(),
     };
     let conn = Connection::open_with_flags(
         path,

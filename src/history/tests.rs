@@ -1,4 +1,5 @@
-//! The store against a real SQLite file: events in, answers out.
+//! The store against a real SQLite file, and a real PostgreSQL server when the tests are given
+//! one (`SALTPETER_TEST_POSTGRES`): events in, answers out.
 
 use futures_util::FutureExt;
 
@@ -21,7 +22,7 @@ fn started(instance: &str, job: &str, at: i64) -> RunEvent {
 }
 
 fn open(dir: &tempfile::TempDir, retention: Retention) -> History {
-    History::open(&dir.path().join("sub/history.db"), retention).unwrap()
+    History::connect(&db::testing::database(dir.path()), retention, QUEUE_LIMIT).unwrap()
 }
 
 fn run_events(instance: &str, job: &str, at: i64) -> Vec<RunEvent> {
@@ -294,9 +295,12 @@ async fn a_subscriber_that_falls_behind_is_told_anything_may_have_changed() {
 async fn writable_waits_while_the_queue_is_over_its_limit() {
     let dir = tempfile::tempdir().unwrap();
     let limit = 1 << 20;
-    let h =
-        History::open_with_queue_limit(&dir.path().join("history.db"), Retention::default(), limit)
-            .unwrap();
+    let h = History::connect(
+        &db::testing::database(dir.path()),
+        Retention::default(),
+        limit,
+    )
+    .unwrap();
     h.record(started("j_1", "j", 0));
     h.flush().await.unwrap();
     assert_eq!(h.queued_bytes(), 0);
@@ -331,20 +335,20 @@ fn an_old_database_is_migrated_and_a_newer_one_refused() {
     let path = dir.path().join("old.db");
     {
         // A database from before any migration: an empty file with another table in it.
-        let c = Connection::open(&path).unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch("CREATE TABLE unrelated (x INTEGER);")
             .unwrap();
     }
-    let mut c = Connection::open(&path).unwrap();
-    schema::migrate(&mut c).unwrap();
-    let v: i64 = c
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v as usize, schema::MIGRATIONS.len());
+    let c = db::Db::open(&Database::File(path.clone())).unwrap();
+    schema::migrate(&c).unwrap();
+    assert_eq!(
+        schema::version(&c).unwrap() as usize,
+        schema::MIGRATIONS.len()
+    );
     // Migrating again is a no-op.
-    schema::migrate(&mut c).unwrap();
-    c.pragma_update(None, "user_version", 99).unwrap();
-    let err = schema::migrate(&mut c).unwrap_err();
+    schema::migrate(&c).unwrap();
+    c.batch("PRAGMA user_version = 99").unwrap();
+    let err = schema::migrate(&c).unwrap_err();
     assert!(err.to_string().contains("newer saltpeter"), "{err}");
 }
 
@@ -353,7 +357,7 @@ fn a_version_1_database_keeps_its_output_through_later_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v1.db");
     {
-        let c = Connection::open(&path).unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch(schema::MIGRATIONS[0]).unwrap();
         c.pragma_update(None, "user_version", 1).unwrap();
         c.execute_batch(
@@ -362,14 +366,15 @@ fn a_version_1_database_keeps_its_output_through_later_migrations() {
         )
         .unwrap();
     }
-    let mut c = Connection::open(&path).unwrap();
-    schema::migrate(&mut c).unwrap();
+    let c = db::Db::open(&Database::File(path.clone())).unwrap();
+    schema::migrate(&c).unwrap();
     let (data, bytes, next): (String, i64, i64) = c
-        .query_row(
+        .row(
             "SELECT c.data, t.output_bytes, t.next_seq FROM targets t JOIN chunks c USING (instance, machine)",
-            [],
+            p![],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
+        .unwrap()
         .unwrap();
     assert_eq!((data.as_str(), bytes, next), ("old output", 10, 0));
 }
@@ -427,7 +432,8 @@ async fn heartbeats_are_seen_at_once_and_written_with_the_result() {
 #[tokio::test]
 async fn a_commit_that_fails_is_an_error_and_is_retried_until_it_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let h = open(&dir, Retention::default());
+    // SQLite's own way to fill a disk.
+    let h = History::open(&dir.path().join("history.db"), Retention::default()).unwrap();
     let events = run_events("j_1", "j", 0);
     h.record(events[0].clone());
     h.record(events[1].clone());
@@ -1027,4 +1033,80 @@ async fn a_planned_attempt_is_found_again_until_it_starts() {
         .await
         .unwrap();
     assert_eq!(rows[0].instance.as_deref(), Some("j_1_retry2"));
+}
+
+/// Two stores (two daemons) claim the same slots at the same moment, many times over: each
+/// slot is won exactly once, and the loser is told who holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_of_the_same_slots_are_won_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, Retention::default());
+    let b = open(&dir, Retention::default());
+    let mut wins = HashMap::<String, usize>::new();
+    for round in 0..50 {
+        // Several jobs' slots in one claim, in the same order for both.
+        let claims: Vec<Claim> = ["j", "k", "l"]
+            .iter()
+            .map(|job| fired(job, Some(t(round * 60)), &format!("{job}_{round}")))
+            .collect();
+        let (ra, rb) = tokio::join!(
+            a.claim(claims.clone(), "daemon-a"),
+            b.claim(claims.clone(), "daemon-b")
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        for (i, c) in claims.iter().enumerate() {
+            match (&ra[i], &rb[i]) {
+                (Ok(()), Err(taken)) => {
+                    assert_eq!(taken.claimed_by, "daemon-a");
+                    *wins.entry("a".into()).or_default() += 1;
+                }
+                (Err(taken), Ok(())) => {
+                    assert_eq!(taken.claimed_by, "daemon-b");
+                    *wins.entry("b".into()).or_default() += 1;
+                }
+                other => panic!("slot {} of {}: {other:?}", round, c.job),
+            }
+        }
+    }
+    assert_eq!(wins.values().sum::<usize>(), 150);
+    let rows = a.slots("j", SlotFilter::default(), 1_000).await.unwrap();
+    assert_eq!(rows.len(), 50, "one row per slot");
+}
+
+/// PostgreSQL starts from its own baseline; it must be the schema SQLite's migrations give,
+/// column for column.
+#[test]
+fn both_engines_have_the_same_tables_and_columns() {
+    let Some(_) = db::testing::server() else {
+        eprintln!("SALTPETER_TEST_POSTGRES unset: only SQLite here");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let columns = |database: Database| {
+        std::thread::spawn(move || {
+            let conn = db::Db::open(&database).unwrap();
+            schema::migrate(&conn).unwrap();
+            let sql = match conn.kind() {
+                db::Kind::Sqlite => {
+                    "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+                     WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
+                }
+                db::Kind::Postgres => {
+                    "SELECT table_name::text, column_name::text FROM information_schema.columns
+                     WHERE table_schema = 'public' AND table_name != 'saltpeter_schema'
+                     ORDER BY 1, 2"
+                }
+            };
+            conn.query(sql, p![], |r| {
+                Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+            })
+            .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let sqlite = columns(Database::File(dir.path().join("s.db")));
+    let postgres = columns(db::testing::database(dir.path()));
+    assert!(sqlite.len() > 50, "{sqlite:?}");
+    assert_eq!(sqlite, postgres);
 }
