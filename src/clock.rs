@@ -11,9 +11,25 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-/// Now, by the wall clock.
+/// Now, by the wall clock (moved by `SALTPETER_CLOCK_SKEW_MS`, if set).
 pub fn now() -> Timestamp {
-    Timestamp::now()
+    match skew() {
+        0 => Timestamp::now(),
+        ms => Timestamp::now() + jiff::SignedDuration::from_millis(ms),
+    }
+}
+
+/// `SALTPETER_CLOCK_SKEW_MS`: this process's clock runs that far ahead (or behind, when
+/// negative) of the machine's. For tests of several daemons whose clocks disagree; leases
+/// never depend on it (they are judged by the database's clock).
+fn skew() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("SALTPETER_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Why a [`WallTimer`] woke up.
@@ -58,6 +74,8 @@ impl WallTimer {
 
     /// Sleeps until `deadline` (or indefinitely) by the wall clock.
     pub async fn sleep_until(&mut self, deadline: Option<Timestamp>) -> std::io::Result<Wake> {
+        // The deadline is on this process's clock; the kernel's timer is on the machine's.
+        let deadline = deadline.map(|t| t - jiff::SignedDuration::from_millis(skew()));
         let (secs, nanos) = match deadline {
             Some(t) => (t.as_second(), t.subsec_nanosecond()),
             None => (FAR_FUTURE_SECS, 0),

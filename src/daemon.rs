@@ -20,7 +20,9 @@ use crate::clock::{self, Wake, WallTimer};
 use crate::config::{self, Concurrency, Config, Diagnostic, Job, Loader, Severity};
 use crate::control::{Command, Control, Refusal, RunRef};
 use crate::coordinator::Coordinator;
-use crate::history::{History, InFlight, MaintenanceState, Retention};
+use crate::history::db::Database;
+use crate::history::fleet::{self, DaemonInfo};
+use crate::history::{History, HistoryError, InFlight, MaintenanceState, Retention};
 use crate::joblog;
 use crate::journal::{Claim, SkipReason, SlotFate, Trigger};
 use crate::metrics::Metrics;
@@ -68,17 +70,41 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     let mut loader = Loader::new(&crate::hostname());
     let (config, diagnostics) = load(&dir, &mut loader, None)?;
     let settings = config.settings.clone();
-    let history = History::open(
-        Path::new(&settings.database),
+    let database = Database::parse(&settings.database).map_err(|source| HistoryError::Open {
+        path: "saltpeter_config.database".into(),
+        source,
+    })?;
+    let history = History::connect(
+        &database,
         Retention {
             output_cap: usize::try_from(settings.output_cap).unwrap_or(usize::MAX),
             max_age_days: settings.history_max_age_days,
             max_runs_per_job: settings.history_max_runs_per_job,
         },
+        crate::history::QUEUE_LIMIT,
     )?;
+    // This daemon's row in the store: its heartbeat is its lease on the runs it owns. The
+    // runs it owned before a restart are its own again.
+    let me = DaemonInfo {
+        name: settings.daemon_name.clone(),
+        host: crate::hostname(),
+        pid: std::process::id(),
+        version: crate::VERSION.into(),
+        api_url: if settings.api_ws == Some(false) {
+            String::new()
+        } else {
+            format!(
+                "http://{}:{}",
+                settings.default_saltpeter_server_host, settings.api_ws_port
+            )
+        },
+        machines_url: settings.machines_ws_url(&settings.default_saltpeter_server_host),
+    };
+    let others = history.register(me, fleet::LEASE).await?;
+    info!(daemon = %settings.daemon_name, database = %database.shown(), other_daemons = others, "history store open");
     let switched = history.maintenance().await.unwrap_or_default();
     // Runs in flight when the daemon last stopped: their wrappers are reconnecting.
-    let node = format!("{}:{}", crate::hostname(), std::process::id());
+    let node = format!("{}:{}", settings.daemon_name, std::process::id());
     let adopted: Vec<InFlight> = history
         .in_flight()
         .await
@@ -96,15 +122,26 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     // down is decided by each job's misfire policy at the first turn of the loop.
     let heads = history.heads().await.unwrap_or_default();
     let start = clock::now();
-    let mut planner = Planner::resuming(
+    // Joining daemons that are running (a shared store): they fire what falls due, so this
+    // one plans from now on; what fell due while every daemon was down is caught up (by
+    // each job's misfire policy) only by the first daemon back.
+    let resume = if others > 0 {
+        info!(
+            others,
+            "other daemons hold current leases on this store; planning from now (they fired what fell due before)"
+        );
+        HashMap::new()
+    } else {
         heads
             .iter()
             .filter_map(|(job, h)| Some((job.clone(), h.resume_from?)))
-            .collect(),
-        start,
-    );
+            .collect()
+    };
+    let mut planner = Planner::resuming(resume, start);
     let changes = planner.set_jobs(&config.jobs, start);
-    if let Err(e) = history.planned(changes.fresh.clone(), start).await {
+    if others == 0
+        && let Err(e) = history.planned(changes.fresh.clone(), start).await
+    {
         warn!(error = %e, "cannot note the jobs planned afresh; slots due while the daemon is down before their first run will not be accounted for");
     }
     info!(jobs = changes.added.len(), dir = %dir.display(), "Saltpeter {} started", crate::VERSION);
@@ -215,6 +252,14 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         tokio::spawn(api::serve(listener, state));
     }
 
+    // Leases, adoption and commands: every heartbeat, and at once when PostgreSQL tells of a
+    // command for this daemon.
+    let mut beat = tokio::time::interval(fleet::BEAT_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (wake_tx, mut wake_rx) = mpsc::channel::<String>(64);
+    if let Database::Postgres(url) = &database {
+        crate::history::db::listen(url.clone(), fleet::COMMANDS_CHANNEL, wake_tx);
+    }
     loop {
         // A slow (or full) store is backpressure on wrappers (they spool), never memory here;
         // a stop is still heard while it lasts.
@@ -276,6 +321,12 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
                 daemon.retry(now);
             }
             _ = sleep_until_opt(run_deadline) => daemon.coordinator.handle_timeout(),
+            _ = beat.tick() => daemon.beat().await,
+            Some(whom) = wake_rx.recv() => {
+                if whom.is_empty() || whom == daemon.config.settings.daemon_name {
+                    daemon.carry_out_commands(None).await;
+                }
+            }
         }
     }
     info!("Saltpeter stopping");
@@ -428,6 +479,16 @@ impl Daemon {
             let job = decision.job().clone();
             let slot = claim.slot.map(|s| s.to_string()).unwrap_or_default();
             if let Err(taken) = answer {
+                // Another daemon on the shared store won it: that is how several daemons
+                // share the work, not a fault.
+                let holder = taken
+                    .claimed_by
+                    .rsplit_once(':')
+                    .map_or("", |(name, _)| name);
+                if holder != self.config.settings.daemon_name {
+                    debug!(job = %job.name, %slot, claimed_by = %taken.claimed_by, "slot {slot} of {} claimed by daemon {}", job.name, taken.claimed_by);
+                    continue;
+                }
                 warn!(
                     job = %job.name,
                     %slot,
@@ -626,7 +687,12 @@ impl Daemon {
                     None => Err(Refusal::NotRunning("(no instance of that job)".into())),
                     Some(i) => {
                         info!(instance = %i, machine = ?machine, "kill requested");
-                        self.coordinator.kill(&i, machine.as_deref()).map(|()| i)
+                        match self.coordinator.kill(&i, machine.as_deref()) {
+                            Ok(()) => Ok(i),
+                            // Not here: maybe another daemon on the store owns it.
+                            Err(Refusal::NotRunning(_)) => self.route_kill(&i, machine).await,
+                            Err(other) => Err(other),
+                        }
                     }
                 };
                 let _ = reply.send(result);
@@ -649,6 +715,92 @@ impl Daemon {
                 self.reload();
                 let _ = reply.send(Ok(()));
             }
+        }
+    }
+
+    /// Renews this daemon's lease; lets go of runs another daemon took over, takes over runs
+    /// whose owner's lease ran out, and carries out commands sent to this daemon.
+    async fn beat(&mut self) {
+        let beat = match self.history.beat(fleet::LEASE).await {
+            Ok(beat) => beat,
+            Err(e) => {
+                warn!(error = %e, "cannot renew this daemon's lease in the store; retrying at the next heartbeat");
+                return;
+            }
+        };
+        for instance in &beat.lost {
+            if self.coordinator.release(instance) {
+                warn!(%instance, "{instance} was taken over by another daemon (this one's lease ran out); it no longer acts on it");
+            }
+        }
+        for run in &beat.adopted {
+            info!(instance = %run.instance, job = %run.job, "adopting {}: the daemon that owned it stopped renewing its lease", run.instance);
+            let hub_run = hub_adopted(run, &self.config);
+            let job = self.config.jobs.get(&run.job).cloned();
+            self.coordinator
+                .adopt_live(run, hub_run, job.as_ref(), &self.config.settings);
+        }
+        self.coordinator.set_peers(beat.peers);
+        self.carry_out_commands(Some(beat.commands)).await;
+    }
+
+    /// Carries out the commands other daemons' APIs queued for this one (`None`: read them).
+    async fn carry_out_commands(&mut self, commands: Option<Vec<fleet::CommandRow>>) {
+        let commands = match commands {
+            Some(c) => c,
+            None => match self.history.commands().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the commands for this daemon");
+                    return;
+                }
+            },
+        };
+        for c in commands {
+            let outcome = match (c.kind.as_str(), &c.instance) {
+                ("kill", Some(instance)) => {
+                    info!(%instance, machine = ?c.machine, "kill requested through another daemon");
+                    match self.coordinator.kill(instance, c.machine.as_deref()) {
+                        Ok(()) => "done".to_string(),
+                        Err(why) => format!("refused: {why}"),
+                    }
+                }
+                (kind, _) => format!("refused: unknown command {kind}"),
+            };
+            if let Err(e) = self.history.command_done(c.id, outcome).await {
+                warn!(error = %e, id = c.id, "cannot record a command as carried out");
+            }
+        }
+    }
+
+    /// A kill of a run this daemon does not hold: sent to the daemon that owns it, if any.
+    async fn route_kill(
+        &mut self,
+        instance: &str,
+        machine: Option<String>,
+    ) -> Result<String, Refusal> {
+        let owner = self
+            .history
+            .owner_of(instance)
+            .await
+            .map_err(|e| Refusal::Failed(e.to_string()))?;
+        match owner {
+            Some(owner) if owner != self.config.settings.daemon_name => {
+                let command = fleet::CommandRow {
+                    id: 0,
+                    kind: "kill".into(),
+                    instance: Some(instance.to_string()),
+                    machine,
+                    job: None,
+                };
+                self.history
+                    .send_command(&owner, command)
+                    .await
+                    .map_err(|e| Refusal::Failed(e.to_string()))?;
+                info!(%instance, %owner, "kill of {instance} sent to daemon {owner}, which owns it");
+                Ok(instance.to_string())
+            }
+            _ => Err(Refusal::NotRunning(instance.to_string())),
         }
     }
 
@@ -745,29 +897,31 @@ async fn start_hub(
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!("machines hub listening on {scheme}://{addr}");
-    let adopted = adopted
-        .iter()
-        .map(|r| crate::agents::Adopted {
-            instance: r.instance.clone(),
-            job_name: r.job.clone(),
-            token: Some(r.token.clone()),
-            tokenless: config
-                .jobs
-                .get(&r.job)
-                .is_some_and(|j| crate::coordinator::accepts_tokenless(j, settings)),
-            targets: r
-                .open
-                .iter()
-                .map(|t| (t.machine.clone(), t.next_seq))
-                .collect(),
-        })
-        .collect();
+    let adopted = adopted.iter().map(|r| hub_adopted(r, config)).collect();
     let options = crate::agents::HubOptions {
         tls,
         adopted,
         max_output_rate: settings.machines_ws_max_output_rate,
     };
     Ok(crate::agents::spawn(listener, options))
+}
+
+/// A run from the store as the hub takes it over: its wrappers resume at the stored seq.
+fn hub_adopted(run: &InFlight, config: &config::Config) -> crate::agents::Adopted {
+    crate::agents::Adopted {
+        instance: run.instance.clone(),
+        job_name: run.job.clone(),
+        token: Some(run.token.clone()),
+        tokenless: config
+            .jobs
+            .get(&run.job)
+            .is_some_and(|j| crate::coordinator::accepts_tokenless(j, &config.settings)),
+        targets: run
+            .open
+            .iter()
+            .map(|t| (t.machine.clone(), t.next_seq))
+            .collect(),
+    }
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {

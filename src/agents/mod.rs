@@ -193,6 +193,12 @@ pub enum HubCommand {
     /// [`LATE_RESULTS_FOR`] (their late results become notes); then, and for every other
     /// target at once, its wrappers get `JOB_NOT_FOUND`.
     Unregister { instance: String },
+    /// Take over a run another daemon owned (its lease ran out): as a run from before a
+    /// restart, its wrappers resume at the stored output seq.
+    Adopt(Adopted),
+    /// Another daemon took this run over: forget it and close its wrappers' connections
+    /// without a word, so they reconnect to a daemon that holds it.
+    Release { instance: String },
 }
 
 /// The engine's handle on the hub.

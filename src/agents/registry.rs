@@ -459,6 +459,16 @@ impl Registry {
                 self.confirm_complete(&instance, &machine, stamp)
             }
             HubCommand::Unregister { instance } => self.unregister(instance, now),
+            HubCommand::Adopt(run) => self.adopt(&run),
+            HubCommand::Release { instance } => {
+                if let Some(run) = self.runs.remove(&instance) {
+                    for t in run.targets.values() {
+                        if let Some(conn) = t.conn {
+                            self.out.push_back(Output::Close { conn });
+                        }
+                    }
+                }
+            }
         }
     }
 

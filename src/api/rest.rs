@@ -739,8 +739,11 @@ async fn timeline(
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let snap = state.snapshot();
     let running = state.history.running().await?;
+    let daemons = state.history.daemons(crate::history::fleet::LEASE).await?;
     Ok(Json(json!({
         "version": crate::VERSION,
+        "daemon": snap.config.settings.daemon_name,
+        "daemons": daemons,
         "jobs": snap.config.jobs.len(),
         "maintenance": { "global": snap.maintenance.global, "machines": snap.maintenance.machines },
         "running": running,

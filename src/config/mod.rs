@@ -254,8 +254,11 @@ pub struct Settings {
     /// The Salt master's config file (default `/etc/salt/master`), and overrides of what it
     /// says, for setups where the daemon cannot read it or must differ.
     pub salt: SaltOverrides,
-    /// The history database (SQLite).
+    /// The history database: a SQLite file, or a `postgres://` URL shared by several daemons.
     pub database: String,
+    /// This daemon's name in a shared store (`daemon_name`, default the host name): it owns
+    /// the runs it launches under it, and a restart under the same name takes them back.
+    pub daemon_name: String,
     /// Output bytes kept per target; the middle of longer output is dropped (head and tail kept).
     pub output_cap: u64,
     pub history_max_age_days: u64,
@@ -311,6 +314,7 @@ impl Settings {
             default_misfire: Misfire::default(),
             salt: SaltOverrides::default(),
             database: "/var/lib/saltpeter/history.db".into(),
+            daemon_name: hostname.into(),
             output_cap: 1 << 20,
             history_max_age_days: 30,
             history_max_runs_per_job: 1000,
@@ -355,6 +359,7 @@ impl Settings {
             ("salt_cachedir", V::Str(s)) => self.salt.cachedir = Some(s.clone()),
             ("salt_user", V::Str(s)) => self.salt.user = Some(s.clone()),
             ("database", V::Str(s)) => self.database = s.clone(),
+            ("daemon_name", V::Str(s)) => self.daemon_name = s.clone(),
             ("output_cap", V::Count(n)) => self.output_cap = *n,
             ("history_max_age_days", V::Count(n)) => self.history_max_age_days = *n,
             ("history_max_runs_per_job", V::Count(n)) => self.history_max_runs_per_job = *n,
@@ -384,6 +389,11 @@ impl Settings {
             format!("{:?}", new.api_ws),
         );
         check("database", self.database.clone(), new.database.clone());
+        check(
+            "daemon_name",
+            self.daemon_name.clone(),
+            new.daemon_name.clone(),
+        );
         check(
             "api_ws_port",
             self.api_ws_port.to_string(),
@@ -442,6 +452,7 @@ impl Settings {
     pub fn keep_startup_values(&self, mut new: Settings) -> Settings {
         new.api_ws = self.api_ws;
         new.database = self.database.clone();
+        new.daemon_name = self.daemon_name.clone();
         new.api_ws_port = self.api_ws_port;
         new.api_ws_bind_addr = self.api_ws_bind_addr.clone();
         new.machines_ws_port = self.machines_ws_port;

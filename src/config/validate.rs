@@ -179,6 +179,7 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("salt_cachedir", SettingKind::Str),
     ("salt_user", SettingKind::Str),
     ("database", SettingKind::Path),
+    ("daemon_name", SettingKind::Str),
     ("output_cap", SettingKind::Count),
     ("history_max_age_days", SettingKind::Count),
     ("history_max_runs_per_job", SettingKind::Count),
@@ -483,11 +484,15 @@ fn settings(node: &Node, sink: &mut Sink, out: &mut BTreeMap<&'static str, (Sett
             SettingKind::Str => string(value, name, sink).map(SettingValue::Str),
             // A URL would silently become a relative path (a directory named `postgres:`).
             SettingKind::Path => match string(value, name, sink) {
-                Some(url) if url.contains("://") => {
+                Some(url)
+                    if url.contains("://")
+                        && !(url.starts_with("postgres://")
+                            || url.starts_with("postgresql://")) =>
+                {
                     sink.error(
                         value.pos,
                         Code::BadValue,
-                        format!("`{name}` takes a file path (the embedded SQLite database); `{url}` is a URL, and other databases are not supported yet"),
+                        format!("`{name}` takes a file path (the embedded SQLite database) or a `postgres://` URL (a PostgreSQL server several daemons share); `{url}` is neither"),
                     );
                     None
                 }
@@ -1588,19 +1593,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_database_is_a_path_not_a_url() {
+    fn the_database_is_a_path_or_a_postgres_url() {
         let (doc, found) = validate_file(
             "a.yaml",
-            "saltpeter_config:\n  database: postgres://db.example/saltpeter\n",
+            "saltpeter_config:\n  database: mysql://db.example/saltpeter\n",
         );
         assert!(doc.settings.is_empty());
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].code, Code::BadValue);
         assert!(
-            found[0].message.contains("takes a file path"),
+            found[0].message.contains("or a `postgres://` URL"),
             "{}",
             found[0].message
         );
+        for ok in [
+            "postgres://sp@db.example/saltpeter",
+            "postgresql://db.example/sp?sslmode=require",
+            "/var/lib/saltpeter/history.db",
+        ] {
+            let (doc, found) =
+                validate_file("a.yaml", &format!("saltpeter_config:\n  database: {ok}\n"));
+            assert!(found.is_empty(), "{ok}: {found:?}");
+            assert_eq!(doc.settings.len(), 1);
+        }
     }
 
     #[test]

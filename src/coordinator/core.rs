@@ -181,6 +181,8 @@ pub struct Core {
     jid_gen: JidGen,
     bus_down: bool,
     effects: VecDeque<Effect>,
+    /// The other live daemons' machines URLs (a shared store): launches name them too.
+    peers: Vec<String>,
 }
 
 impl Core {
@@ -256,6 +258,25 @@ impl Core {
         self.runs.insert(instance, ctx);
     }
 
+    /// Where the other live daemons take wrappers (a shared store), for the next launches.
+    pub fn set_peers(&mut self, peers: Vec<String>) {
+        self.peers = peers;
+    }
+
+    /// Another daemon took `instance` over (this one's lease on it ran out): it is dropped
+    /// here with nothing recorded (the new owner records what follows), and its wrappers are
+    /// let go so they reconnect to the new owner. `false` if it was not here.
+    pub fn release(&mut self, instance: &str) -> bool {
+        if !self.runs.contains_key(instance) {
+            return false;
+        }
+        self.forget(instance);
+        self.emit(Effect::Hub(HubCommand::Release {
+            instance: instance.to_string(),
+        }));
+        true
+    }
+
     /// How many runs are in flight.
     pub fn runs(&self) -> usize {
         self.runs.len()
@@ -322,7 +343,9 @@ impl Core {
             )
         });
         let template = match job {
-            Some(j) if j.use_wrapper => launch::wrapper(j, &run.instance, settings, &run.token),
+            Some(j) if j.use_wrapper => {
+                launch::wrapper(j, &run.instance, settings, &run.token, &self.peers)
+            }
             Some(j) => launch::legacy(j, &run.instance),
             None => Publish::new(Tgt::List(machines.clone()), "list", "cmd.run_all"),
         };
@@ -398,7 +421,7 @@ impl Core {
             tokenless: launch::accepts_tokenless(job, settings),
         }));
         let template = if job.use_wrapper {
-            launch::wrapper(job, instance, settings, &token)
+            launch::wrapper(job, instance, settings, &token, &self.peers)
         } else {
             launch::legacy(job, instance)
         };

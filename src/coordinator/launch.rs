@@ -6,12 +6,23 @@ use crate::salt::command::{self, CmdRun};
 use crate::salt::{Publish, Tgt};
 
 /// `cmd.run_all` of the wrapper, with the job in the `SP_*` environment.
-pub fn wrapper(job: &Job, instance: &str, settings: &Settings, token: &str) -> Publish {
+/// `peers`: the other live daemons' machines URLs (a shared store), after this one's in
+/// `SP_WEBSOCKET_URL`, so the wrapper fails over to whichever daemon adopts the run.
+pub fn wrapper(
+    job: &Job,
+    instance: &str,
+    settings: &Settings,
+    token: &str,
+    peers: &[String],
+) -> Publish {
+    let mut urls = vec![settings.machines_ws_url(&job.saltpeter_server_host)];
+    for peer in peers {
+        if !urls.contains(peer) {
+            urls.push(peer.clone());
+        }
+    }
     let mut env: Vec<(String, String)> = vec![
-        (
-            "SP_WEBSOCKET_URL".into(),
-            settings.machines_ws_url(&job.saltpeter_server_host),
-        ),
+        ("SP_WEBSOCKET_URL".into(), urls.join(",")),
         ("SP_JOB_NAME".into(), job.name.clone()),
         ("SP_JOB_INSTANCE".into(), instance.into()),
         ("SP_JOB_INSTANCE_NAME".into(), instance.into()),
@@ -99,7 +110,7 @@ mod tests {
     #[test]
     fn the_wrapper_launch_carries_the_job_in_real_keyword_arguments() {
         let (job, settings) = job(YAML);
-        let p = wrapper(&job, "j_1", &settings, "tok");
+        let p = wrapper(&job, "j_1", &settings, "tok", &[]);
         assert_eq!(
             (p.fun.as_str(), p.tgt.clone()),
             ("cmd.run_all", Tgt::List(vec!["a".into(), "b".into()]))
@@ -112,6 +123,11 @@ mod tests {
         let env: HashMap<String, String> = kwarg_pairs(&p, "env").into_iter().collect();
         assert_eq!(env["SP_COMMAND"], "echo 'it''s' \"q\" \\ done");
         assert_eq!(env["SP_WEBSOCKET_URL"], "ws://master1:8889");
+        // With other daemons on the store: theirs follow, this daemon's first, none twice.
+        let peers = ["ws://m2:8889".to_string(), "ws://master1:8889".to_string()];
+        let p = wrapper(&job, "j_1", &settings, "tok", &peers);
+        let env: HashMap<String, String> = kwarg_pairs(&p, "env").into_iter().collect();
+        assert_eq!(env["SP_WEBSOCKET_URL"], "ws://master1:8889,ws://m2:8889");
         assert_eq!(
             (
                 env["SP_JOB_INSTANCE"].as_str(),

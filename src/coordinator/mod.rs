@@ -137,6 +137,12 @@ impl Coordinator {
                     }
                 }
                 for command in batch {
+                    // A run another daemon took over meanwhile stored nothing more from here.
+                    if let HubCommand::ConfirmComplete { instance, .. } = &command
+                        && !store.holds(instance)
+                    {
+                        continue;
+                    }
                     to_hub.send_now(command);
                 }
             }
@@ -308,6 +314,30 @@ impl Coordinator {
         self.journal.notify.adopt(adopted, mono, now.wall);
         self.core.adopt(run, job, settings, now);
         self.drain();
+    }
+
+    /// Takes over a run whose owner's lease ran out (a shared store): the hub accepts its
+    /// wrappers from now on, and it goes on as after a restart.
+    pub fn adopt_live(
+        &mut self,
+        run: &InFlight,
+        hub_run: crate::agents::Adopted,
+        job: Option<&Arc<Job>>,
+        settings: &Settings,
+    ) {
+        self.hub.send_now(HubCommand::Adopt(hub_run));
+        self.adopt(run, job, settings);
+    }
+
+    /// Another daemon took `instance` over; see [`Core::release`].
+    pub fn release(&mut self, instance: &str) -> bool {
+        let released = self.core.release(instance);
+        self.drain();
+        released
+    }
+
+    pub fn set_peers(&mut self, peers: Vec<String>) {
+        self.core.set_peers(peers);
     }
 
     /// The instance of `job` in flight, if any.

@@ -755,6 +755,15 @@ impl Db {
         }
     }
 
+    /// SQL for the database server's clock in unix milliseconds: leases are judged by this one
+    /// clock, never by the daemons' own (which may disagree).
+    pub fn now_ms_sql(&self) -> &'static str {
+        match self.kind() {
+            Kind::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Kind::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
     /// Bytes the database takes (file pages, or the PostgreSQL database's size).
     pub fn size(&self) -> Result<u64, DbError> {
         let one = |sql: &str| -> Result<i64, DbError> {
@@ -774,6 +783,68 @@ impl Db {
             Inner::Pg(_) => None,
         }
     }
+}
+
+/// Sends each notification's payload on `channel` (PostgreSQL's `LISTEN`) to `wake`, from a
+/// thread with a connection of its own that reconnects after a loss (and then sends an
+/// empty payload: what was notified meanwhile is unknown). A wake-up only: whoever is woken
+/// reads the rows that count. Ends once `wake` is closed.
+pub fn listen(url: PgUrl, channel: &'static str, wake: tokio::sync::mpsc::Sender<String>) {
+    let spawned = std::thread::Builder::new()
+        .name("pg-listen".into())
+        .spawn(move || {
+            let mut failures = 0u32;
+            while !wake.is_closed() {
+                let mut client = match Pg::connect(&url) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(error = %e, "cannot LISTEN for commands; retrying (commands are still read at every heartbeat)");
+                        }
+                        std::thread::sleep(Duration::from_secs(2));
+                        continue;
+                    }
+                };
+                if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")) {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    std::thread::sleep(Duration::from_secs(2));
+                    continue;
+                }
+                if std::mem::take(&mut failures) > 0 {
+                    let _ = wake.blocking_send(String::new());
+                }
+                // Wakes at least every 30 s to notice that the daemon has stopped.
+                loop {
+                    let mut notes = client.notifications();
+                    let mut it = notes.timeout_iter(Duration::from_secs(30));
+                    match fallible_next(&mut it) {
+                        Ok(Some(n)) => {
+                            if wake.blocking_send(n.payload().to_string()).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) if wake.is_closed() => return,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the LISTEN connection was lost; reconnecting");
+                            failures = 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the LISTEN thread; commands are read at every heartbeat only");
+    }
+}
+
+fn fallible_next<I>(it: &mut I) -> Result<Option<I::Item>, I::Error>
+where
+    I: postgres::fallible_iterator::FallibleIterator,
+{
+    it.next()
 }
 
 /// `greatest` and `least` as PostgreSQL has them (NULLs ignored), so one SQL text serves both.

@@ -10,6 +10,7 @@
 //! Must not know: HTTP, Salt, the wrapper protocol, the engine's internals.
 
 pub mod db;
+pub mod fleet;
 pub mod ledger;
 pub mod outbox;
 pub mod output;
@@ -101,6 +102,8 @@ pub struct RunRow {
     pub first_instance: Option<String>,
     /// An attempt planned for this run's failed targets, not started yet: when it is due.
     pub retry_at: Option<String>,
+    /// The daemon that launched or adopted it (empty before owners were recorded).
+    pub owner: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -183,6 +186,17 @@ pub struct TimelineItem {
 pub struct MaintenanceState {
     pub global: bool,
     pub machines: Vec<String>,
+}
+
+/// What a heartbeat found: runs taken over from daemons whose lease ran out (to carry on),
+/// runs another daemon took over from this one (to let go of, acting on them no more), where
+/// the other live daemons' wrappers connect, and commands waiting for this daemon.
+#[derive(Debug, Default)]
+pub struct Beat {
+    pub adopted: Vec<InFlight>,
+    pub lost: Vec<String>,
+    pub peers: Vec<String>,
+    pub commands: Vec<fleet::CommandRow>,
 }
 
 /// Deliveries due now, and when the next one not yet due is (unix ms).
@@ -268,6 +282,38 @@ enum Query {
         reply: oneshot::Sender<Vec<outbox::DeliveryRow>>,
     },
     Flush(oneshot::Sender<Result<(), HistoryError>>),
+    Register {
+        me: fleet::DaemonInfo,
+        lease_ms: i64,
+        reply: oneshot::Sender<Result<usize, HistoryError>>,
+    },
+    Beat {
+        lease_ms: i64,
+        reply: oneshot::Sender<Result<Beat, HistoryError>>,
+    },
+    Daemons {
+        lease_ms: i64,
+        reply: oneshot::Sender<Result<Vec<fleet::DaemonRow>, HistoryError>>,
+    },
+    OwnerOf {
+        instance: String,
+        reply: oneshot::Sender<Result<Option<String>, HistoryError>>,
+    },
+    SendCommand {
+        daemon: String,
+        command: fleet::CommandRow,
+        reply: oneshot::Sender<Result<i64, HistoryError>>,
+    },
+    CommandDone {
+        id: i64,
+        outcome: String,
+        reply: oneshot::Sender<Result<(), HistoryError>>,
+    },
+    CommandOutcome {
+        id: i64,
+        reply: oneshot::Sender<Result<Option<String>, HistoryError>>,
+    },
+    Commands(oneshot::Sender<Result<Vec<fleet::CommandRow>, HistoryError>>),
     /// Runs SQL on the store's connection (tests: a full disk through `max_page_count`).
     #[cfg(test)]
     Exec(String, oneshot::Sender<()>),
@@ -334,6 +380,46 @@ fn weight(event: &RunEvent) -> usize {
         }
 }
 
+/// The run an event concerns, and its target if it concerns one.
+fn event_target(event: &RunEvent) -> Option<(&String, Option<&String>)> {
+    Some(match event {
+        RunEvent::RetryPlanned(RetryPlan {
+            previous: instance, ..
+        })
+        | RunEvent::RetryDropped { instance }
+        | RunEvent::Attempt { instance, .. } => (instance, None),
+        RunEvent::Notified(_) => return None,
+        RunEvent::Started { instance, .. }
+        | RunEvent::Published { instance, .. }
+        | RunEvent::BatchesLeft { instance, .. }
+        | RunEvent::Launching { instance, .. }
+        | RunEvent::NotLaunched { instance, .. }
+        | RunEvent::RunEnded { instance, .. } => (instance, None),
+        RunEvent::MachineSkipped { instance, machine }
+        | RunEvent::Confirmed {
+            instance, machine, ..
+        }
+        | RunEvent::Waiting {
+            instance, machine, ..
+        }
+        | RunEvent::WrapperStarted {
+            instance, machine, ..
+        }
+        | RunEvent::Heartbeat {
+            instance, machine, ..
+        }
+        | RunEvent::Output {
+            instance, machine, ..
+        }
+        | RunEvent::TargetEnded {
+            instance, machine, ..
+        }
+        | RunEvent::LateResult {
+            instance, machine, ..
+        } => (instance, Some(machine)),
+    })
+}
+
 /// What one transaction changed, sent to live views after its commit: names only, no output.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Committed {
@@ -387,44 +473,12 @@ impl Committed {
     }
 
     fn note(&mut self, event: &RunEvent) {
-        let (instance, machine) = match event {
-            RunEvent::RetryPlanned(RetryPlan {
-                previous: instance, ..
-            })
-            | RunEvent::RetryDropped { instance }
-            | RunEvent::Attempt { instance, .. } => (instance, None),
-            RunEvent::Notified(n) => {
-                self.deliveries |= n.deliveries.iter().any(|d| !d.suppressed);
-                return;
-            }
-            RunEvent::Started { instance, .. }
-            | RunEvent::Published { instance, .. }
-            | RunEvent::BatchesLeft { instance, .. }
-            | RunEvent::Launching { instance, .. }
-            | RunEvent::NotLaunched { instance, .. }
-            | RunEvent::RunEnded { instance, .. } => (instance, None),
-            RunEvent::MachineSkipped { instance, machine }
-            | RunEvent::Confirmed {
-                instance, machine, ..
-            }
-            | RunEvent::Waiting {
-                instance, machine, ..
-            }
-            | RunEvent::WrapperStarted {
-                instance, machine, ..
-            }
-            | RunEvent::Heartbeat {
-                instance, machine, ..
-            }
-            | RunEvent::Output {
-                instance, machine, ..
-            }
-            | RunEvent::TargetEnded {
-                instance, machine, ..
-            }
-            | RunEvent::LateResult {
-                instance, machine, ..
-            } => (instance, Some(machine)),
+        if let RunEvent::Notified(n) = event {
+            self.deliveries |= n.deliveries.iter().any(|d| !d.suppressed);
+            return;
+        }
+        let Some((instance, machine)) = event_target(event) else {
+            return;
         };
         if !self.runs.contains_key(instance) {
             self.runs.insert(instance.clone(), HashSet::new());
@@ -498,6 +552,9 @@ struct Shared {
     /// Transactions that could not be committed, and whether the last one failed.
     commit_failures: AtomicU64,
     failing: AtomicBool,
+    /// Runs another daemon took over from this one: nothing of theirs is stored from here,
+    /// so nothing of theirs may be acknowledged either.
+    lost: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Marks the store stopped when its thread ends, however it ends, so no writer waits forever.
@@ -588,6 +645,7 @@ impl History {
             queries: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            lost: std::sync::Mutex::new(HashSet::new()),
         });
         // The connection is opened and migrated on the store's own thread: PostgreSQL's
         // client blocks on a runtime of its own, which may not run inside the daemon's.
@@ -635,6 +693,9 @@ impl History {
                     serial: 0,
                     shared: store_shared,
                     careful: false,
+                    me: None,
+                    owned: HashMap::new(),
+                    newly_lost: Vec::new(),
                 };
                 store.serve(rx)
             })
@@ -880,6 +941,90 @@ impl History {
         &self.database
     }
 
+    /// Records this daemon in the store and takes back the runs it owned before a restart
+    /// (and those of no one, or of daemons whose lease ran out): [`History::in_flight`] then
+    /// lists those. Returns how many other daemons hold a current lease.
+    pub async fn register(
+        &self,
+        me: fleet::DaemonInfo,
+        lease: std::time::Duration,
+    ) -> Result<usize, HistoryError> {
+        self.ask(|reply| Query::Register {
+            me,
+            lease_ms: lease.as_millis() as i64,
+            reply,
+        })
+        .await?
+    }
+
+    /// Renews this daemon's lease (see [`Beat`]).
+    pub async fn beat(&self, lease: std::time::Duration) -> Result<Beat, HistoryError> {
+        self.ask(|reply| Query::Beat {
+            lease_ms: lease.as_millis() as i64,
+            reply,
+        })
+        .await?
+    }
+
+    /// The daemons sharing this store.
+    pub async fn daemons(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Vec<fleet::DaemonRow>, HistoryError> {
+        self.ask(|reply| Query::Daemons {
+            lease_ms: lease.as_millis() as i64,
+            reply,
+        })
+        .await?
+    }
+
+    /// Which daemon owns the run in flight `instance`.
+    pub async fn owner_of(&self, instance: &str) -> Result<Option<String>, HistoryError> {
+        let instance = instance.to_string();
+        self.ask(|reply| Query::OwnerOf { instance, reply }).await?
+    }
+
+    /// Queues a command for another daemon (and wakes it); its id.
+    pub async fn send_command(
+        &self,
+        daemon: &str,
+        command: fleet::CommandRow,
+    ) -> Result<i64, HistoryError> {
+        let daemon = daemon.to_string();
+        self.ask(|reply| Query::SendCommand {
+            daemon,
+            command,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn command_done(&self, id: i64, outcome: String) -> Result<(), HistoryError> {
+        self.ask(|reply| Query::CommandDone { id, outcome, reply })
+            .await?
+    }
+
+    /// Commands for this daemon not carried out yet.
+    pub async fn commands(&self) -> Result<Vec<fleet::CommandRow>, HistoryError> {
+        self.ask(Query::Commands).await?
+    }
+
+    /// What became of a command sent with [`History::send_command`] (`None`: pending).
+    pub async fn command_outcome(&self, id: i64) -> Result<Option<String>, HistoryError> {
+        self.ask(|reply| Query::CommandOutcome { id, reply })
+            .await?
+    }
+
+    /// Whether this daemon still holds `instance` (not taken over by another daemon).
+    pub fn holds(&self, instance: &str) -> bool {
+        !self
+            .shared
+            .lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(instance)
+    }
+
     /// Resolves once everything sent before it is committed; [`HistoryError::NotStored`] when
     /// the store could not commit it (it keeps it and retries; flush again later).
     /// Records events in one transaction (a run's end and the notifications it decided).
@@ -1005,6 +1150,12 @@ struct Store {
     shared: Arc<Shared>,
     /// Each event on its own savepoint (PostgreSQL, after a statement failed a batch).
     careful: bool,
+    /// This daemon's name in a shared store, once registered.
+    me: Option<String>,
+    /// Runs in flight this daemon owns, with the lease generation it holds each under.
+    owned: HashMap<String, i64>,
+    /// Runs lost to another daemon since the last heartbeat, to tell the daemon.
+    newly_lost: Vec<String>,
 }
 
 /// A target written to in this process: its output cap's state and the next output seq, kept
@@ -1048,7 +1199,7 @@ fn read_output(
 
 /// The columns of a run row, in the order `select_runs` reads them (`r` is `runs`).
 const RUN_COLUMNS: &str = "r.instance, r.job, r.trigger, r.scheduled_ms, r.started_ms, r.ended_ms,
-    r.jid, r.success, r.succeeded, r.total, r.attempt, r.first_instance, r.retry_ms";
+    r.jid, r.success, r.succeeded, r.total, r.attempt, r.first_instance, r.retry_ms, r.owner";
 
 /// Events are committed together for at most this long (queries do not wait for it).
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
@@ -1185,6 +1336,44 @@ impl Store {
             if failed.is_none() && self.beats_written.elapsed() >= BEATS_EVERY {
                 self.write_beats();
             }
+            // Fencing: a run another daemon took over meanwhile keeps nothing of this batch.
+            let fenced = match failed {
+                None => self.fence(&changed),
+                Some(_) => Ok(Vec::new()),
+            };
+            let fenced = match fenced {
+                Ok(lost) => lost,
+                Err(e) => {
+                    failed = Some(e);
+                    Vec::new()
+                }
+            };
+            if !fenced.is_empty() {
+                let _ = self.db.rollback();
+                self.forget_unwritten();
+                self.lose(&fenced);
+                let gone: HashSet<&str> = fenced.iter().map(String::as_str).collect();
+                let (dropped, rest): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(e, _)| {
+                    event_target(e).is_some_and(|(i, _)| gone.contains(i.as_str()))
+                });
+                // Their bytes leave the queue; the rest goes again at once.
+                let freed: usize = dropped.iter().map(|(_, w)| w).sum();
+                self.shared.queued.fetch_sub(freed, Ordering::AcqRel);
+                self.shared.drained.notify_waiters();
+                unstored = rest;
+                retry = std::time::Duration::ZERO;
+                for tx in flushes {
+                    let _ = tx.send(Err(HistoryError::NotStored(
+                        "runs were taken over by another daemon; storing the rest again".into(),
+                    )));
+                }
+                for q in queries {
+                    if let Some(answer) = self.answer(q) {
+                        answer();
+                    }
+                }
+                continue;
+            }
             last_commit = std::time::Instant::now();
             let outcome = match failed {
                 Some(e) => Err(e),
@@ -1277,6 +1466,24 @@ impl Store {
         self.pending_chunks.clear();
     }
 
+    /// Of the runs this batch touched, those this daemon no longer holds (a shared store only).
+    fn fence(&self, changed: &Committed) -> Result<Vec<String>, DbError> {
+        let Some(me) = self.me.as_deref() else {
+            return Ok(Vec::new());
+        };
+        if self.db.kind() != db::Kind::Postgres {
+            return Ok(Vec::new());
+        }
+        let held: Vec<(&str, i64)> = changed
+            .runs()
+            .filter_map(|i| self.owned.get(i).map(|g| (i, *g)))
+            .collect();
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        fleet::lost(&self.db, me, &held)
+    }
+
     /// Whether `e`, from one event's statement, spoils the whole transaction: PostgreSQL
     /// aborts a transaction at its first error (unless the event had its own savepoint).
     fn poisons(&self, _e: &DbError) -> bool {
@@ -1356,20 +1563,25 @@ impl Store {
                 token,
             } => {
                 self.db.exec(
-                    "INSERT INTO runs (instance, job, trigger, scheduled_ms, started_ms, token)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO runs (instance, job, trigger, scheduled_ms, started_ms, token, owner)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (instance) DO UPDATE SET job = excluded.job,
                        trigger = excluded.trigger, scheduled_ms = excluded.scheduled_ms,
-                       started_ms = excluded.started_ms, token = excluded.token",
+                       started_ms = excluded.started_ms, token = excluded.token,
+                       owner = excluded.owner",
                     p![
                         instance,
                         job,
                         trigger.as_str(),
                         scheduled.map(ms),
                         ms(*at),
-                        token
+                        token,
+                        self.me.as_deref().unwrap_or("")
                     ],
                 )?;
+                if self.me.is_some() {
+                    self.owned.insert(instance.clone(), 0);
+                }
             }
             RunEvent::Published {
                 instance,
@@ -1558,6 +1770,7 @@ impl Store {
                 self.flush_outputs()?;
                 self.db.exec("UPDATE runs SET ended_ms = ?2, success = ?3, succeeded = ?4, total = ?5 WHERE instance = ?1", p![instance, ms(*at), success, *succeeded as i64, *total as i64])?;
                 self.outputs.remove(instance.as_str());
+                self.owned.remove(instance.as_str());
                 self.write_beats_of(instance)?;
                 ledger::ended(&self.db, instance)?;
                 self.prune_job_of(instance)?;
@@ -1836,6 +2049,73 @@ impl Store {
             Query::Size(tx) => reply(tx, self.db.size().inspect_err(log).unwrap_or(0)),
             // Answered after the commit, with its outcome (see `serve`).
             Query::Flush(tx) => reply(tx, Ok(())),
+            Query::Register {
+                me,
+                lease_ms,
+                reply: tx,
+            } => {
+                let held = self.in_tx(|db| fleet::register(db, &me, lease_ms));
+                let result = held.map(|(held, others)| {
+                    self.owned = held.into_iter().collect();
+                    self.me = Some(me.name.clone());
+                    others
+                });
+                reply(
+                    tx,
+                    result.map_err(|e| HistoryError::NotStored(e.to_string())),
+                )
+            }
+            Query::Beat {
+                lease_ms,
+                reply: tx,
+            } => reply(
+                tx,
+                self.beat(lease_ms)
+                    .map_err(|e| HistoryError::NotStored(e.to_string())),
+            ),
+            Query::Daemons {
+                lease_ms,
+                reply: tx,
+            } => reply(
+                tx,
+                fleet::daemons(&self.db, lease_ms).map_err(HistoryError::from),
+            ),
+            Query::OwnerOf {
+                instance,
+                reply: tx,
+            } => reply(
+                tx,
+                fleet::owner_of(&self.db, &instance).map_err(HistoryError::from),
+            ),
+            Query::SendCommand {
+                daemon,
+                command,
+                reply: tx,
+            } => reply(
+                tx,
+                self.in_tx(|db| fleet::send_command(db, &daemon, &command))
+                    .map_err(|e| HistoryError::NotStored(e.to_string())),
+            ),
+            Query::CommandDone {
+                id,
+                outcome,
+                reply: tx,
+            } => reply(
+                tx,
+                fleet::command_done(&self.db, id, &outcome)
+                    .map_err(|e| HistoryError::NotStored(e.to_string())),
+            ),
+            Query::Commands(tx) => reply(
+                tx,
+                match &self.me {
+                    Some(me) => fleet::pending_commands(&self.db, me).map_err(HistoryError::from),
+                    None => Ok(Vec::new()),
+                },
+            ),
+            Query::CommandOutcome { id, reply: tx } => reply(
+                tx,
+                fleet::command_outcome(&self.db, id).map_err(HistoryError::from),
+            ),
             Query::PendingRetries(tx) => {
                 let rows = self.db.query(
                         "SELECT job, instance, COALESCE(first_instance, instance), retry_attempt, scheduled_ms,
@@ -1972,6 +2252,75 @@ impl Store {
         }
     }
 
+    /// Runs `f` in a transaction of its own (between the store's batches).
+    fn in_tx<T>(&self, f: impl FnOnce(&Db) -> Result<T, DbError>) -> Result<T, DbError> {
+        self.db.begin()?;
+        match f(&self.db) {
+            Ok(v) => {
+                self.db.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.db.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Renews the lease, takes over runs whose owner's lease ran out, and lets go of runs
+    /// another daemon took over (see [`Beat`]).
+    fn beat(&mut self, lease_ms: i64) -> Result<Beat, DbError> {
+        let Some(me) = self.me.clone() else {
+            return Ok(Beat::default());
+        };
+        let rows = self.in_tx(|db| fleet::beat(db, &me, lease_ms))?;
+        let now_owned: HashMap<String, i64> = rows.owned.into_iter().collect();
+        let lost: Vec<String> = self
+            .owned
+            .iter()
+            .filter(|(instance, g)| now_owned.get(*instance) != Some(*g))
+            .map(|(instance, _)| instance.clone())
+            .filter(|instance| !rows.adopted.iter().any(|(a, _)| a == instance))
+            .collect();
+        self.lose(&lost);
+        self.owned = now_owned;
+        let adopted: HashSet<&str> = rows.adopted.iter().map(|(i, _)| i.as_str()).collect();
+        let adopted = if adopted.is_empty() {
+            Vec::new()
+        } else {
+            self.in_flight()?
+                .into_iter()
+                .filter(|run| adopted.contains(run.instance.as_str()))
+                .collect()
+        };
+        let commands = fleet::pending_commands(&self.db, &me)?;
+        Ok(Beat {
+            adopted,
+            lost: std::mem::take(&mut self.newly_lost),
+            peers: rows.peers,
+            commands,
+        })
+    }
+
+    fn lost_guard(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.shared
+            .lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs another daemon holds now: forgotten here, and never acknowledged from here.
+    fn lose(&mut self, lost: &[String]) {
+        for instance in lost {
+            tracing::warn!(%instance, "{instance} was taken over by another daemon; this one no longer acts on it");
+            self.owned.remove(instance);
+            self.outputs.remove(instance);
+            self.beats.remove(instance);
+            self.newly_lost.push(instance.clone());
+        }
+        self.lost_guard().extend(lost.iter().cloned());
+    }
+
     fn maintenance(&self) -> MaintenanceState {
         let mut state = MaintenanceState::default();
         let rows = self
@@ -2010,6 +2359,7 @@ impl Store {
                 attempt: r.get(10)?,
                 first_instance: r.get(11)?,
                 retry_at: iso(r.get(12)?),
+                owner: r.get(13)?,
             })
         })
     }
@@ -2064,8 +2414,8 @@ impl Store {
             "SELECT instance, job, token, jid, batches, launch_jid,
                     (SELECT claimed_by FROM slots s WHERE s.instance = runs.instance),
                     started_ms, scheduled_ms
-             FROM runs WHERE ended_ms IS NULL",
-            p![],
+             FROM runs WHERE ended_ms IS NULL AND (?1 = '' OR owner = ?1)",
+            p![self.me.as_deref().unwrap_or("")],
             |r| {
                 let batches: Option<String> = r.get(4)?;
                 let jid: Option<String> = r.get(3)?;

@@ -152,8 +152,10 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE runs ADD COLUMN retry_ms INTEGER;
      ALTER TABLE runs ADD COLUMN retry_machines TEXT;
      CREATE INDEX runs_retry_due ON runs(retry_ms) WHERE retry_ms IS NOT NULL;",
-    // 8: several daemons on one store. Each daemon's row (its heartbeat, where its API and
-    // wrappers reach it, which master it serves), and which daemon launched each run.
+    // 8: several daemons on one store. Each daemon's row (its heartbeat, which is the lease on
+    // the runs it owns; where its API and wrappers reach it), each run's owner and the
+    // generation of its lease (fencing: a daemon acts on a run only under the generation it
+    // took it with), and commands for the daemon that owns what they concern.
     "CREATE TABLE daemons (
         name TEXT PRIMARY KEY,
         host TEXT NOT NULL,
@@ -165,7 +167,21 @@ pub const MIGRATIONS: &[&str] = &[
         started_ms INTEGER NOT NULL,
         heartbeat_ms INTEGER NOT NULL
      );
-     ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';",
+     ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+     ALTER TABLE runs ADD COLUMN lease_gen INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX runs_in_flight ON runs(owner) WHERE ended_ms IS NULL;
+     CREATE TABLE commands (
+        id INTEGER PRIMARY KEY,
+        daemon TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        instance TEXT,
+        machine TEXT,
+        job TEXT,
+        created_ms INTEGER NOT NULL,
+        done_ms INTEGER,
+        outcome TEXT
+     );
+     CREATE INDEX commands_pending ON commands(daemon, id) WHERE done_ms IS NULL;",
 ];
 
 /// Migrations up to this one are SQLite's own text; PostgreSQL starts here from the baseline.

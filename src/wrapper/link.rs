@@ -2,6 +2,9 @@
 //! say who it is on every connection, stream the spool as numbered `output` messages with a
 //! window of unacknowledged ones, heartbeat, resume after a reconnect from what the daemon
 //! says it has, pass `kill` on, and deliver `complete` until the daemon acknowledges it.
+//!
+//! With several daemon URLs (daemons sharing a store, one adopting the runs of another that
+//! died) the link fails over between them round robin: see [`Rotation`].
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
@@ -18,7 +21,72 @@ use crate::protocol::{self, AckType, DaemonMsg, Ext, Header, WrapperMsg};
 
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How one attempt at a daemon ended, short of delivering the result (which ends the link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// No connection: refused, timed out, or the TLS or WebSocket handshake failed.
+    Unreachable,
+    /// Connected, then lost; `accepted`: the daemon had taken the run (`ack connect`).
+    Lost { accepted: bool },
+    /// Connected, but this daemon does not know the run (yet): another one may adopt it.
+    Unknown,
+}
+
+/// Which daemon URL to try next, and how long to wait first. Round robin from the first URL;
+/// the backoff is applied once per full round of failed attempts, not per URL, so a dead
+/// daemon costs one failed connect before the next is tried. With one URL every attempt is a
+/// round, which is the link's behaviour from before there could be several.
+#[derive(Debug)]
+struct Rotation {
+    len: usize,
+    current: usize,
+    /// Attempts since the last pause, or since a daemon last took the run.
+    failed: usize,
+    backoff: Duration,
+}
+
+impl Rotation {
+    fn new(len: usize) -> Rotation {
+        Rotation {
+            len: len.max(1),
+            current: 0,
+            failed: 0,
+            backoff: MIN_BACKOFF,
+        }
+    }
+
+    /// The index of the URL to try now.
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The attempt at the current URL ended so: moves on to the next URL and says how long to
+    /// wait before trying it.
+    fn next(&mut self, attempt: Attempt) -> Duration {
+        if let Attempt::Lost { accepted } = attempt {
+            // A daemon answered: the backoff starts over (as it always did on a connection);
+            // one that had taken the run starts a new round with it.
+            self.backoff = MIN_BACKOFF;
+            if accepted {
+                self.failed = 0;
+            }
+        }
+        // A daemon that does not know the run counts as away: while another adopts it, the
+        // rounds slow down like rounds of daemons that are down.
+        self.failed += 1;
+        self.current = (self.current + 1) % self.len;
+        if self.failed < self.len {
+            return Duration::ZERO;
+        }
+        self.failed = 0;
+        let pause = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        pause
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
@@ -79,42 +147,68 @@ pub fn run(settings: &Settings, shared: Arc<Shared>, log: &Log) {
         acked: -1,
         window: 1,
     };
-    let mut backoff = Duration::from_millis(200);
+    for item in &settings.ignored_urls {
+        log.normal(&format!(
+            "ignoring {item:?} in SP_WEBSOCKET_URL: not a ws:// or wss:// URL"
+        ));
+    }
+    let urls = &settings.websocket_urls;
+    // With one daemon, one that does not know the run is final (as it always was); with
+    // several, another may adopt the run, so it is one more daemon that is away.
+    let failover = urls.len() > 1;
+    let mut rotation = Rotation::new(urls.len());
     let mut connected_before = false;
+    // Why the last daemon that answered would not take the run, for the give-up message.
+    let mut refused: Option<String> = None;
     loop {
-        if given_up(&shared) {
+        if given_up(&shared, refused.as_deref()) {
             return;
         }
-        match connect(settings) {
+        let url = &urls[rotation.current()];
+        let attempt = match connect(url, settings) {
             Ok(mut ws) => {
-                if connected_before {
-                    log.normal("reconnected to the daemon");
-                }
+                let again = if connected_before { "re" } else { "" };
+                log.normal(&format!("{again}connected to the daemon at {url}"));
                 connected_before = true;
-                backoff = Duration::from_millis(200);
-                match session(settings, &shared, &mut ws, &mut cursor, log) {
+                let ended = session(
+                    settings,
+                    &shared,
+                    &mut ws,
+                    &mut cursor,
+                    log,
+                    failover,
+                    refused.as_deref(),
+                );
+                match ended {
                     SessionEnd::Done => return,
-                    SessionEnd::Lost(why) => {
-                        log.normal(&format!("connection to the daemon lost: {why}"))
+                    SessionEnd::Lost { why, accepted } => {
+                        log.normal(&format!("connection to the daemon at {url} lost: {why}"));
+                        if accepted {
+                            refused = None;
+                        }
+                        Attempt::Lost { accepted }
+                    }
+                    SessionEnd::Unknown(why) => {
+                        log.normal(&format!(
+                            "the daemon at {url} does not know this run (yet): trying the next"
+                        ));
+                        refused = Some(why);
+                        Attempt::Unknown
                     }
                 }
             }
-            Err(why) => log.debug(&format!(
-                "cannot connect to {}: {why}",
-                settings.websocket_url
-            )),
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+            Err(why) => {
+                log.debug(&format!("cannot connect to {url}: {why}"));
+                Attempt::Unreachable
+            }
+        };
+        std::thread::sleep(rotation.next(attempt));
     }
 }
 
-fn connect(settings: &Settings) -> Result<WebSocket<Conn>, String> {
-    let secure = settings.websocket_url.starts_with("wss://");
-    let rest = settings
-        .websocket_url
-        .trim_start_matches("wss://")
-        .trim_start_matches("ws://");
+fn connect(url: &str, settings: &Settings) -> Result<WebSocket<Conn>, String> {
+    let secure = url.starts_with("wss://");
+    let rest = url.trim_start_matches("wss://").trim_start_matches("ws://");
     let authority = rest.split('/').next().unwrap_or(rest);
     let host = authority
         .rsplit_once(':')
@@ -143,8 +237,7 @@ fn connect(settings: &Settings) -> Result<WebSocket<Conn>, String> {
         } else {
             Conn::Plain(stream)
         };
-        let (ws, _) = tungstenite::client(settings.websocket_url.as_str(), conn)
-            .map_err(|e| e.to_string())?;
+        let (ws, _) = tungstenite::client(url, conn).map_err(|e| e.to_string())?;
         ws.get_ref()
             .tcp()
             .set_read_timeout(Some(Duration::from_millis(20)))
@@ -154,12 +247,15 @@ fn connect(settings: &Settings) -> Result<WebSocket<Conn>, String> {
     Err(last)
 }
 
-/// The job ended long ago and the daemon never took its result: stop trying.
-fn given_up(shared: &Shared) -> bool {
+/// The job ended long ago and the daemon never took its result: stop trying. `refused`: why
+/// the last daemon that answered would not take the run, if it would not.
+fn given_up(shared: &Shared, refused: Option<&str>) -> bool {
     let mut st = shared.state.lock().expect("state lock");
     if st.deliver_until.is_some_and(|d| Instant::now() >= d) {
-        st.rejected
-            .get_or_insert_with(|| "the daemon did not acknowledge the result in time".into());
+        st.rejected.get_or_insert_with(|| match refused {
+            None => "the daemon did not acknowledge the result in time".into(),
+            Some(why) => format!("no daemon acknowledged the result in time (last refusal: {why})"),
+        });
         return true;
     }
     false
@@ -167,7 +263,13 @@ fn given_up(shared: &Shared) -> bool {
 
 enum SessionEnd {
     Done,
-    Lost(String),
+    /// `accepted`: the daemon had taken the run on this connection.
+    Lost {
+        why: String,
+        accepted: bool,
+    },
+    /// The daemon does not know the run, and another daemon may adopt it.
+    Unknown(String),
 }
 
 fn header(settings: &Settings) -> Header {
@@ -197,11 +299,23 @@ fn session(
     ws: &mut WebSocket<Conn>,
     cursor: &mut Cursor,
     log: &Log,
+    failover: bool,
+    refused: Option<&str>,
 ) -> SessionEnd {
+    // The daemon took the run (its `ack connect` came).
+    let mut connect_acked = false;
+    macro_rules! lost {
+        ($why:expr) => {
+            return SessionEnd::Lost {
+                why: $why,
+                accepted: connect_acked,
+            }
+        };
+    }
     macro_rules! try_send {
         ($msg:expr) => {
             if let Err(e) = send(ws, &$msg) {
-                return SessionEnd::Lost(e);
+                lost!(e);
             }
         };
     }
@@ -224,12 +338,12 @@ fn session(
     for m in &mut cursor.in_flight {
         m.sent = false;
     }
-    let mut connect_acked = false;
     let mut last_heartbeat = Instant::now();
     let mut last_output = Instant::now();
     let mut complete_sent = false;
     loop {
-        if given_up(shared) {
+        // A daemon that took the run is the one that did not acknowledge the result.
+        if given_up(shared, refused.filter(|_| !connect_acked)) {
             return SessionEnd::Done;
         }
         // Incoming.
@@ -245,22 +359,23 @@ fn session(
                     ) {
                         connect_acked = true;
                     }
-                    match handle(msg, shared, cursor, log) {
+                    match handle(msg, shared, cursor, log, failover) {
                         Handled::Continue => {}
                         Handled::Done => return SessionEnd::Done,
                         Handled::Resend => complete_sent = false,
+                        Handled::Unknown(why) => return SessionEnd::Unknown(why),
                     }
                 }
                 Err(e) => log.normal(&format!("ignoring a message from the daemon: {e}")),
             },
-            Ok(Message::Close(_)) => return SessionEnd::Lost("closed by the daemon".into()),
+            Ok(Message::Close(_)) => lost!("closed by the daemon".into()),
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => return SessionEnd::Lost(e.to_string()),
+            Err(e) => lost!(e.to_string()),
         }
         if last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
             try_send!(WrapperMsg::Heartbeat {
@@ -288,7 +403,7 @@ fn session(
                 let mut st = shared.state.lock().expect("state lock");
                 match st.spool.read(m.start, (m.end - m.start) as usize) {
                     Ok(b) => b,
-                    Err(e) => return SessionEnd::Lost(format!("spool: {e}")),
+                    Err(e) => lost!(format!("spool: {e}")),
                 }
             };
             try_send!(WrapperMsg::Output {
@@ -312,7 +427,7 @@ fn session(
                 let mut st = shared.state.lock().expect("state lock");
                 match st.spool.read(cursor.offset, protocol::MAX_OUTPUT_CHUNK) {
                     Ok(b) => b,
-                    Err(e) => return SessionEnd::Lost(format!("spool: {e}")),
+                    Err(e) => lost!(format!("spool: {e}")),
                 }
             };
             let take = utf8_boundary(
@@ -365,9 +480,43 @@ enum Handled {
     Done,
     /// Send `complete` again (the daemon asked for a resync).
     Resend,
+    /// The daemon does not know the run, and another daemon may adopt it.
+    Unknown(String),
 }
 
-fn handle(msg: DaemonMsg, shared: &Shared, cursor: &mut Cursor, log: &Log) -> Handled {
+/// What a refusal from the daemon means for the run.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Refused for good: the link stops and the output goes to the local log.
+    Fatal,
+    /// Try the next daemon.
+    NextDaemon,
+    /// Not for good (e.g. Salt has not named this machine yet): the daemon closes the
+    /// connection and the link connects again.
+    Transient,
+}
+
+/// The hub answers `JOB_NOT_FOUND` for a run it does not know (never registered there, long
+/// over, or not adopted yet) and `BAD_TOKEN` for a run it knows under another token (or one
+/// that needs a token and got none). Daemons sharing a store share the run and its token, so a
+/// wrong token is final everywhere; an unknown run is final only when no other daemon could
+/// adopt it.
+fn refusal(code: &str, failover: bool) -> Refusal {
+    match code {
+        protocol::codes::BAD_TOKEN => Refusal::Fatal,
+        protocol::codes::JOB_NOT_FOUND if failover => Refusal::NextDaemon,
+        protocol::codes::JOB_NOT_FOUND => Refusal::Fatal,
+        _ => Refusal::Transient,
+    }
+}
+
+fn handle(
+    msg: DaemonMsg,
+    shared: &Shared,
+    cursor: &mut Cursor,
+    log: &Log,
+    failover: bool,
+) -> Handled {
     match msg {
         DaemonMsg::Ack {
             ack_type: AckType::Connect,
@@ -413,12 +562,15 @@ fn handle(msg: DaemonMsg, shared: &Shared, cursor: &mut Cursor, log: &Log) -> Ha
         }
         DaemonMsg::Error { code, message, .. } => {
             log.normal(&format!("the daemon refused this run ({code}): {message}"));
-            if code == protocol::codes::JOB_NOT_FOUND || code == protocol::codes::BAD_TOKEN {
-                let mut st = shared.state.lock().expect("state lock");
-                st.rejected = Some(format!("{code}: {message}"));
-                return Handled::Done;
+            match refusal(&code, failover) {
+                Refusal::Fatal => {
+                    let mut st = shared.state.lock().expect("state lock");
+                    st.rejected = Some(format!("{code}: {message}"));
+                    Handled::Done
+                }
+                Refusal::NextDaemon => Handled::Unknown(format!("{code}: {message}")),
+                Refusal::Transient => Handled::Continue,
             }
-            Handled::Continue
         }
     }
 }
@@ -453,7 +605,121 @@ fn utf8_boundary(bytes: &[u8], at_end: bool) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::utf8_boundary;
+    use super::{Attempt, Refusal, Rotation, refusal, utf8_boundary};
+    use crate::protocol::codes;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `attempts` in order: (the URL index each was made at, the pause after it).
+    fn drive(urls: usize, attempts: &[Attempt]) -> Vec<(usize, Duration)> {
+        let mut r = Rotation::new(urls);
+        attempts
+            .iter()
+            .map(|&a| {
+                let at = r.current();
+                (at, r.next(a))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_url_backs_off_as_it_always_did() {
+        use Attempt::*;
+        let got = drive(
+            1,
+            &[
+                Unreachable,
+                Unreachable,
+                Unreachable,
+                Unreachable,
+                Unreachable,
+                Unreachable,
+                Unreachable,
+                // A connection resets the backoff, whether or not the run was taken.
+                Lost { accepted: false },
+                Unreachable,
+                Lost { accepted: true },
+            ],
+        );
+        let pauses: Vec<Duration> = got.iter().map(|&(_, p)| p).collect();
+        assert_eq!(
+            pauses,
+            [200, 400, 800, 1600, 3200, 5000, 5000, 200, 400, 200].map(|n| n * MS)
+        );
+        assert!(got.iter().all(|&(at, _)| at == 0));
+    }
+
+    #[test]
+    fn a_dead_first_daemon_costs_one_connect_and_no_wait() {
+        use Attempt::*;
+        assert_eq!(
+            drive(2, &[Unreachable, Unreachable, Unreachable, Unreachable]),
+            [
+                (0, Duration::ZERO),
+                (1, 200 * MS),
+                (0, Duration::ZERO),
+                (1, 400 * MS)
+            ]
+        );
+    }
+
+    #[test]
+    fn daemons_that_do_not_know_the_run_back_off_per_round_like_dead_ones() {
+        use Attempt::*;
+        // The owner (first URL) dies; the other daemon adopts the run only after a while.
+        let mut attempts = vec![Lost { accepted: true }];
+        for _ in 0..6 {
+            attempts.extend([Unknown, Unreachable]);
+        }
+        attempts.push(Unknown);
+        let mut expect = vec![(0, Duration::ZERO)];
+        for n in [200, 400, 800, 1600, 3200, 5000] {
+            expect.extend([(1, n * MS), (0, Duration::ZERO)]);
+        }
+        expect.push((1, 5000 * MS));
+        // The other daemon is tried at once; each round of both then pauses once.
+        assert_eq!(drive(2, &attempts), expect);
+    }
+
+    #[test]
+    fn a_daemon_that_took_the_run_starts_a_new_round() {
+        use Attempt::*;
+        assert_eq!(
+            drive(
+                3,
+                &[
+                    Unreachable,
+                    Unknown,
+                    Lost { accepted: true },
+                    Unknown,
+                    Unreachable,
+                    Unreachable,
+                ]
+            ),
+            [
+                (0, Duration::ZERO),
+                (1, Duration::ZERO),
+                // The third daemon took the run and lost it: the two before it do not count.
+                (2, Duration::ZERO),
+                (0, Duration::ZERO),
+                (1, 200 * MS),
+                (2, Duration::ZERO),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_run_is_final_only_with_one_daemon_and_a_bad_token_always() {
+        assert_eq!(refusal(codes::JOB_NOT_FOUND, false), Refusal::Fatal);
+        assert_eq!(refusal(codes::JOB_NOT_FOUND, true), Refusal::NextDaemon);
+        assert_eq!(refusal(codes::BAD_TOKEN, false), Refusal::Fatal);
+        assert_eq!(refusal(codes::BAD_TOKEN, true), Refusal::Fatal);
+        for failover in [false, true] {
+            assert_eq!(refusal(codes::NOT_A_TARGET, failover), Refusal::Transient);
+            assert_eq!(refusal(codes::BAD_MESSAGE, failover), Refusal::Transient);
+        }
+    }
 
     #[test]
     fn never_splits_a_character_unless_at_the_end() {

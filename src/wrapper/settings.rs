@@ -7,7 +7,12 @@ use std::time::Duration;
 /// Everything the wrapper needs to run one job on this minion.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    pub websocket_url: String,
+    /// The daemons to report to, in order (`SP_WEBSOCKET_URL`: one URL, or several separated
+    /// by commas when daemons share a store and adopt each other's runs).
+    pub websocket_urls: Vec<String>,
+    /// Items of `SP_WEBSOCKET_URL` that are not daemon URLs: skipped, and logged once the log
+    /// is open (one bad item must not stop a job that another daemon can take).
+    pub ignored_urls: Vec<String>,
     /// CA certificates (PEM) to trust for a `wss://` daemon; the system's when absent.
     pub tls_ca_file: Option<PathBuf>,
     pub job_name: String,
@@ -73,13 +78,8 @@ impl Settings {
             why: why.to_string(),
         };
         let websocket_url = need("SP_WEBSOCKET_URL")?;
-        if !(websocket_url.starts_with("ws://") || websocket_url.starts_with("wss://")) {
-            return Err(invalid(
-                "SP_WEBSOCKET_URL",
-                &websocket_url,
-                "expected ws://host:port",
-            ));
-        }
+        let (websocket_urls, ignored_urls) = parse_urls(&websocket_url)
+            .map_err(|why| invalid("SP_WEBSOCKET_URL", &websocket_url, why))?;
         let job_name = need("SP_JOB_NAME")?;
         let job_instance = need("SP_JOB_INSTANCE")?;
         let command = need("SP_COMMAND")?;
@@ -158,7 +158,8 @@ impl Settings {
             }
         }
         Ok(Settings {
-            websocket_url,
+            websocket_urls,
+            ignored_urls,
             tls_ca_file: get("SP_TLS_CA_FILE").map(PathBuf::from),
             machine,
             run_token: get("SP_RUN_TOKEN").map(str::to_string),
@@ -183,6 +184,32 @@ impl Settings {
             job_instance,
             command,
         })
+    }
+}
+
+/// `SP_WEBSOCKET_URL` → (daemon URLs in order, items that are not URLs). Items are separated
+/// by commas, trimmed; empty items and repeats are dropped. An item is usable as a single URL
+/// always was: `ws://…` or `wss://…`. An error when none is.
+pub fn parse_urls(value: &str) -> Result<(Vec<String>, Vec<String>), &'static str> {
+    let mut urls: Vec<String> = Vec::new();
+    let mut ignored = Vec::new();
+    let items: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect();
+    for item in &items {
+        if !(item.starts_with("ws://") || item.starts_with("wss://")) {
+            ignored.push(item.to_string());
+        } else if !urls.iter().any(|u| u == item) {
+            urls.push(item.to_string());
+        }
+    }
+    match (urls.is_empty(), items.len()) {
+        (false, _) => Ok((urls, ignored)),
+        // The message a single URL always had.
+        (true, 0 | 1) => Err("expected ws://host:port"),
+        (true, _) => Err("expected ws://host:port, or several separated by commas"),
     }
 }
 
@@ -226,6 +253,53 @@ mod tests {
             PathBuf::from("/run/saltpeter/backup@host1.lock")
         );
         assert_eq!(s.log_level, LogLevel::Normal);
+        assert_eq!(s.websocket_urls, ["ws://master:8889"]);
+        assert!(s.ignored_urls.is_empty());
+    }
+
+    #[test]
+    fn several_daemon_urls_in_order_without_blanks_or_repeats() {
+        let ok = |urls: &[&str], ignored: &[&str]| {
+            Ok((
+                urls.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+                ignored.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+            ))
+        };
+        assert_eq!(parse_urls("ws://a:1"), ok(&["ws://a:1"], &[]));
+        assert_eq!(
+            parse_urls(" ws://a:1 , ,wss://b:2,ws://a:1,"),
+            ok(&["ws://a:1", "wss://b:2"], &[])
+        );
+        // A bad item does not stop a job another daemon can take; it is reported apart.
+        assert_eq!(
+            parse_urls("http://a:1, ws://b:2"),
+            ok(&["ws://b:2"], &["http://a:1"])
+        );
+        assert_eq!(parse_urls("a:1"), Err("expected ws://host:port"));
+        assert_eq!(parse_urls(" , "), Err("expected ws://host:port"));
+        assert_eq!(
+            parse_urls("a:1,b:2"),
+            Err("expected ws://host:port, or several separated by commas")
+        );
+        let s = with(&[("SP_WEBSOCKET_URL", "ws://10.0.0.1:8889,ws://10.0.0.2:8889")]).unwrap();
+        assert_eq!(
+            s.websocket_urls,
+            ["ws://10.0.0.1:8889", "ws://10.0.0.2:8889"]
+        );
+        // One URL: the error it always had.
+        assert_eq!(
+            with(&[("SP_WEBSOCKET_URL", "master:8889")])
+                .unwrap_err()
+                .to_string(),
+            "SP_WEBSOCKET_URL=\"master:8889\" is invalid: expected ws://host:port"
+        );
+        assert_eq!(
+            with(&[("SP_WEBSOCKET_URL", "master:8889, other")])
+                .unwrap_err()
+                .to_string(),
+            "SP_WEBSOCKET_URL=\"master:8889, other\" is invalid: \
+             expected ws://host:port, or several separated by commas"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod fleet; // the whole daemon under 2,000 simulated wrappers: a kill while all 
 mod formula; // the Salt formula on the lab: saltpeter.wrapper installs idempotently, jobs run on it
 mod fuzz_props; // the fuzz targets' checks on random inputs, and the inputs fuzzing found
 mod golden; // every config finding, pinned by golden files under tests/golden/config
+mod ha; // several daemons on one PostgreSQL store on the lab: slots once, adoption, fencing, restarts
 mod lab; // the real Salt lab (contrib/lab/lab.sh), shared by the tests that need it
 mod ledger; // the fire ledger on the lab: three minutes down under each misfire policy, two daemons
 mod notify; // notifications on the lab: failures and a recovery across a restart, a webhook down, slow, up
@@ -24,3 +25,4 @@ mod support; // helpers: temp config dirs, running the binary and the daemon, HT
 mod ui; // the web UI in real headless Chromium against the daemon on the lab
 mod webhook_sink; // a real HTTP listener with scripted answers, for webhook tests
 mod wrapper; // the real sp-wrapper against the real machines hub
+mod wrapper_failover; // sp-wrapper with several daemon URLs: a dead one skipped, a run adopted by another hub

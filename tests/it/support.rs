@@ -61,7 +61,33 @@ impl Daemon {
     /// With more `saltpeter_config` lines (indented by two spaces) and a given state directory
     /// (to restart on the same database).
     pub fn start_with(dir: &Path, settings: &str, state: tempfile::TempDir) -> Daemon {
-        Daemon::launch(dir, settings, state, [free_port(), free_port()])
+        let database = state.path().join("history.db").display().to_string();
+        Daemon::launch(
+            dir,
+            settings,
+            state,
+            [free_port(), free_port()],
+            &database,
+            &[],
+        )
+    }
+
+    /// On a shared database (a `postgres://` URL), with more environment for the process.
+    pub fn start_shared(
+        dir: &Path,
+        database: &str,
+        settings: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let state = tempfile::tempdir().unwrap();
+        Daemon::launch(
+            dir,
+            settings,
+            state,
+            [free_port(), free_port()],
+            database,
+            env,
+        )
     }
 
     /// Kills this daemon with SIGKILL and starts another on the same ports and database.
@@ -69,20 +95,35 @@ impl Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
-        Daemon::launch(dir, "", state, [self.hub_port, self.api_port])
+        let database = state.path().join("history.db").display().to_string();
+        Daemon::launch(
+            dir,
+            "",
+            state,
+            [self.hub_port, self.api_port],
+            &database,
+            &[],
+        )
     }
 
-    fn launch(dir: &Path, settings: &str, state: tempfile::TempDir, ports: [u16; 2]) -> Daemon {
+    fn launch(
+        dir: &Path,
+        settings: &str,
+        state: tempfile::TempDir,
+        ports: [u16; 2],
+        database: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let [hub_port, api_port] = ports;
         let ports = format!(
-            "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {hub_port}\n  api_ws_bind_addr: 127.0.0.1\n  api_ws_port: {api_port}\n  database: {}\n{settings}",
-            state.path().join("history.db").display()
+            "saltpeter_config:\n  machines_ws_bind_addr: 127.0.0.1\n  machines_ws_port: {hub_port}\n  api_ws_bind_addr: 127.0.0.1\n  api_ws_port: {api_port}\n  database: '{database}'\n{settings}"
         );
         write(dir, "00-test.yaml", &ports);
         let mut child = bin()
             .args(["run", "-c"])
             .arg(dir)
             .env("SALTPETER_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -129,6 +170,17 @@ impl Daemon {
     /// Reads the rest of the daemon's output (after it exited) into `seen`.
     pub fn drain(&mut self) {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+    }
+
+    /// Reads what the daemon prints for `period` (it keeps running).
+    pub fn drain_for(&mut self, period: Duration) {
+        let deadline = Instant::now() + period;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             self.seen.push(line);
         }
     }

@@ -115,7 +115,34 @@ fn s(v: &Value) -> &str {
 pub fn status(api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let answer = call(api, "GET", "/api/v1/status", None).map(ok);
     finish(api, answer, |v| {
-        println!("saltpeter {} · {} job(s)", s(&v["version"]), v["jobs"]);
+        println!(
+            "saltpeter {} · {} job(s) · daemon {}",
+            s(&v["version"]),
+            v["jobs"],
+            s(&v["daemon"])
+        );
+        // Every daemon sharing the store, its last heartbeat (its lease) and its runs.
+        let daemons = v["daemons"].as_array().cloned().unwrap_or_default();
+        if daemons.len() > 1 || daemons.iter().any(|d| d["alive"] != true) {
+            println!("daemons:");
+            for d in &daemons {
+                let runs: Vec<&str> = d["runs"].as_array().into_iter().flatten().map(s).collect();
+                println!(
+                    "  {:<20} {:<5} last heartbeat {} · pid {} on {} · {} run(s){}",
+                    s(&d["name"]),
+                    if d["alive"] == true { "alive" } else { "DOWN" },
+                    s(&d["last_heartbeat"]),
+                    d["pid"],
+                    s(&d["host"]),
+                    runs.len(),
+                    if runs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", runs.join(", "))
+                    }
+                );
+            }
+        }
         if v["maintenance"]["global"] == true {
             println!("MAINTENANCE: global (nothing new starts)");
         }
@@ -133,9 +160,10 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<ExitCode> {
         }
         for r in running {
             println!(
-                "running {} (since {})",
+                "running {} (since {}, owned by {})",
                 s(&r["instance"]),
-                s(&r["started_at"])
+                s(&r["started_at"]),
+                s(&r["owner"])
             );
             for t in r["targets"].as_array().into_iter().flatten() {
                 println!("  {:<24} {}", s(&t["machine"]), target_state(t));
