@@ -234,6 +234,10 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         snapshot: None,
         metrics: metrics.clone(),
         log_level,
+        lease: Lease {
+            renewed: std::time::Instant::now(),
+            tried: std::time::Instant::now(),
+        },
     };
     daemon.apply_debug(None);
     let (snapshot_tx, snapshot_rx) = watch::channel(daemon.snapshot());
@@ -283,8 +287,12 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
             biased;
             _ = term.recv() => break,
             _ = int.recv() => break,
-            Some(event) = hub_events.recv() => daemon.coordinator.handle_hub(event),
+            Some(event) = hub_events.recv() => {
+                daemon.renew_if_stale().await;
+                daemon.coordinator.handle_hub(event);
+            }
             Some(message) = bus_rx.recv() => {
+                daemon.renew_if_stale().await;
                 if let BusMessage::Event(e) = &message {
                     let stamp = crate::salt::wire::get(&e.data, "_stamp")
                         .and_then(|v| crate::salt::wire::parse_stamp(&crate::salt::wire::value_text(v)));
@@ -297,7 +305,10 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
                 }
                 daemon.coordinator.handle_bus(message);
             }
-            Some(reply) = salt_reply_rx.recv() => daemon.coordinator.handle_salt_reply(reply),
+            Some(reply) = salt_reply_rx.recv() => {
+                daemon.renew_if_stale().await;
+                daemon.coordinator.handle_salt_reply(reply);
+            }
             Some(command) = commands.recv() => daemon.handle_command(command).await,
             Some(()) = reload_rx.recv() => {
                 info!("config directory changed; reloading");
@@ -320,7 +331,10 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
                 daemon.due(now).await;
                 daemon.retry(now);
             }
-            _ = sleep_until_opt(run_deadline) => daemon.coordinator.handle_timeout(),
+            _ = sleep_until_opt(run_deadline) => {
+                daemon.renew_if_stale().await;
+                daemon.coordinator.handle_timeout();
+            }
             _ = beat.tick() => daemon.beat().await,
             Some(whom) = wake_rx.recv() => {
                 if whom.is_empty() || whom == daemon.config.settings.daemon_name {
@@ -354,6 +368,13 @@ struct Daemon {
     snapshot: Option<watch::Sender<Arc<api::Snapshot>>>,
     metrics: Metrics,
     log_level: LogLevel,
+    lease: Lease,
+}
+
+/// When this daemon's lease in the store was last renewed, and last tried.
+struct Lease {
+    renewed: std::time::Instant,
+    tried: std::time::Instant,
 }
 
 impl Daemon {
@@ -720,9 +741,30 @@ impl Daemon {
 
     /// Renews this daemon's lease; lets go of runs another daemon took over, takes over runs
     /// whose owner's lease ran out, and carries out commands sent to this daemon.
+    /// Woken after a pause (SIGSTOP, a frozen VM) past a heartbeat or two, the lease may have
+    /// run out and another daemon adopted some runs: nothing is judged before the lease is
+    /// renewed and those runs let go. An instant's comparison per input otherwise.
+    async fn renew_if_stale(&mut self) {
+        if self.lease_stale() {
+            self.beat().await;
+        }
+    }
+
+    /// Whether the last renewal of this daemon's lease is older than two heartbeats (and no
+    /// renewal was tried in the last second, so a store that is away is not asked per event).
+    fn lease_stale(&self) -> bool {
+        let now = std::time::Instant::now();
+        now.duration_since(self.lease.renewed) > 2 * fleet::BEAT_EVERY
+            && now.duration_since(self.lease.tried) > Duration::from_secs(1)
+    }
+
     async fn beat(&mut self) {
+        self.lease.tried = std::time::Instant::now();
         let beat = match self.history.beat(fleet::LEASE).await {
-            Ok(beat) => beat,
+            Ok(beat) => {
+                self.lease.renewed = self.lease.tried;
+                beat
+            }
             Err(e) => {
                 warn!(error = %e, "cannot renew this daemon's lease in the store; retrying at the next heartbeat");
                 return;
