@@ -1,5 +1,6 @@
 //! Whether the history database can be written, without changing it: for `saltpeter doctor`,
-//! which may run beside a live daemon. An existing file is opened read-write (never created,
+//! which may run beside a live daemon. A PostgreSQL store is probed by connecting and reading
+//! its schema version. An existing file is opened read-write (never created,
 //! never migrated) and a write lock is taken and given back (`BEGIN IMMEDIATE; ROLLBACK`); a
 //! file that does not exist yet is judged by its directory (or the nearest one that exists),
 //! and nothing is created.
@@ -20,6 +21,52 @@ pub enum Probe {
     /// No file yet; its directory takes new files, or (`exists: false`) can be created (the
     /// daemon creates both at start).
     NotYet { dir: PathBuf, exists: bool },
+}
+
+/// Probes the store `database` names: a SQLite file as [`probe`] does, or a PostgreSQL server
+/// by connecting and reading its schema version (nothing is written).
+pub fn probe_database(
+    database: &super::db::Database,
+    busy: Duration,
+) -> Result<Probe, HistoryError> {
+    use super::db::{Database, Db, p};
+    let url = match database {
+        Database::File(path) => return probe(path, busy),
+        Database::Postgres(url) => url,
+    };
+    let open = |source| HistoryError::Open {
+        path: url.shown(),
+        source,
+    };
+    let db = Db::open(database).map_err(open)?;
+    let known: bool = db
+        .row(
+            "SELECT to_regclass('saltpeter_schema') IS NOT NULL",
+            p![],
+            |r| r.get(0),
+        )
+        .map_err(open)?
+        .unwrap_or(false);
+    let schema: i64 = if known {
+        db.row("SELECT MAX(version) FROM saltpeter_schema", p![], |r| {
+            r.get::<Option<i64>>(0)
+        })
+        .map_err(open)?
+        .flatten()
+        .unwrap_or(0)
+    } else {
+        0
+    };
+    if schema as usize > MIGRATIONS.len() {
+        return Err(HistoryError::Migrate {
+            path: url.shown(),
+            source: MigrateError::TooNew {
+                found: schema,
+                known: MIGRATIONS.len(),
+            },
+        });
+    }
+    Ok(Probe::Writable { schema })
 }
 
 /// Probes `path`, waiting up to `busy` for a daemon's write transaction to end.

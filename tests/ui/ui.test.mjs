@@ -59,6 +59,9 @@ try {
   }, null, { timeout: 30000 });
   const result = await page.textContent("#run-result");
   if (!result.includes("ok 3/3")) await fail(page, `run result: ${result}`);
+  // Which daemon owns the run (several daemons may share a store).
+  const owner = (await page.textContent("#run-owner")) || "";
+  if (!owner.trim()) await fail(page, "the run page names no daemon");
   await page.screenshot({ path: `${shots}/run-ok.png`, fullPage: true });
   const ran = page.url().split("#/run/")[1];
 

@@ -286,6 +286,7 @@ async function runPage(instance) {
     if (!still()) return;
     $("#run-facts").innerHTML = `<dl class="facts"><dt>Job</dt><dd><a href="#/job/${encodeURIComponent(run.job)}">${esc(run.job)}</a></dd>
       <dt>Trigger</dt><dd>${esc(run.trigger)}</dd><dt>Started</dt><dd>${esc(when(run.started_at))}</dd>
+      ${run.owner ? `<dt>Daemon</dt><dd id="run-owner">${esc(run.owner)}</dd>` : ""}
       <dt>Result</dt><dd id="run-result">${runBadge(run)}</dd></dl>`;
     $("#kill-all").hidden = !run.running;
     $("#targets tbody").innerHTML = run.targets.map(t => `<tr data-machine="${esc(t.machine)}">

@@ -256,31 +256,17 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     }
 
     // 8. The database.
-    let database = PathBuf::from(&config.settings.database);
-    let shown = database.display().to_string();
-    let outcome = match bounded(move || probe::probe(&database, Duration::from_secs(5))) {
-        None => too_slow(),
-        Some(Ok(Probe::Writable { schema })) => {
-            Outcome::Ok(format!("{shown} is writable (schema version {schema})"))
-        }
-        Some(Ok(Probe::NotYet { dir, exists })) => Outcome::Ok(format!(
-            "{shown} does not exist yet; {} {} (the daemon creates it at start)",
-            dir.display(),
-            if exists {
-                "takes new files"
-            } else {
-                "can be created"
-            }
-        )),
-        Some(Err(e)) => fail(
+    let outcome = match saltpeter::history::db::Database::parse(&config.settings.database) {
+        Err(e) => fail(
             e.to_string(),
-            "let the daemon's user write the database's directory (the systemd unit's \
-             StateDirectory=saltpeter gives /var/lib/saltpeter), or set saltpeter_config.database",
+            "set saltpeter_config.database to a file path or a postgres:// URL",
         ),
+        Ok(database) => probe_database(database),
     };
     report.line("database", outcome);
 
     // 9. The API.
+
     let settings = &config.settings;
     if settings.api_ws == Some(false) {
         report.line("api", Outcome::Skip("api_ws: false".into()));
@@ -1003,6 +989,42 @@ fn api_status(url: &str) -> Outcome {
         Err(e) => fail(
             e.to_string(),
             format!("{start_it}; check api_ws_bind_addr and api_ws_port"),
+        ),
+    }
+}
+
+/// The database check: a SQLite file writable (or creatable), or a PostgreSQL server that
+/// answers, with the schema version found.
+fn probe_database(database: saltpeter::history::db::Database) -> Outcome {
+    use saltpeter::history::db::Database;
+    let shown = database.shown();
+    let postgres = matches!(database, Database::Postgres(_));
+    match bounded(move || probe::probe_database(&database, Duration::from_secs(5))) {
+        None => too_slow(),
+        Some(Ok(Probe::Writable { schema })) if postgres => Outcome::Ok(format!(
+            "{shown} answers (schema version {schema}; the daemon migrates it at start)"
+        )),
+        Some(Ok(Probe::Writable { schema })) => {
+            Outcome::Ok(format!("{shown} is writable (schema version {schema})"))
+        }
+        Some(Ok(Probe::NotYet { dir, exists })) => Outcome::Ok(format!(
+            "{shown} does not exist yet; {} {} (the daemon creates it at start)",
+            dir.display(),
+            if exists {
+                "takes new files"
+            } else {
+                "can be created"
+            }
+        )),
+        Some(Err(e)) if postgres => fail(
+            e.to_string(),
+            "check that the PostgreSQL server is up and reachable from here, and the user, \
+             password, database and TLS options (sslmode, sslrootcert) in saltpeter_config.database",
+        ),
+        Some(Err(e)) => fail(
+            e.to_string(),
+            "let the daemon's user write the database's directory (the systemd unit's \
+             StateDirectory=saltpeter gives /var/lib/saltpeter), or set saltpeter_config.database",
         ),
     }
 }
