@@ -481,11 +481,19 @@ impl Daemon {
             .iter()
             .map(|c| self.coordinator.notices_for(c))
             .collect();
-        let answers = match self
+        let claiming = std::time::Instant::now();
+        let answers = self
             .history
             .claim_notifying(claims.clone(), notices, &self.node)
-            .await
-        {
+            .await;
+        let took = claiming.elapsed();
+        self.metrics.claim_took(took);
+        debug!(
+            slots = claims.len(),
+            took_ms = took.as_millis() as u64,
+            "claimed in the ledger"
+        );
+        let answers = match answers {
             Ok(answers) => answers,
             Err(e) => {
                 for claim in &claims {
@@ -507,6 +515,7 @@ impl Daemon {
                     .rsplit_once(':')
                     .map_or("", |(name, _)| name);
                 if holder != self.config.settings.daemon_name {
+                    self.metrics.claimed_elsewhere();
                     debug!(job = %job.name, %slot, claimed_by = %taken.claimed_by, "slot {slot} of {} claimed by daemon {}", job.name, taken.claimed_by);
                     continue;
                 }
@@ -770,6 +779,8 @@ impl Daemon {
                 return;
             }
         };
+        self.metrics
+            .handed_over(beat.adopted.len(), beat.lost.len());
         for instance in &beat.lost {
             if self.coordinator.release(instance) {
                 warn!(%instance, "{instance} was taken over by another daemon (this one's lease ran out); it no longer acts on it");

@@ -73,6 +73,13 @@ struct Inner {
     /// Scheduled runs not yet published: instance → (job, slot).
     unlaunched: HashMap<String, (String, Timestamp)>,
     lateness: Histogram,
+    /// One ledger claim transaction (a burst of due slots), start to commit.
+    claims: Histogram,
+    /// Slots another daemon of the shared store claimed first; runs adopted from a daemon
+    /// whose lease lapsed; runs another daemon took over from this one.
+    claimed_elsewhere: u64,
+    adopted: u64,
+    released: u64,
     phase1: Histogram,
     phase2: Histogram,
     /// The hub's own count of open wrapper connections.
@@ -210,6 +217,24 @@ impl Metrics {
         self.with(|m| m.lateness.observe(LATENESS_BUCKETS, late.as_secs_f64()));
     }
 
+    /// How long one claim transaction took.
+    pub fn claim_took(&self, took: std::time::Duration) {
+        self.with(|m| m.claims.observe(LATENESS_BUCKETS, took.as_secs_f64()));
+    }
+
+    /// A slot another daemon of the store claimed first.
+    pub fn claimed_elsewhere(&self) {
+        self.with(|m| m.claimed_elsewhere += 1);
+    }
+
+    /// Runs adopted from a daemon whose lease lapsed, and runs another daemon took over.
+    pub fn handed_over(&self, adopted: usize, released: usize) {
+        self.with(|m| {
+            m.adopted += adopted as u64;
+            m.released += released as u64;
+        });
+    }
+
     /// The gauge of open wrapper connections reads the hub's own count.
     pub fn count_wrappers(&self, open: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         self.with(|m| m.wrappers = Some(open));
@@ -336,6 +361,34 @@ impl Metrics {
                 "saltpeter_fire_lateness_seconds",
                 LATENESS_BUCKETS,
             );
+            let _ = writeln!(
+                out,
+                "# HELP saltpeter_claim_seconds One fire-ledger claim transaction (a burst of due slots)."
+            );
+            let _ = writeln!(out, "# TYPE saltpeter_claim_seconds histogram");
+            m.claims
+                .render(&mut out, "saltpeter_claim_seconds", LATENESS_BUCKETS);
+            for (name, help, v) in [
+                (
+                    "saltpeter_slots_claimed_elsewhere_total",
+                    "Slots another daemon of the shared store claimed first.",
+                    m.claimed_elsewhere,
+                ),
+                (
+                    "saltpeter_runs_adopted_total",
+                    "Runs adopted from a daemon whose lease lapsed.",
+                    m.adopted,
+                ),
+                (
+                    "saltpeter_runs_released_total",
+                    "Runs another daemon took over from this one.",
+                    m.released,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} counter");
+                let _ = writeln!(out, "{name} {v}");
+            }
             let _ = writeln!(
                 out,
                 "# HELP saltpeter_phase1_seconds From firing to Salt's confirmation of a target."
@@ -499,6 +552,9 @@ mod tests {
         });
         assert_eq!(m.with(|m| m.last_fired.get("my_job").copied()), Some(t(10)));
         m.fire_lateness(std::time::Duration::from_millis(3));
+        m.claim_took(std::time::Duration::from_millis(20));
+        m.claimed_elsewhere();
+        m.handed_over(2, 1);
         let text = m.render(4096);
         for line in [
             "saltpeter_runs_total{job=\"my_job\",success=\"false\"} 1",
@@ -509,6 +565,11 @@ mod tests {
             "saltpeter_seconds_since_last_fired_slot{job=\"my_job\"} ",
             "saltpeter_fire_lateness_seconds_bucket{le=\"0.005\"} 1",
             "saltpeter_fire_lateness_seconds_bucket{le=\"0.001\"} 0",
+            "saltpeter_claim_seconds_bucket{le=\"0.01\"} 0",
+            "saltpeter_claim_seconds_bucket{le=\"0.05\"} 1",
+            "saltpeter_slots_claimed_elsewhere_total 1",
+            "saltpeter_runs_adopted_total 2",
+            "saltpeter_runs_released_total 1",
             "saltpeter_phase1_seconds_sum 1",
             "saltpeter_phase2_seconds_sum 3",
             "saltpeter_database_bytes 4096",

@@ -1110,3 +1110,84 @@ fn both_engines_have_the_same_tables_and_columns() {
     assert!(sqlite.len() > 50, "{sqlite:?}");
     assert_eq!(sqlite, postgres);
 }
+
+fn daemon_info(name: &str) -> fleet::DaemonInfo {
+    fleet::DaemonInfo {
+        name: name.into(),
+        host: "host".into(),
+        pid: 1,
+        version: "test".into(),
+        api_url: String::new(),
+        machines_url: format!("ws://{name}:8889"),
+    }
+}
+
+/// Two daemons on one store: while the owner renews its lease its run stays its own; once the
+/// lease lapses (by the database's clock) the other adopts it, under a new generation, and
+/// the old owner is told it lost it. On PostgreSQL what the old owner sends meanwhile is never
+/// stored (fencing at its commit) and never counts as held.
+#[tokio::test]
+async fn a_run_whose_owners_lease_lapsed_is_adopted_and_fenced_from_its_old_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir, Retention::default());
+    let b = open(&dir, Retention::default());
+    let lease = fleet::LEASE;
+    assert_eq!(a.register(daemon_info("a"), lease).await.unwrap(), 0);
+    assert_eq!(b.register(daemon_info("b"), lease).await.unwrap(), 1);
+    let events = run_events("j_1", "j", 0);
+    let cut = events
+        .iter()
+        .position(|e| matches!(e, RunEvent::TargetEnded { .. }))
+        .unwrap();
+    for e in &events[..cut] {
+        a.record(e.clone());
+    }
+    a.flush().await.unwrap();
+    // `a` is alive: nothing to adopt; `b` learns where `a` takes wrappers.
+    let beat = b.beat(lease).await.unwrap();
+    assert!(beat.adopted.is_empty() && beat.lost.is_empty());
+    assert_eq!(beat.peers, ["ws://a:8889"]);
+    assert_eq!(b.run("j_1").await.unwrap().unwrap().run.owner, "a");
+    // `a` stops renewing (frozen): its heartbeat is older than the lease.
+    b.exec("UPDATE daemons SET heartbeat_ms = heartbeat_ms - 31000 WHERE name = 'a'")
+        .await;
+    let beat = b.beat(lease).await.unwrap();
+    let adopted: Vec<&str> = beat.adopted.iter().map(|r| r.instance.as_str()).collect();
+    assert_eq!(adopted, ["j_1"]);
+    assert_eq!(beat.adopted[0].token, "tok");
+    assert!(
+        !beat.adopted[0].open.is_empty(),
+        "its open targets come with it"
+    );
+    assert!(
+        b.beat(lease).await.unwrap().adopted.is_empty(),
+        "adopted once"
+    );
+    // `a` wakes and, before its next heartbeat, stores output of the run it lost.
+    a.record(output("j_1", "a", "from the old owner\n".into(), 99));
+    let fenced = db::testing::server().is_some();
+    if fenced {
+        assert!(a.flush().await.is_err(), "the batch went again without it");
+        a.flush().await.unwrap();
+        assert!(!a.holds("j_1"), "nothing of it is acknowledged from here");
+    }
+    let beat = a.beat(lease).await.unwrap();
+    assert_eq!(beat.lost, ["j_1"]);
+    assert!(
+        beat.adopted.is_empty(),
+        "its own lease is fresh again: nothing to take back"
+    );
+    assert!(!a.holds("j_1"));
+    let run = b.run("j_1").await.unwrap().unwrap();
+    assert_eq!(run.run.owner, "b");
+    if fenced {
+        let (slice, _) = b.output("j_1", "a", 0).await.unwrap().unwrap();
+        assert!(!slice.text.contains("old owner"), "{:?}", slice.text);
+    }
+    let listed = b.daemons(lease).await.unwrap();
+    let names: Vec<(&str, bool, usize)> = listed
+        .iter()
+        .map(|d| (d.name.as_str(), d.alive, d.runs.len()))
+        .collect();
+    assert_eq!(names, [("a", true, 0), ("b", true, 1)]);
+}

@@ -258,14 +258,27 @@ fn the_run_of_a_killed_daemon_is_adopted_and_ends_with_all_its_output() {
     let killed = Instant::now();
     d2.expect_line(&format!("adopting {instance}"), Duration::from_secs(40));
     let adopted = killed.elapsed();
+    let adopted_ms = now_ms();
     assert!(
         adopted <= Duration::from_secs(36),
         "adopted after {adopted:?}"
     );
+    // Failover, as an operator would time it: the dead owner's last heartbeat, the adoption,
+    // the first wrapper back on the new owner.
+    d2.expect_line(
+        &format!("Client connected - {instance}"),
+        Duration::from_secs(20),
+    );
+    let reconnected_ms = now_ms();
+    let last_beat: i64 = sql(&url, "SELECT heartbeat_ms FROM daemons WHERE name = 'd1'")[0].get(0);
+    eprintln!(
+        "failover: last heartbeat of d1 -> adopted by d2 {} ms -> first wrapper reconnected {} ms later (kill -> adopted {adopted:?})",
+        adopted_ms - last_beat,
+        reconnected_ms - adopted_ms
+    );
     let run = poll_run(&d2, &instance, "the run ends", |run| {
         run["running"] == false
     });
-    eprintln!("adopted {:?} after the kill; {run:#}", adopted);
     assert_eq!(run["owner"], "d2");
     for m in &minions {
         assert_eq!(target(&run, m)["exit_code"], 0, "{run:#}");

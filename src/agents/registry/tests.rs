@@ -667,3 +667,57 @@ fn a_resume_past_the_acknowledged_output_is_a_lie_unless_just_adopted() {
     let out = hub.message(6, connect_resuming("i3", "m1", i64::MAX), 3 * MS);
     assert_eq!(error_code(&sends(&out)[0].1), codes::BAD_MESSAGE);
 }
+
+/// Several daemons on one store: a run another daemon took over is let go (its wrappers'
+/// connections closed without a word, so they reconnect elsewhere); a run adopted from
+/// another daemon takes its wrappers at the stored seq.
+#[test]
+fn a_released_run_closes_its_wrappers_and_an_adopted_one_takes_them() {
+    let mut hub = Hub::new();
+    hub.register("i1", &["m1", "m2"], Some("tok"));
+    for (conn, machine) in [(1, "m1"), (2, "m2")] {
+        hub.reg.handle_opened(conn);
+        hub.message(conn, connect("i1", machine, Some("tok")), MS);
+    }
+    hub.command(
+        HubCommand::Release {
+            instance: "i1".into(),
+        },
+        2 * MS,
+    );
+    let out = hub.drain();
+    let mut closed: Vec<ConnId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Close { conn } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    closed.sort_unstable();
+    assert_eq!((closed, out.len()), (vec![1, 2], 2), "{out:?}");
+    // Nothing of it is left: a wrapper that comes back here is told the run is unknown.
+    hub.reg.handle_opened(3);
+    let out = hub.message(3, connect("i1", "m1", Some("tok")), 3 * MS);
+    assert_eq!(error_code(&sends(&out)[0].1), codes::JOB_NOT_FOUND);
+    // Adopted from a daemon whose lease lapsed: its wrapper resumes at the stored seq.
+    hub.command(
+        HubCommand::Adopt(Adopted {
+            instance: "i9".into(),
+            job_name: "job".into(),
+            token: Some("tok9".into()),
+            tokenless: false,
+            targets: vec![("m1".into(), 5)],
+        }),
+        4 * MS,
+    );
+    hub.reg.handle_opened(4);
+    let out = hub.message(4, connect("i9", "m1", Some("tok9")), 5 * MS);
+    assert_eq!(events(&out), [HubEventKind::Connected { protocol: 1 }]);
+    let out = hub.message(4, output("i9", "m1", 4, "seen before\n"), 6 * MS);
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| matches!(e, HubEventKind::Output { .. })),
+        "output below the stored seq is not taken again: {out:?}"
+    );
+}

@@ -903,3 +903,36 @@ fn a_launch_that_never_reached_the_master_is_not_launched() {
     h.collect();
     assert!(not_launched(&h).is_empty());
 }
+
+/// Another daemon took the run over (this one's lease lapsed): it is let go with nothing
+/// recorded, its wrappers released, and its deadlines judge nothing any more.
+#[test]
+fn a_released_run_records_nothing_and_no_deadline_judges_it() {
+    let mut h = Harness::new(&job_yaml("j", "a", ""));
+    h.fire("j", "j_1");
+    let (jid, _) = h.published("j_1", &Purpose::Launch);
+    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
+    h.bus(Event::job_return(
+        &jid,
+        "a",
+        "cmd.run_all",
+        0,
+        Some(""),
+        false,
+    ));
+    assert!(h.core.next_deadline().is_some());
+    let before = h.effects.len();
+    assert!(h.core.release("j_1"));
+    h.collect();
+    let after: Vec<&Effect> = h.effects[before..].iter().collect();
+    assert!(
+        matches!(after.as_slice(), [Effect::Hub(HubCommand::Release { instance })] if instance == "j_1"),
+        "{after:?}"
+    );
+    // Long past its heartbeat deadline: nothing is judged, nothing recorded.
+    h.advance_to(60 * S);
+    assert!(h.results().is_empty() && !h.ended("j_1"));
+    assert_eq!((h.core.next_deadline(), h.core.runs()), (None, 0));
+    assert_eq!(h.core.running_instance("j"), None);
+    assert!(!h.core.release("j_1"), "released once");
+}
