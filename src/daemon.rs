@@ -87,6 +87,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
     // runs it owned before a restart are its own again.
     let me = DaemonInfo {
         name: settings.daemon_name.clone(),
+        master: settings.master_name.clone(),
         host: crate::hostname(),
         pid: std::process::id(),
         version: crate::VERSION.into(),
@@ -410,7 +411,14 @@ impl Daemon {
     /// the overlap rule), claimed in the ledger in one transaction, and only then carried out:
     /// a run starts only for a slot this daemon claimed.
     async fn due(&mut self, now: jiff::Timestamp) {
-        let decisions = self.planner.due(now);
+        // Jobs pinned to another master are that master's daemons' to claim.
+        let master = &self.config.settings.master_name;
+        let decisions: Vec<Decision> = self
+            .planner
+            .due(now)
+            .into_iter()
+            .filter(|d| d.job().master.as_ref().is_none_or(|m| m == master))
+            .collect();
         if decisions.is_empty() {
             return;
         }
@@ -697,6 +705,22 @@ impl Daemon {
     async fn handle_command(&mut self, command: Command) {
         match command {
             Command::RunNow { job, reply } => {
+                // Pinned to another master: a daemon of that master starts it.
+                if let Some(master) = self.pinned_elsewhere(&job) {
+                    match self.route_run_now(&job, &master).await {
+                        Ok((id, daemon)) => {
+                            let history = self.history.clone();
+                            tokio::spawn(async move {
+                                let _ = reply.send(routed_outcome(&history, id, &daemon).await);
+                            });
+                        }
+                        Err(why) => {
+                            warn!(job = %job, "run now refused: {why}");
+                            let _ = reply.send(Err(why));
+                        }
+                    }
+                    return;
+                }
                 let result = self.run_now(&job).await;
                 match &result {
                     Ok(instance) => info!(job = %job, "run now: {instance} started"),
@@ -794,6 +818,12 @@ impl Daemon {
                 .adopt_live(run, hub_run, job.as_ref(), &self.config.settings);
         }
         self.coordinator.set_peers(beat.peers);
+        // Switched through another daemon's API (a shared store): in force here too.
+        if beat.maintenance != self.switched {
+            info!(global = beat.maintenance.global, machines = ?beat.maintenance.machines, "maintenance switched through another daemon");
+            self.switched = beat.maintenance;
+            self.publish_snapshot();
+        }
         self.carry_out_commands(Some(beat.commands)).await;
     }
 
@@ -818,12 +848,61 @@ impl Daemon {
                         Err(why) => format!("refused: {why}"),
                     }
                 }
+                ("run-now", _) => match c.job.as_deref() {
+                    Some(job) => match self.run_now(job).await {
+                        Ok(instance) => {
+                            info!(%job, "run now through another daemon: {instance} started");
+                            format!("started {instance}")
+                        }
+                        Err(why) => format!("refused: {why}"),
+                    },
+                    None => "refused: no job named".to_string(),
+                },
                 (kind, _) => format!("refused: unknown command {kind}"),
             };
             if let Err(e) = self.history.command_done(c.id, outcome).await {
                 warn!(error = %e, id = c.id, "cannot record a command as carried out");
             }
         }
+    }
+
+    /// The master `job` is pinned to, when that is not this daemon's (`master: NAME`).
+    fn pinned_elsewhere(&self, job: &str) -> Option<String> {
+        self.config
+            .jobs
+            .get(job)?
+            .master
+            .clone()
+            .filter(|m| *m != self.config.settings.master_name)
+    }
+
+    /// A run-now of a job pinned to another master, queued for a live daemon of that master:
+    /// the command's id and the daemon's name.
+    async fn route_run_now(&mut self, job: &str, master: &str) -> Result<(i64, String), Refusal> {
+        let daemons = self
+            .history
+            .daemons(fleet::LEASE)
+            .await
+            .map_err(|e| Refusal::Failed(e.to_string()))?;
+        let Some(daemon) = daemons.into_iter().find(|d| d.alive && d.master == master) else {
+            return Err(Refusal::Failed(format!(
+                "{job} is pinned to master {master} (master: {master}), and no daemon of that master is alive"
+            )));
+        };
+        let command = fleet::CommandRow {
+            id: 0,
+            kind: "run-now".into(),
+            instance: None,
+            machine: None,
+            job: Some(job.to_string()),
+        };
+        let id = self
+            .history
+            .send_command(&daemon.name, command)
+            .await
+            .map_err(|e| Refusal::Failed(e.to_string()))?;
+        info!(%job, daemon = %daemon.name, "run now of {job} sent to daemon {} (master {master})", daemon.name);
+        Ok((id, daemon.name))
     }
 
     /// A kill of a run this daemon does not hold: sent to the daemon that owns it, if any.
@@ -957,6 +1036,35 @@ async fn start_hub(
         max_output_rate: settings.machines_ws_max_output_rate,
     };
     Ok(crate::agents::spawn(listener, options))
+}
+
+/// How long a run-now sent to another daemon is waited for.
+const ROUTED_WAIT: Duration = Duration::from_secs(15);
+
+/// The answer to a run-now another daemon carries out: read from its command row (that daemon
+/// is woken by NOTIFY or its next heartbeat), a short bounded wait on a task of its own.
+async fn routed_outcome(history: &History, id: i64, daemon: &str) -> Result<String, Refusal> {
+    let deadline = tokio::time::Instant::now() + ROUTED_WAIT;
+    loop {
+        match history.command_outcome(id).await {
+            Ok(Some(outcome)) => {
+                return match outcome.strip_prefix("started ") {
+                    Some(instance) => Ok(instance.to_string()),
+                    None => Err(Refusal::Failed(format!("daemon {daemon}: {outcome}"))),
+                };
+            }
+            Ok(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(None) => {
+                return Err(Refusal::Failed(format!(
+                    "daemon {daemon} has not started it within {} s (it may still)",
+                    ROUTED_WAIT.as_secs()
+                )));
+            }
+            Err(e) => return Err(Refusal::Failed(e.to_string())),
+        }
+    }
 }
 
 /// A run from the store as the hub takes it over: its wrappers resume at the stored seq.

@@ -209,6 +209,9 @@ pub struct Job {
     pub misfire: Misfire,
     pub success_threshold: Option<f64>,
     pub lockfile: Option<String>,
+    /// `master`: only daemons whose `master_name` this is fire the job (several daemons on
+    /// one store); `None`: any daemon.
+    pub master: Option<String>,
     /// Whom to tell of what: the job's own `notify`, else `saltpeter_config.notify`; `None`:
     /// nobody. Names only channels `Settings::notify_channels` defines.
     pub notify: Option<NotifyPolicy>,
@@ -259,6 +262,9 @@ pub struct Settings {
     /// This daemon's name in a shared store (`daemon_name`, default the host name): it owns
     /// the runs it launches under it, and a restart under the same name takes them back.
     pub daemon_name: String,
+    /// The master this daemon serves (`master_name`, default the host name): it fires the jobs
+    /// pinned to it (`master: NAME`) and those pinned to none.
+    pub master_name: String,
     /// Output bytes kept per target; the middle of longer output is dropped (head and tail kept).
     pub output_cap: u64,
     pub history_max_age_days: u64,
@@ -315,6 +321,7 @@ impl Settings {
             salt: SaltOverrides::default(),
             database: "/var/lib/saltpeter/history.db".into(),
             daemon_name: hostname.into(),
+            master_name: hostname.into(),
             output_cap: 1 << 20,
             history_max_age_days: 30,
             history_max_runs_per_job: 1000,
@@ -360,6 +367,7 @@ impl Settings {
             ("salt_user", V::Str(s)) => self.salt.user = Some(s.clone()),
             ("database", V::Str(s)) => self.database = s.clone(),
             ("daemon_name", V::Str(s)) => self.daemon_name = s.clone(),
+            ("master_name", V::Str(s)) => self.master_name = s.clone(),
             ("output_cap", V::Count(n)) => self.output_cap = *n,
             ("history_max_age_days", V::Count(n)) => self.history_max_age_days = *n,
             ("history_max_runs_per_job", V::Count(n)) => self.history_max_runs_per_job = *n,
@@ -393,6 +401,11 @@ impl Settings {
             "daemon_name",
             self.daemon_name.clone(),
             new.daemon_name.clone(),
+        );
+        check(
+            "master_name",
+            self.master_name.clone(),
+            new.master_name.clone(),
         );
         check(
             "api_ws_port",
@@ -453,6 +466,7 @@ impl Settings {
         new.api_ws = self.api_ws;
         new.database = self.database.clone();
         new.daemon_name = self.daemon_name.clone();
+        new.master_name = self.master_name.clone();
         new.api_ws_port = self.api_ws_port;
         new.api_ws_bind_addr = self.api_ws_bind_addr.clone();
         new.machines_ws_port = self.machines_ws_port;
@@ -789,6 +803,7 @@ fn resolve(
         retries: def.retries,
         retry_delay_secs: def.retry_delay,
         lockfile: def.lockfile.clone(),
+        master: def.master.clone(),
         notify,
     }
 }

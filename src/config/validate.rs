@@ -69,6 +69,8 @@ pub struct JobDef {
     /// Seconds before the first retry; doubled for each later one.
     pub retry_delay: u64,
     pub lockfile: Option<String>,
+    /// Fired only by daemons whose `master_name` this is (several daemons on one store).
+    pub master: Option<String>,
     /// `None` (absent): `saltpeter_config.notify` applies. `Some`: replaces it, and turns
     /// notifications off when it names no condition or no channel (`notify: {}`).
     pub notify: Option<NotifyDef>,
@@ -180,6 +182,7 @@ const SETTINGS: &[(&str, SettingKind)] = &[
     ("salt_user", SettingKind::Str),
     ("database", SettingKind::Path),
     ("daemon_name", SettingKind::Str),
+    ("master_name", SettingKind::Str),
     ("output_cap", SettingKind::Count),
     ("history_max_age_days", SettingKind::Count),
     ("history_max_runs_per_job", SettingKind::Count),
@@ -240,6 +243,7 @@ const JOB_KEYS: &[&str] = &[
     "retries",
     "retry_delay",
     "lockfile",
+    "master",
     "timezone",
     "dom_dow",
     "notify",
@@ -1360,6 +1364,7 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
     let wrapper_logdir = opt_string("wrapper_logdir", sink);
     let saltpeter_server_host = opt_string("saltpeter_server_host", sink);
     let lockfile = opt_string("lockfile", sink);
+    let master = opt_string("master", sink);
     let wrapper_loglevel =
         get("wrapper_loglevel").and_then(|v| log_level(v, "wrapper_loglevel", sink));
     let timezone = get("timezone").and_then(|v| time_zone(v, "timezone", sink));
@@ -1584,6 +1589,7 @@ fn job(name: &str, pos: Pos, node: &Node, sink: &mut Sink) -> Option<JobDef> {
         retries,
         retry_delay,
         lockfile,
+        master,
         notify,
     })
 }

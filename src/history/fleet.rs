@@ -18,6 +18,8 @@ pub const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DaemonInfo {
     pub name: String,
+    /// The master it serves (`master_name`): jobs pinned to it (`master: NAME`) are its.
+    pub master: String,
     pub host: String,
     pub pid: u32,
     pub version: String,
@@ -31,6 +33,7 @@ pub struct DaemonInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DaemonRow {
     pub name: String,
+    pub master: String,
     pub host: String,
     pub pid: u32,
     pub version: String,
@@ -66,9 +69,10 @@ pub fn register(db: &Db, me: &DaemonInfo, lease_ms: i64) -> Result<(Vec<Held>, u
     let now = db.now_ms_sql();
     db.exec(
         &format!(
-            "INSERT INTO daemons (name, host, pid, version, api_url, machines_url, started_ms, heartbeat_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, {now}, {now})
+            "INSERT INTO daemons (name, host, pid, version, api_url, machines_url, master, started_ms, heartbeat_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {now}, {now})
              ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+               master = excluded.master,
                version = excluded.version, api_url = excluded.api_url,
                machines_url = excluded.machines_url, started_ms = excluded.started_ms,
                heartbeat_ms = excluded.heartbeat_ms"
@@ -79,7 +83,8 @@ pub fn register(db: &Db, me: &DaemonInfo, lease_ms: i64) -> Result<(Vec<Held>, u
             i64::from(me.pid),
             &me.version,
             &me.api_url,
-            &me.machines_url
+            &me.machines_url,
+            &me.master
         ],
     )?;
     db.exec(
@@ -178,7 +183,7 @@ pub fn daemons(db: &Db, lease_ms: i64) -> Result<Vec<DaemonRow>, DbError> {
     let mut rows = db.query(
         &format!(
             "SELECT name, host, pid, version, api_url, machines_url, started_ms, heartbeat_ms,
-                    heartbeat_ms >= {now} - ?1
+                    heartbeat_ms >= {now} - ?1, master
              FROM daemons ORDER BY name"
         ),
         p![lease_ms],
@@ -193,6 +198,7 @@ pub fn daemons(db: &Db, lease_ms: i64) -> Result<Vec<DaemonRow>, DbError> {
                 started_at: iso(r.get(6)?),
                 last_heartbeat: iso(r.get(7)?),
                 alive: r.get(8)?,
+                master: r.get(9)?,
                 runs: Vec::new(),
             })
         },

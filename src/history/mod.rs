@@ -190,13 +190,16 @@ pub struct MaintenanceState {
 
 /// What a heartbeat found: runs taken over from daemons whose lease ran out (to carry on),
 /// runs another daemon took over from this one (to let go of, acting on them no more), where
-/// the other live daemons' wrappers connect, and commands waiting for this daemon.
+/// the other live daemons' wrappers connect, commands waiting for this daemon, and the
+/// maintenance switches as stored.
 #[derive(Debug, Default)]
 pub struct Beat {
     pub adopted: Vec<InFlight>,
     pub lost: Vec<String>,
     pub peers: Vec<String>,
     pub commands: Vec<fleet::CommandRow>,
+    /// The maintenance switches as stored (another daemon's API may have set them).
+    pub maintenance: MaintenanceState,
 }
 
 /// Deliveries due now, and when the next one not yet due is (unix ms).
@@ -2299,6 +2302,7 @@ impl Store {
             lost: std::mem::take(&mut self.newly_lost),
             peers: rows.peers,
             commands,
+            maintenance: self.maintenance(),
         })
     }
 

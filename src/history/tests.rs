@@ -81,6 +81,14 @@ fn run_events(instance: &str, job: &str, at: i64) -> Vec<RunEvent> {
     ]
 }
 
+/// How many of a run's events come before its first result (the run is in flight then).
+fn in_flight_until(events: &[RunEvent]) -> usize {
+    events
+        .iter()
+        .position(|e| matches!(e, RunEvent::TargetEnded { .. }))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_run_is_stored_with_its_targets_and_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -386,10 +394,7 @@ async fn heartbeats_are_seen_at_once_and_written_with_the_result() {
     let h = History::open(&path, Retention::default()).unwrap();
     let events = run_events("j_1", "j", 0);
     // Up to the first TargetEnded: the run is in flight, `a` confirmed.
-    let cut = events
-        .iter()
-        .position(|e| matches!(e, RunEvent::TargetEnded { .. }))
-        .unwrap();
+    let cut = in_flight_until(&events);
     for e in &events[..cut] {
         h.record(e.clone());
     }
@@ -1114,6 +1119,7 @@ fn both_engines_have_the_same_tables_and_columns() {
 fn daemon_info(name: &str) -> fleet::DaemonInfo {
     fleet::DaemonInfo {
         name: name.into(),
+        master: "master1".into(),
         host: "host".into(),
         pid: 1,
         version: "test".into(),
@@ -1135,10 +1141,7 @@ async fn a_run_whose_owners_lease_lapsed_is_adopted_and_fenced_from_its_old_owne
     assert_eq!(a.register(daemon_info("a"), lease).await.unwrap(), 0);
     assert_eq!(b.register(daemon_info("b"), lease).await.unwrap(), 1);
     let events = run_events("j_1", "j", 0);
-    let cut = events
-        .iter()
-        .position(|e| matches!(e, RunEvent::TargetEnded { .. }))
-        .unwrap();
+    let cut = in_flight_until(&events);
     for e in &events[..cut] {
         a.record(e.clone());
     }
@@ -1148,6 +1151,9 @@ async fn a_run_whose_owners_lease_lapsed_is_adopted_and_fenced_from_its_old_owne
     assert!(beat.adopted.is_empty() && beat.lost.is_empty());
     assert_eq!(beat.peers, ["ws://a:8889"]);
     assert_eq!(b.run("j_1").await.unwrap().unwrap().run.owner, "a");
+    // A maintenance switch set through `a` reaches `b` with its next heartbeat.
+    a.set_maintenance(Some("m1".into()), true).await.unwrap();
+    assert_eq!(b.beat(lease).await.unwrap().maintenance.machines, ["m1"]);
     // `a` stops renewing (frozen): its heartbeat is older than the lease.
     b.exec("UPDATE daemons SET heartbeat_ms = heartbeat_ms - 31000 WHERE name = 'a'")
         .await;

@@ -58,9 +58,21 @@ fn daemon(
     jobs: &str,
     env: &[(&str, &str)],
 ) -> (Daemon, tempfile::TempDir) {
+    daemon_with(lab, name, database, jobs, env, "")
+}
+
+/// [`daemon`] with more `saltpeter_config` lines (indented by two spaces).
+fn daemon_with(
+    lab: &Lab,
+    name: &str,
+    database: &str,
+    jobs: &str,
+    env: &[(&str, &str)],
+    more: &str,
+) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let settings =
-        lab.daemon_settings(&dir.path().join("log")) + &format!("  daemon_name: {name}\n");
+        lab.daemon_settings(&dir.path().join("log")) + &format!("  daemon_name: {name}\n{more}");
     write(dir.path(), "01-settings.yaml", &settings);
     write(dir.path(), "jobs.yaml", jobs);
     let mut d = Daemon::start_shared(dir.path(), database, "", env);
@@ -236,15 +248,24 @@ fn output_of(d: &Daemon, instance: &str, machine: &str) -> String {
     out["text"].as_str().unwrap_or_default().to_string()
 }
 
-#[test]
-fn the_run_of_a_killed_daemon_is_adopted_and_ends_with_all_its_output() {
-    let (lab, _guard) = lab();
-    let Some(server) = server() else { return };
-    let url = fresh_database(&server, "adopt");
+/// Two daemons on a fresh database that know each other, and a long run launched by d1
+/// whose two targets stream: (d1, d2, their config dirs, the database URL, the run, the
+/// minions).
+struct LongRun {
+    d1: Daemon,
+    d2: Daemon,
+    _dirs: [tempfile::TempDir; 2],
+    url: String,
+    instance: String,
+    minions: Vec<String>,
+}
+
+fn long_run_on_d1(lab: &Lab, server: &str, name: &str) -> LongRun {
+    let url = fresh_database(server, name);
     let minions = lab.minions()[..2].to_vec();
     let jobs = long_job(&minions);
-    let (mut d2, _dir2) = daemon(lab, "d2", &url, &jobs, &[]);
-    let (mut d1, _dir1) = daemon(lab, "d1", &url, &jobs, &[]);
+    let (d2, dir2) = daemon(lab, "d2", &url, &jobs, &[]);
+    let (d1, dir1) = daemon(lab, "d1", &url, &jobs, &[]);
     both_alive(&d1);
     let (code, r) = d1.call("POST", "/api/v1/jobs/long/run", None);
     assert_eq!(code, 202, "{r}");
@@ -254,6 +275,28 @@ fn the_run_of_a_killed_daemon_is_adopted_and_ends_with_all_its_output() {
             .iter()
             .all(|m| target(run, m)["output_bytes"].as_u64().unwrap_or(0) > 0)
     });
+    LongRun {
+        d1,
+        d2,
+        _dirs: [dir1, dir2],
+        url,
+        instance,
+        minions,
+    }
+}
+
+#[test]
+fn the_run_of_a_killed_daemon_is_adopted_and_ends_with_all_its_output() {
+    let (lab, _guard) = lab();
+    let Some(server) = server() else { return };
+    let LongRun {
+        mut d1,
+        mut d2,
+        url,
+        instance,
+        minions,
+        ..
+    } = long_run_on_d1(lab, &server, "adopt");
     d1.signal(nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();
     d2.expect_line(&format!("adopting {instance}"), Duration::from_secs(40));
@@ -298,18 +341,13 @@ fn the_run_of_a_killed_daemon_is_adopted_and_ends_with_all_its_output() {
 fn a_daemon_paused_past_its_lease_no_longer_acts_on_the_run_it_lost() {
     let (lab, _guard) = lab();
     let Some(server) = server() else { return };
-    let url = fresh_database(&server, "fence");
-    let minions = lab.minions()[..2].to_vec();
-    let jobs = long_job(&minions);
-    let (mut d2, _dir2) = daemon(lab, "d2", &url, &jobs, &[]);
-    let (mut d1, _dir1) = daemon(lab, "d1", &url, &jobs, &[]);
-    both_alive(&d1);
-    let (code, r) = d1.call("POST", "/api/v1/jobs/long/run", None);
-    assert_eq!(code, 202, "{r}");
-    let instance = r["instance"].as_str().unwrap().to_string();
-    poll_run(&d1, &instance, "both targets stream", |run| {
-        minions.iter().all(|m| target(run, m)["state"] == "running")
-    });
+    let LongRun {
+        mut d1,
+        mut d2,
+        instance,
+        minions,
+        ..
+    } = long_run_on_d1(lab, &server, "fence");
     // Paused past its lease (and past the wrappers' heartbeat timeout, which it must not
     // judge when it wakes): d2 adopts the run meanwhile.
     d1.signal(nix::sys::signal::Signal::SIGSTOP);
@@ -396,4 +434,30 @@ fn postgres_restarted_mid_run_loses_no_run_and_fires_no_slot_twice() {
         assert!(text.contains("line 40\n"), "{m}: {text:?}");
     }
     let _: Value = run;
+}
+
+#[test]
+fn a_job_pinned_to_a_master_is_fired_and_run_now_by_that_masters_daemon_only() {
+    let (lab, _guard) = lab();
+    let Some(server) = server() else { return };
+    let url = fresh_database(&server, "pinned");
+    let minion = lab.minions()[0].clone();
+    let jobs = every_two_seconds("pinned", &minion) + "  master: east\n";
+    // d2 serves master `east`, d1 another.
+    let (d1, _dir1) = daemon_with(lab, "d1", &url, &jobs, &[], "  master_name: west\n");
+    let (d2, _dir2) = daemon_with(lab, "d2", &url, &jobs, &[], "  master_name: east\n");
+    let from = now_ms();
+    std::thread::sleep(Duration::from_secs(12));
+    let to = now_ms() - 3_000;
+    let claims = every_slot_once(&url, "pinned", from, to);
+    assert!(claims.iter().all(|(_, d)| d == "d2"), "{claims:?}");
+    // Run now through the other master's daemon: started by d2, which owns the run.
+    let (code, r) = d1.call("POST", "/api/v1/jobs/pinned/run", None);
+    assert_eq!(code, 202, "{r}");
+    let instance = r["instance"].as_str().unwrap().to_string();
+    let run = poll_run(&d2, &instance, "the run ends", |run| {
+        run["running"] == false
+    });
+    assert_eq!(run["owner"], "d2", "{run:#}");
+    drop((d1, d2));
 }

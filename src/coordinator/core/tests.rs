@@ -121,6 +121,21 @@ impl Harness {
         (h, jid)
     }
 
+    /// `j_1` of a job on the one target `a`, launched and confirmed by Salt (its heartbeat
+    /// clock started).
+    fn confirmed(target: &str) -> Harness {
+        let (mut h, jid) = Harness::launched(target, &[target]);
+        h.bus(Event::job_return(
+            &jid,
+            target,
+            "cmd.run_all",
+            0,
+            Some(""),
+            false,
+        ));
+        h
+    }
+
     /// What `f` picks out of the effects so far, in order.
     fn pick<T>(&self, f: impl FnMut(&Effect) -> Option<T>) -> Vec<T> {
         self.effects.iter().filter_map(f).collect()
@@ -264,18 +279,7 @@ fn output_goes_to_the_journal_only_and_a_note_follows_it() {
 
 #[test]
 fn a_heartbeat_queued_behind_a_burst_is_judged_by_its_arrival() {
-    let mut h = Harness::new(&job_yaml("j", "a", ""));
-    h.fire("j", "j_1");
-    let (jid, _) = h.published("j_1", &Purpose::Launch);
-    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
-    h.bus(Event::job_return(
-        &jid,
-        "a",
-        "cmd.run_all",
-        0,
-        Some(""),
-        false,
-    ));
+    let mut h = Harness::confirmed("a");
     // The loop is busy until 16 s; the heartbeat had arrived at 14 s and is handled first.
     h.t = 16 * S;
     h.hub("j_1", "a", HubEventKind::Heartbeat, 14 * S);
@@ -908,18 +912,7 @@ fn a_launch_that_never_reached_the_master_is_not_launched() {
 /// recorded, its wrappers released, and its deadlines judge nothing any more.
 #[test]
 fn a_released_run_records_nothing_and_no_deadline_judges_it() {
-    let mut h = Harness::new(&job_yaml("j", "a", ""));
-    h.fire("j", "j_1");
-    let (jid, _) = h.published("j_1", &Purpose::Launch);
-    h.publish_reply("j_1", Purpose::Launch, &jid, &["a"]);
-    h.bus(Event::job_return(
-        &jid,
-        "a",
-        "cmd.run_all",
-        0,
-        Some(""),
-        false,
-    ));
+    let mut h = Harness::confirmed("a");
     assert!(h.core.next_deadline().is_some());
     let before = h.effects.len();
     assert!(h.core.release("j_1"));
