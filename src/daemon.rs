@@ -884,7 +884,10 @@ impl Daemon {
             .daemons(fleet::LEASE)
             .await
             .map_err(|e| Refusal::Failed(e.to_string()))?;
-        let Some(daemon) = daemons.into_iter().find(|d| d.alive && d.master == master) else {
+        let Some(daemon) = daemons
+            .into_iter()
+            .find(|d| d.alive && d.info.master == master)
+        else {
             return Err(Refusal::Failed(format!(
                 "{job} is pinned to master {master} (master: {master}), and no daemon of that master is alive"
             )));
@@ -898,11 +901,11 @@ impl Daemon {
         };
         let id = self
             .history
-            .send_command(&daemon.name, command)
+            .send_command(&daemon.info.name, command)
             .await
             .map_err(|e| Refusal::Failed(e.to_string()))?;
-        info!(%job, daemon = %daemon.name, "run now of {job} sent to daemon {} (master {master})", daemon.name);
-        Ok((id, daemon.name))
+        info!(%job, daemon = %daemon.info.name, "run now of {job} sent to daemon {} (master {master})", daemon.info.name);
+        Ok((id, daemon.info.name))
     }
 
     /// A kill of a run this daemon does not hold: sent to the daemon that owns it, if any.

@@ -775,14 +775,6 @@ impl Db {
         }
         .max(0) as u64)
     }
-
-    /// The SQLite connection itself, for SQLite-only work (file probes, test fault injection).
-    pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
-        match &self.inner {
-            Inner::Sqlite(c) => Some(c),
-            Inner::Pg(_) => None,
-        }
-    }
 }
 
 /// Sends each notification's payload on `channel` (PostgreSQL's `LISTEN`) to `wake`, from a

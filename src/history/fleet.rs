@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::db::{Db, DbError, Kind, p};
+use super::db::{Db, DbError, Kind, P, p};
 use super::iso;
 
 /// How often a daemon renews its lease (its heartbeat row).
@@ -15,7 +15,7 @@ pub const BEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a daemon says of itself when it starts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DaemonInfo {
     pub name: String,
     /// The master it serves (`master_name`): jobs pinned to it (`master: NAME`) are its.
@@ -32,13 +32,8 @@ pub struct DaemonInfo {
 /// A daemon as the store knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DaemonRow {
-    pub name: String,
-    pub master: String,
-    pub host: String,
-    pub pid: u32,
-    pub version: String,
-    pub api_url: String,
-    pub machines_url: String,
+    #[serde(flatten)]
+    pub info: DaemonInfo,
     pub started_at: Option<String>,
     pub last_heartbeat: Option<String>,
     /// Its lease is current (a heartbeat within the lease time, by the database's clock).
@@ -158,20 +153,33 @@ fn owned(db: &Db, me: &str) -> Result<Vec<Held>, DbError> {
 /// the rows stay locked until the transaction ends, so no one takes them over between this
 /// check and the commit it guards.
 pub fn lost(db: &Db, me: &str, held: &[(&str, i64)]) -> Result<Vec<String>, DbError> {
+    // A chunk per statement, padded to its full width so one prepared statement serves
+    // every commit (a round trip per 64 runs, not per run).
+    const CHUNK: usize = 64;
     let lock = match db.kind() {
         Kind::Postgres => " FOR UPDATE",
         Kind::Sqlite => "",
     };
-    let sql = format!("SELECT owner, lease_gen FROM runs WHERE instance = ?1{lock}");
+    let slots: Vec<String> = (1..=CHUNK).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "SELECT instance, owner, lease_gen FROM runs WHERE instance IN ({}){lock}",
+        slots.join(", ")
+    );
     let mut out = Vec::new();
-    for (instance, generation) in held {
-        let row: Option<(String, i64)> =
-            db.row(&sql, p![*instance], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        // A run pruned meanwhile is not "lost": nothing else holds it.
-        if let Some((owner, g)) = row
-            && (owner != me || g != *generation)
-        {
-            out.push((*instance).to_string());
+    for chunk in held.chunks(CHUNK) {
+        let params: Vec<P<'_>> = (0..CHUNK)
+            .map(|i| P::Text(chunk.get(i).unwrap_or(&chunk[0]).0))
+            .collect();
+        let rows: Vec<(String, String, i64)> =
+            db.query(&sql, &params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        // A run pruned meanwhile has no row and is not "lost": nothing else holds it.
+        for (instance, owner, g) in rows {
+            let ours = chunk
+                .iter()
+                .any(|(i, gen_held)| *i == instance && *gen_held == g);
+            if owner != me || !ours {
+                out.push(instance);
+            }
         }
     }
     Ok(out)
@@ -189,16 +197,18 @@ pub fn daemons(db: &Db, lease_ms: i64) -> Result<Vec<DaemonRow>, DbError> {
         p![lease_ms],
         |r| {
             Ok(DaemonRow {
-                name: r.get(0)?,
-                host: r.get(1)?,
-                pid: r.get(2)?,
-                version: r.get(3)?,
-                api_url: r.get(4)?,
-                machines_url: r.get(5)?,
+                info: DaemonInfo {
+                    name: r.get(0)?,
+                    host: r.get(1)?,
+                    pid: r.get(2)?,
+                    version: r.get(3)?,
+                    api_url: r.get(4)?,
+                    machines_url: r.get(5)?,
+                    master: r.get(9)?,
+                },
                 started_at: iso(r.get(6)?),
                 last_heartbeat: iso(r.get(7)?),
                 alive: r.get(8)?,
-                master: r.get(9)?,
                 runs: Vec::new(),
             })
         },
@@ -209,7 +219,7 @@ pub fn daemons(db: &Db, lease_ms: i64) -> Result<Vec<DaemonRow>, DbError> {
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     for (owner, instance) in runs {
-        if let Some(d) = rows.iter_mut().find(|d| d.name == owner) {
+        if let Some(d) = rows.iter_mut().find(|d| d.info.name == owner) {
             d.runs.push(instance);
         }
     }

@@ -1193,7 +1193,7 @@ async fn a_run_whose_owners_lease_lapsed_is_adopted_and_fenced_from_its_old_owne
     let listed = b.daemons(lease).await.unwrap();
     let names: Vec<(&str, bool, usize)> = listed
         .iter()
-        .map(|d| (d.name.as_str(), d.alive, d.runs.len()))
+        .map(|d| (d.info.name.as_str(), d.alive, d.runs.len()))
         .collect();
     assert_eq!(names, [("a", true, 0), ("b", true, 1)]);
 }
