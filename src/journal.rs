@@ -173,6 +173,12 @@ pub enum RunEvent {
         machine: String,
         at: Timestamp,
     },
+    /// A wrapper connected (again, past the first) to this daemon.
+    Connected {
+        instance: String,
+        machine: String,
+        at: Timestamp,
+    },
     Output {
         instance: String,
         machine: String,

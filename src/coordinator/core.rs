@@ -829,7 +829,15 @@ impl Core {
                 }));
                 WrapperEvent::Heartbeat
             }
-            HubEventKind::Connected { .. } => WrapperEvent::Heartbeat,
+            HubEventKind::Connected { .. } => {
+                self.effects
+                    .push_back(Effect::Record(RunEvent::Connected {
+                        instance: instance.clone(),
+                        machine: machine.clone(),
+                        at: now.wall,
+                    }));
+                WrapperEvent::Heartbeat
+            }
             HubEventKind::Completed { retcode } => WrapperEvent::Completed { retcode },
             HubEventKind::WrapperError { error } => WrapperEvent::Error(error),
             HubEventKind::Disconnected => return,

@@ -121,6 +121,11 @@ pub struct TargetRow {
     pub last_heartbeat: Option<String>,
     pub output_bytes: u64,
     pub dropped_bytes: u64,
+    /// Times its wrapper connected; past one, it reconnected (a cut, a restart, an adoption).
+    pub connections: u64,
+    /// The daemon its wrapper last connected to, and when.
+    pub connected_to: String,
+    pub connected_at: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -409,6 +414,9 @@ fn event_target(event: &RunEvent) -> Option<(&String, Option<&String>)> {
             instance, machine, ..
         }
         | RunEvent::Heartbeat {
+            instance, machine, ..
+        }
+        | RunEvent::Connected {
             instance, machine, ..
         }
         | RunEvent::Output {
@@ -1678,6 +1686,19 @@ impl Store {
                 self.ensure_target(instance, machine)?;
                 self.db.exec("UPDATE targets SET pid = ?3, wrapper_version = ?4 WHERE instance = ?1 AND machine = ?2", p![instance, machine, pid, version])?;
             }
+            RunEvent::Connected {
+                instance,
+                machine,
+                at,
+            } => {
+                self.ensure_target(instance, machine)?;
+                let me = self.me.as_deref().unwrap_or_default();
+                self.db.exec(
+                    "UPDATE targets SET connections = connections + 1, connected_ms = ?3, connected_to = ?4
+                     WHERE instance = ?1 AND machine = ?2",
+                    p![instance, machine, ms(*at), me],
+                )?;
+            }
             RunEvent::Heartbeat {
                 instance,
                 machine,
@@ -2380,7 +2401,7 @@ impl Store {
         };
         let targets = self.db.query(
             "SELECT machine, state, code, note, confirmed_ms, ended_ms, wrapper_version, pid,
-                    heartbeat_ms, output_bytes, dropped
+                    heartbeat_ms, output_bytes, dropped, connections, connected_to, connected_ms
              FROM targets WHERE instance = ?1 ORDER BY machine",
             p![instance],
             |r| {
@@ -2398,6 +2419,9 @@ impl Store {
                     last_heartbeat: iso(r.get(8)?),
                     output_bytes: r.get(9)?,
                     dropped_bytes: r.get(10)?,
+                    connections: r.get(11)?,
+                    connected_to: r.get(12)?,
+                    connected_at: iso(r.get(13)?),
                 })
             },
         )?;

@@ -182,6 +182,18 @@ pub const MIGRATIONS: &[&str] = &[
         outcome TEXT
      );
      CREATE INDEX commands_pending ON commands(daemon, id) WHERE done_ms IS NULL;",
+    // 9: each target's wrapper connections (a count past one is a reconnect: a network cut,
+    // a daemon restart, or an adoption, which `connected_to` names), and API tokens kept in
+    // the store, so every daemon on it accepts the same ones (digests only).
+    "ALTER TABLE targets ADD COLUMN connections INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE targets ADD COLUMN connected_ms INTEGER;
+     ALTER TABLE targets ADD COLUMN connected_to TEXT NOT NULL DEFAULT '';
+     CREATE TABLE api_tokens (
+        name TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        operator INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+     );",
 ];
 
 /// Migrations up to this one are SQLite's own text; PostgreSQL starts here from the baseline.

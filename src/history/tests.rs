@@ -1145,6 +1145,12 @@ async fn a_run_whose_owners_lease_lapsed_is_adopted_and_fenced_from_its_old_owne
     for e in &events[..cut] {
         a.record(e.clone());
     }
+    let connected = |at| RunEvent::Connected {
+        instance: "j_1".into(),
+        machine: "a".into(),
+        at: t(at),
+    };
+    a.record(connected(2));
     a.flush().await.unwrap();
     // `a` is alive: nothing to adopt; `b` learns where `a` takes wrappers.
     let beat = b.beat(lease).await.unwrap();
@@ -1184,8 +1190,17 @@ async fn a_run_whose_owners_lease_lapsed_is_adopted_and_fenced_from_its_old_owne
         "its own lease is fresh again: nothing to take back"
     );
     assert!(!a.holds("j_1"));
+    // The wrapper reconnects to the adopter: the history shows its second connection.
+    b.record(connected(40));
     let run = b.run("j_1").await.unwrap().unwrap();
     assert_eq!(run.run.owner, "b");
+    let target = run.targets.iter().find(|x| x.machine == "a").unwrap();
+    assert_eq!(
+        (target.connections, target.connected_to.as_str()),
+        (2, "b"),
+        "{target:?}"
+    );
+    assert_eq!(target.connected_at, Some(t(40).to_string()));
     if fenced {
         let (slice, _) = b.output("j_1", "a", 0).await.unwrap().unwrap();
         assert!(!slice.text.contains("old owner"), "{:?}", slice.text);

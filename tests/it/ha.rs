@@ -333,7 +333,12 @@ fn the_run_of_a_killed_daemon_is_adopted_and_ends_with_all_its_output() {
             );
         }
     }
-    // The wrappers reconnected to d2: its log says so for each target.
+    // The wrappers' reconnects are in the history: each target connected to d1, then to d2.
+    for m in &minions {
+        let t = target(&run, m);
+        assert!(t["connections"].as_u64().unwrap_or(0) >= 2, "{m}: {t:#}");
+        assert_eq!(t["connected_to"], "d2", "{m}: {t:#}");
+    }
     let _ = d1.child.wait();
 }
 

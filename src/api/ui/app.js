@@ -290,7 +290,7 @@ async function runPage(instance) {
       <dt>Result</dt><dd id="run-result">${runBadge(run)}</dd></dl>`;
     $("#kill-all").hidden = !run.running;
     $("#targets tbody").innerHTML = run.targets.map(t => `<tr data-machine="${esc(t.machine)}">
-      <td>${esc(t.machine)}</td>
+      <td>${esc(t.machine)}${t.connections > 1 ? `<br><span class="muted reconnects" title="its wrapper connected ${t.connections} times; last to ${esc(t.connected_to || "this daemon")}">reconnected ${t.connections - 1}×${t.connected_to ? ` · ${esc(t.connected_to)}` : ""}</span>` : ""}</td>
       <td>${t.state === "running" ? `<span class="badge run">running</span>` : t.state === "maintenance" ? `<span class="badge warn">maintenance</span>` : esc(t.state)}</td>
       <td class="code">${codeBadge(t.exit_code, t.meaning)}${t.note ? `<br><span class="muted">${esc(t.note)}</span>` : ""}</td>
       <td class="hide-narrow">${esc(when(t.confirmed_at))}</td><td>${esc(duration(t.confirmed_at, t.ended_at))}</td>
