@@ -239,6 +239,7 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
             renewed: std::time::Instant::now(),
             tried: std::time::Instant::now(),
         },
+        api_tokens: api::StoreTokens::default(),
     };
     daemon.apply_debug(None);
     let (snapshot_tx, snapshot_rx) = watch::channel(daemon.snapshot());
@@ -254,6 +255,14 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
         .await?;
         info!("API and web UI on http://{addr}");
         let state = api::AppState::new(control, history, snapshot_rx, &settings, metrics);
+        daemon.api_tokens = state.store_tokens();
+        // Before the first request: a stored token guards the API from its first moment.
+        match daemon.history.api_tokens().await {
+            Ok(tokens) => daemon.api_tokens.set(tokens),
+            Err(e) => {
+                warn!(error = %e, "cannot read the API tokens kept in the store; only the config's are accepted until the next heartbeat")
+            }
+        }
         tokio::spawn(api::serve(listener, state));
     }
 
@@ -370,6 +379,8 @@ struct Daemon {
     metrics: Metrics,
     log_level: LogLevel,
     lease: Lease,
+    /// The API tokens kept in the store, as the API checks them (renewed every heartbeat).
+    api_tokens: api::StoreTokens,
 }
 
 /// When this daemon's lease in the store was last renewed, and last tried.
@@ -818,6 +829,7 @@ impl Daemon {
                 .adopt_live(run, hub_run, job.as_ref(), &self.config.settings);
         }
         self.coordinator.set_peers(beat.peers);
+        self.api_tokens.set(beat.api_tokens);
         // Switched through another daemon's API (a shared store): in force here too.
         if beat.maintenance != self.switched {
             info!(global = beat.maintenance.global, machines = ?beat.maintenance.machines, "maintenance switched through another daemon");

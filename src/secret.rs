@@ -1,9 +1,27 @@
 //! Comparing secrets (run tokens, API token digests) without telling by its timing where
-//! they differ. Knows nothing of who holds them.
+//! they differ; drawing and digesting API tokens. Knows nothing of who holds them.
 
 /// Whether `a` and `b` are equal, looking at every byte whatever the first difference.
 pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What is kept of an API token: its SHA-256, so every comparison is of 32 bytes and a
+/// leaked store or config digest is no token.
+#[cfg(feature = "daemon")]
+pub fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new API token: `sp_` and 192 random bits in hex (the prefix lets secret scanners
+/// recognize one). Never a fallback value.
+#[cfg(feature = "daemon")]
+pub fn draw_api_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sp_{hex}"))
 }
 
 #[cfg(test)]
@@ -14,5 +32,15 @@ mod tests {
         assert!(!super::same(b"token", b"tokex"));
         assert!(!super::same(b"token", b"token2"));
         assert!(super::same(b"", b""));
+    }
+
+    #[cfg(feature = "daemon")]
+    #[test]
+    fn api_tokens_are_long_prefixed_and_never_repeat() {
+        let a = super::draw_api_token().unwrap();
+        let b = super::draw_api_token().unwrap();
+        assert!(a.starts_with("sp_") && a.len() == 51, "{a}");
+        assert_ne!(a, b);
+        assert_ne!(super::digest(&a), super::digest(&b));
     }
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
-use sha2::{Digest, Sha256};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{ApiError, REQUEST_HEADER};
 use crate::config::Settings;
@@ -30,7 +30,7 @@ pub(super) enum Denied {
     #[error("cross-origin request refused (allow it with saltpeter_config.api_allowed_origins)")]
     CrossOrigin,
     #[error(
-        "this call needs an operator token (Authorization: Bearer <token>, see saltpeter_config.api_tokens)"
+        "this call needs an operator token (Authorization: Bearer <token>, see saltpeter_config.api_tokens and `saltpeter token add`)"
     )]
     NoToken,
     /// An unknown token and a read-only one get the same answer: a guess learns nothing.
@@ -64,15 +64,40 @@ struct TokenDigest {
     operator: bool,
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+use crate::secret::digest;
+
+/// The tokens kept in the store (`saltpeter token`), shared by every daemon on it: replaced
+/// at start and at each heartbeat, so a revoked one stops working within one.
+#[derive(Clone, Debug, Default)]
+pub struct StoreTokens(Arc<RwLock<Arc<[TokenDigest]>>>);
+
+impl StoreTokens {
+    pub fn set(&self, tokens: Vec<crate::history::tokens::Digest>) {
+        let tokens: Arc<[TokenDigest]> = tokens
+            .into_iter()
+            .map(|t| TokenDigest {
+                digest: t.digest,
+                operator: t.operator,
+            })
+            .collect();
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = tokens;
+    }
+
+    fn get(&self) -> Arc<[TokenDigest]> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Who may do what, and which names and origins are the API's own (browser safety).
 #[derive(Debug)]
 pub(super) struct Access {
     tokens: Vec<TokenDigest>,
-    /// Mutations need an operator token (not on loopback, or tokens are configured).
+    stored: StoreTokens,
+    /// Mutations need an operator token: not on loopback, or tokens are configured (or
+    /// stored, see [`Access::authorize`]).
     guarded: bool,
     /// `api_allowed_origins`, as configured.
     origins: Vec<String>,
@@ -123,10 +148,16 @@ impl Access {
                     operator: t.operator,
                 })
                 .collect(),
+            stored: StoreTokens::default(),
             guarded: !loopback || !settings.api_tokens.is_empty(),
             origins: settings.api_allowed_origins.clone(),
             names,
         }
+    }
+
+    /// The handle through which the daemon replaces the stored tokens.
+    pub(super) fn stored(&self) -> &StoreTokens {
+        &self.stored
     }
 
     /// Whether a `Host` (or `:authority`) is one of the API's: a browser led here by DNS
@@ -224,7 +255,8 @@ impl Access {
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> Result<(), Denied> {
-        if !self.guarded {
+        let stored = self.stored.get();
+        if !self.guarded && stored.is_empty() {
             return Ok(());
         }
         let presented = headers
@@ -235,9 +267,13 @@ impl Access {
             .ok_or(Denied::NoToken)?;
         let presented = digest(presented);
         // Every token is compared, without stopping at a match.
-        let operator = self.tokens.iter().fold(false, |ok, t| {
-            ok | (crate::secret::same(&t.digest, &presented) & t.operator)
-        });
+        let operator = self
+            .tokens
+            .iter()
+            .chain(stored.iter())
+            .fold(false, |ok, t| {
+                ok | (crate::secret::same(&t.digest, &presented) & t.operator)
+            });
         match operator {
             true => Ok(()),
             false => Err(Denied::NotPermitted),
@@ -551,5 +587,26 @@ mod tests {
             access("0.0.0.0", &[], &[]).authorize(&HeaderMap::new(), None),
             Err(Denied::NoToken)
         );
+    }
+
+    /// Tokens from the store count as the config's do, guard a loopback API while there are
+    /// any, and stop counting once replaced (revoked).
+    #[test]
+    fn stored_tokens_guard_and_authorize_until_replaced() {
+        let a = access("127.0.0.1", &[], &[]);
+        let auth = |t: &str| a.authorize(&headers(&[("authorization", t)]), None);
+        let stored = |t: &str, operator| crate::history::tokens::Digest {
+            digest: crate::secret::digest(t),
+            operator,
+        };
+        a.stored()
+            .set(vec![stored("op-stored", true), stored("ro-stored", false)]);
+        assert_eq!(a.authorize(&HeaderMap::new(), None), Err(Denied::NoToken));
+        assert_eq!(auth("Bearer op-stored"), Ok(()));
+        assert_eq!(auth("Bearer ro-stored"), Err(Denied::NotPermitted));
+        a.stored().set(vec![stored("ro-stored", false)]);
+        assert_eq!(auth("Bearer op-stored"), Err(Denied::NotPermitted));
+        a.stored().set(Vec::new());
+        assert_eq!(a.authorize(&HeaderMap::new(), None), Ok(()), "open again");
     }
 }

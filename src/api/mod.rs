@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::watch;
 
+pub use self::access::StoreTokens;
 use self::access::{Access, request_host};
 use crate::config::{Config, Diagnostic, Maintenance, Settings};
 use crate::control::{Control, Refusal};
@@ -76,6 +77,11 @@ impl AppState {
             access: Arc::new(Access::new(settings, hostname.as_deref(), &hosts_file)),
             metrics,
         }
+    }
+
+    /// Where the daemon puts the API tokens it reads from the store.
+    pub fn store_tokens(&self) -> StoreTokens {
+        self.access.stored().clone()
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {

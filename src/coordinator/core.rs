@@ -830,12 +830,11 @@ impl Core {
                 WrapperEvent::Heartbeat
             }
             HubEventKind::Connected { .. } => {
-                self.effects
-                    .push_back(Effect::Record(RunEvent::Connected {
-                        instance: instance.clone(),
-                        machine: machine.clone(),
-                        at: now.wall,
-                    }));
+                self.effects.push_back(Effect::Record(RunEvent::Connected {
+                    instance: instance.clone(),
+                    machine: machine.clone(),
+                    at: now.wall,
+                }));
                 WrapperEvent::Heartbeat
             }
             HubEventKind::Completed { retcode } => WrapperEvent::Completed { retcode },

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod output;
 pub mod probe;
 pub mod schema;
+pub mod tokens;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -205,6 +206,8 @@ pub struct Beat {
     pub commands: Vec<fleet::CommandRow>,
     /// The maintenance switches as stored (another daemon's API may have set them).
     pub maintenance: MaintenanceState,
+    /// The API tokens as stored (another daemon's operator may have added or revoked one).
+    pub api_tokens: Vec<tokens::Digest>,
 }
 
 /// Deliveries due now, and when the next one not yet due is (unix ms).
@@ -303,6 +306,7 @@ enum Query {
         lease_ms: i64,
         reply: oneshot::Sender<Result<Vec<fleet::DaemonRow>, HistoryError>>,
     },
+    ApiTokens(oneshot::Sender<Result<Vec<tokens::Digest>, HistoryError>>),
     OwnerOf {
         instance: String,
         reply: oneshot::Sender<Result<Option<String>, HistoryError>>,
@@ -987,6 +991,11 @@ impl History {
             reply,
         })
         .await?
+    }
+
+    /// The API tokens kept in the store (`saltpeter token`), as digests.
+    pub async fn api_tokens(&self) -> Result<Vec<tokens::Digest>, HistoryError> {
+        self.ask(Query::ApiTokens).await?
     }
 
     /// Which daemon owns the run in flight `instance`.
@@ -2097,6 +2106,9 @@ impl Store {
                 self.beat(lease_ms)
                     .map_err(|e| HistoryError::NotStored(e.to_string())),
             ),
+            Query::ApiTokens(tx) => {
+                reply(tx, tokens::digests(&self.db).map_err(HistoryError::from))
+            }
             Query::Daemons {
                 lease_ms,
                 reply: tx,
@@ -2318,7 +2330,9 @@ impl Store {
                 .collect()
         };
         let commands = fleet::pending_commands(&self.db, &me)?;
+        let api_tokens = tokens::digests(&self.db)?;
         Ok(Beat {
+            api_tokens,
             adopted,
             lost: std::mem::take(&mut self.newly_lost),
             peers: rows.peers,

@@ -754,3 +754,98 @@ fn the_fire_ledger_through_the_api_and_the_cli() {
         "{out}"
     );
 }
+
+/// Polls a reload with `token` until its status is `want` (a heartbeat brings the store's
+/// tokens, every 5 s): panics after 12 s.
+fn reload_until(d: &Daemon, token: Option<&str>, want: u16) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let mut headers = vec![("x-saltpeter-request", "1")];
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
+        let (code, body) = http(
+            "POST",
+            &format!("{}/api/v1/reload", d.api()),
+            None,
+            &headers,
+        );
+        if code == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload with {token:?}: {code} {body}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `saltpeter token` on the store the config directory names: a token made there is accepted
+/// by every daemon on that store, listed without its secret, and refused by all once revoked.
+/// On SQLite (one daemon) and, with a test server, on PostgreSQL (two daemons).
+fn tokens_in_the_store(database: Option<String>) {
+    // A config token keeps the loopback API guarded whatever the store holds.
+    let guard =
+        "  api_tokens:\n    cfg:\n      token: config-secret-123456\n      role: operator\n";
+    let dirs: Vec<tempfile::TempDir> = (0..if database.is_some() { 2 } else { 1 })
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let daemons: Vec<Daemon> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            setup(dir.path(), "");
+            let settings = format!("{guard}  daemon_name: d{i}\n");
+            let mut d = match &database {
+                Some(url) => Daemon::start_shared(dir.path(), url, &settings, &[]),
+                None => Daemon::start_with(dir.path(), &settings, tempfile::tempdir().unwrap()),
+            };
+            d.wait_api();
+            d
+        })
+        .collect();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["token"];
+        all.extend_from_slice(args);
+        all.extend(["-c", dirs[0].path().to_str().unwrap()]);
+        crate::support::run(&all)
+    };
+    let (code, token, err) = cli(&["add", "ops"]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    assert!(token.starts_with("sp_") && token.len() > 40, "{token:?}");
+    let (code, _, err) = cli(&["add", "ops"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exists already"), "{err}");
+    let (code, listed, _) = cli(&["list"]);
+    assert_eq!(code, 0);
+    assert!(listed.starts_with("ops\toperator\t"), "{listed}");
+    assert!(!listed.contains(&token), "the secret is shown once only");
+    for d in &daemons {
+        reload_until(d, Some(&token), 200);
+        reload_until(d, None, 401);
+    }
+    let (code, _, err) = cli(&["revoke", "ops"]);
+    assert_eq!(code, 0, "{err}");
+    for d in &daemons {
+        reload_until(d, Some(&token), 403);
+        reload_until(d, Some("config-secret-123456"), 200);
+    }
+    let (code, _, err) = cli(&["revoke", "ops"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn a_token_made_in_a_sqlite_store_is_accepted_until_revoked() {
+    tokens_in_the_store(None);
+}
+
+#[test]
+fn a_token_made_in_a_shared_store_is_accepted_by_every_daemon_until_revoked() {
+    let Some(server) = crate::ha::server() else {
+        return;
+    };
+    tokens_in_the_store(Some(crate::ha::fresh_database(&server, "tokens")));
+}

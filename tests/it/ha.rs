@@ -14,7 +14,7 @@ use crate::lab::{Lab, lab};
 use crate::support::{Daemon, write};
 
 /// The PostgreSQL server to use; `None` (the test is skipped) outside CI without one.
-fn server() -> Option<String> {
+pub(crate) fn server() -> Option<String> {
     match std::env::var("SALTPETER_TEST_POSTGRES") {
         Ok(s) if !s.is_empty() => Some(s),
         _ if std::env::var_os("CI").is_some() => {
@@ -30,7 +30,7 @@ fn server() -> Option<String> {
 }
 
 /// A new empty database on `server`; its URL.
-fn fresh_database(server: &str, name: &str) -> String {
+pub(crate) fn fresh_database(server: &str, name: &str) -> String {
     let mut admin = postgres::Client::connect(server, postgres::NoTls).unwrap();
     let name = format!("sp_ha_{name}_{}", std::process::id());
     // One statement each: neither may run inside a transaction block.

@@ -1,5 +1,5 @@
 //! The `saltpeter` command: the daemon (`run`), the operator's tools (`check`, `next`,
-//! `import-crontab`, `tap`, `salt`, `doctor`) and the API clients (`status`, `runs`, `slots`, `output`,
+//! `import-crontab`, `tap`, `salt`, `doctor`, `token`) and the API clients (`status`, `runs`, `slots`, `output`,
 //! `run-now`, `kill`, `maintenance`). Parses arguments, calls the library, maps outcomes to exit
 //! codes.
 
@@ -8,6 +8,7 @@ mod doctor;
 mod notify_test;
 mod salt_cmd;
 mod tap;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -198,6 +199,14 @@ enum Command {
         #[arg(long, value_name = "MINION")]
         machine: Option<String>,
     },
+    /// API tokens kept in the store: accepted by every daemon on it (a shared PostgreSQL
+    /// store), beside the config's `api_tokens`. Works on the store directly.
+    Token {
+        #[arg(short = 'c', long = "configdir", value_name = "DIR", default_value = DEFAULT_DIR, global = true)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Convert a crontab into saltpeter job YAML on standard output.
     ImportCrontab {
         /// The crontab file (`-` for standard input).
@@ -212,6 +221,22 @@ enum Command {
         #[arg(long)]
         system: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token and print it (once; only its digest is stored).
+    Add {
+        /// A name to list and revoke it by (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// May read but not change anything (default: an operator, who may).
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// The stored tokens: name, role, when made.
+    List,
+    /// Remove a token; every daemon refuses it from its next heartbeat.
+    Revoke { name: String },
 }
 
 fn parse_since(s: &str) -> Result<String, String> {
@@ -318,6 +343,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             count,
             from,
         } => next(&dir, &job, count, from.as_deref()),
+        Command::Token { dir, action } => token::run(
+            &dir,
+            match action {
+                TokenAction::Add { name, read_only } => token::Action::Add { name, read_only },
+                TokenAction::List => token::Action::List,
+                TokenAction::Revoke { name } => token::Action::Revoke { name },
+            },
+        ),
         Command::ImportCrontab {
             file,
             targets,
