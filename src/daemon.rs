@@ -300,6 +300,16 @@ pub async fn run(dir: PathBuf, log_level: LogLevel) -> Result<(), DaemonError> {
             Some(event) = hub_events.recv() => {
                 daemon.renew_if_stale().await;
                 daemon.coordinator.handle_hub(event);
+                // The rest of a burst in the same turn (bounded): one per turn, this loop
+                // would wait behind every ready connection task for each event.
+                for _ in 1..crate::agents::DRAIN {
+                    // A full store queue stops the burst too (the loop's top waits for it).
+                    if !daemon.history.is_writable() {
+                        break;
+                    }
+                    let Ok(event) = hub_events.try_recv() else { break };
+                    daemon.coordinator.handle_hub(event);
+                }
             }
             Some(message) = bus_rx.recv() => {
                 daemon.renew_if_stale().await;

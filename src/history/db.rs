@@ -9,6 +9,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Where the store lives, as `saltpeter_config.database` says.
@@ -129,6 +131,8 @@ pub enum DbError {
     /// disk among them); nothing more may run in it, or it would be committed piecemeal.
     #[error("the transaction was rolled back by the database")]
     Aborted,
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 fn pg_text(e: &postgres::Error) -> String {
@@ -180,7 +184,7 @@ impl DbError {
                 }
             },
             DbError::Type { .. } => false,
-            DbError::Config(_) | DbError::Aborted => true,
+            DbError::Config(_) | DbError::Aborted | DbError::Thread(_) => true,
         }
     }
 }
@@ -372,6 +376,35 @@ pub enum Kind {
 pub struct Db {
     inner: Inner,
     in_tx: Cell<bool>,
+    /// SQLite's checkpoints, when a thread of their own runs them.
+    checkpointer: Option<Checkpointer>,
+}
+
+/// What the writer's WAL hook and the checkpoint thread share.
+#[derive(Default)]
+struct Checkpoints {
+    /// WAL pages after the last commit.
+    pages: AtomicU32,
+    due: AtomicBool,
+    stop: AtomicBool,
+    /// Checkpoints run (tests wait on it).
+    done: AtomicU64,
+}
+
+/// The checkpoint thread, stopped with the connection.
+struct Checkpointer {
+    state: Arc<Checkpoints>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 enum Inner {
@@ -591,6 +624,7 @@ impl Db {
                     statements: HashMap::new(),
                 }))),
                 in_tx: Cell::new(false),
+                checkpointer: None,
             }),
         }
     }
@@ -608,7 +642,63 @@ impl Db {
         Ok(Db {
             inner: Inner::Sqlite(conn),
             in_tx: Cell::new(false),
+            checkpointer: None,
         })
+    }
+
+    /// SQLite: checkpoints move out of commits into a thread of their own. By default one
+    /// runs inside every commit that leaves 1,000 pages in the WAL, and everything waiting for
+    /// that commit (acknowledgements) waits for the copy and its two fsyncs too. Here a commit
+    /// that leaves `pages` or more only wakes the checkpointer, which copies passively (never
+    /// blocking the writer) on a connection of its own; the writer starts the WAL over at its
+    /// next commit after a complete copy. Fewer, larger checkpoints also copy a page rewritten
+    /// by many commits (a target's row, a streaming target's last output page) once. Nothing
+    /// to do on PostgreSQL or in memory.
+    pub fn checkpoint_in_background(&mut self, pages: u32) -> Result<(), DbError> {
+        let Inner::Sqlite(conn) = &mut self.inner else {
+            return Ok(());
+        };
+        let Some(path) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+            return Ok(());
+        };
+        let own = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let state = Arc::new(Checkpoints::default());
+        let worker = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("history-checkpoint".into())
+            .spawn(move || {
+                while !worker.stop.load(Ordering::Acquire) {
+                    if worker.due.swap(false, Ordering::AcqRel) {
+                        if let Err(e) = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                            tracing::warn!(error = %e, "history: a WAL checkpoint failed; it is tried again after a later commit");
+                        }
+                        worker.done.fetch_add(1, Ordering::AcqRel);
+                    } else {
+                        std::thread::park();
+                    }
+                }
+            })
+?;
+        let (hook_state, waker) = (state.clone(), thread.thread().clone());
+        conn.wal_hook(Some(
+            move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+                hook_state.pages.store(n.max(0) as u32, Ordering::Relaxed);
+                if n.max(0) as u32 >= pages && !hook_state.due.swap(true, Ordering::AcqRel) {
+                    waker.unpark();
+                }
+                Ok(())
+            },
+        ))?;
+        // A WAL grown by one huge batch is cut back to this once it starts over.
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+        self.checkpointer = Some(Checkpointer {
+            state,
+            thread: Some(thread),
+        });
+        Ok(())
     }
 
     pub fn kind(&self) -> Kind {
@@ -876,6 +966,7 @@ pub fn open_sqlite_existing(path: &Path, read_only: bool) -> Result<Db, DbError>
     Ok(Db {
         inner: Inner::Sqlite(conn),
         in_tx: Cell::new(false),
+        checkpointer: None,
     })
 }
 
@@ -974,6 +1065,45 @@ mod tests {
             )
             .unwrap();
         assert_eq!(got, Some((3, 2, None)));
+    }
+
+    /// With checkpoints in the background, commits leave the WAL growing (no checkpoint
+    /// inside them) until it reaches the threshold; then the checkpoint thread copies it and
+    /// the next commit starts the WAL over.
+    #[test]
+    fn checkpoints_run_in_their_own_thread_past_the_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&Database::File(dir.path().join("w.db"))).unwrap();
+        db.checkpoint_in_background(2_000).unwrap();
+        db.batch("CREATE TABLE t (a TEXT)").unwrap();
+        let state = db.checkpointer.as_ref().unwrap().state.clone();
+        let blob = "x".repeat(3000);
+        let insert = |n: usize| {
+            for _ in 0..n {
+                db.begin().unwrap();
+                db.exec("INSERT INTO t VALUES (?1)", p![blob.as_str()])
+                    .unwrap();
+                db.commit().unwrap();
+            }
+        };
+        let pages = || state.pages.load(Ordering::Relaxed);
+        while pages() < 1_500 {
+            insert(1);
+        }
+        // SQLite's own would have checkpointed (and started over) at 1,000 pages.
+        assert_eq!(state.done.load(Ordering::Acquire), 0, "under the threshold");
+        while pages() < 2_000 {
+            insert(1);
+        }
+        // The copy runs while the writer is idle; the next commit starts the WAL over.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while state.done.load(Ordering::Acquire) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        insert(1);
+        assert!(pages() < 10, "the WAL started over: {}", pages());
+        drop(db); // stops and joins the thread
     }
 
     #[test]

@@ -570,6 +570,18 @@ struct Shared {
     /// Runs another daemon took over from this one: nothing of theirs is stored from here,
     /// so nothing of theirs may be acknowledged either.
     lost: std::sync::Mutex<HashSet<String>>,
+    /// The store's thread, woken by queries while it gathers a batch (events do not wake it).
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Shared {
+    /// Ends the store's wait for more events of a batch (a query is waiting, or the queue
+    /// is past the point where the batch is committed at once).
+    fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
 }
 
 /// Marks the store stopped when its thread ends, however it ends, so no writer waits forever.
@@ -661,6 +673,7 @@ impl History {
             commit_failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             lost: std::sync::Mutex::new(HashSet::new()),
+            thread: std::sync::OnceLock::new(),
         });
         // The connection is opened and migrated on the store's own thread: PostgreSQL's
         // client blocks on a runtime of its own, which may not run inside the daemon's.
@@ -672,6 +685,7 @@ impl History {
             .name("history".into())
             .spawn(move || {
                 let _guard = guard;
+                let _ = store_shared.thread.set(std::thread::current());
                 let shown = target.shown();
                 let db = Db::open(&target)
                     .map_err(|source| HistoryError::Open {
@@ -686,6 +700,14 @@ impl History {
                                 source,
                             })
                     });
+                let db = db.and_then(|mut db| {
+                    db.checkpoint_in_background(CHECKPOINT_PAGES)
+                        .map(|()| db)
+                        .map_err(|source| HistoryError::Open {
+                            path: target.shown(),
+                            source,
+                        })
+                });
                 let db = match db {
                     Ok(db) => {
                         let _ = opened_tx.send(Ok(()));
@@ -731,9 +753,11 @@ impl History {
     /// [`History::writable`] between events.
     pub fn record(&self, event: RunEvent) {
         let weight = weight(&event);
-        self.shared.queued.fetch_add(weight, Ordering::AcqRel);
+        let queued = self.shared.queued.fetch_add(weight, Ordering::AcqRel) + weight;
         if self.tx.send(Msg::Event { event, weight }).is_err() {
             self.shared.queued.fetch_sub(weight, Ordering::AcqRel);
+        } else if queued >= self.shared.limit / 4 {
+            self.shared.wake();
         }
     }
 
@@ -745,13 +769,17 @@ impl History {
             tokio::pin!(drained);
             // Registered before the check, so a drain in between is not missed.
             drained.as_mut().enable();
-            if self.shared.queued.load(Ordering::Acquire) < self.shared.limit
-                || self.shared.stopped.load(Ordering::Acquire)
-            {
+            if self.is_writable() {
                 return;
             }
             drained.await;
         }
+    }
+
+    /// Whether [`History::writable`] would resolve at once.
+    pub fn is_writable(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) < self.shared.limit
+            || self.shared.stopped.load(Ordering::Acquire)
     }
 
     /// Bytes of events recorded and not yet committed (payloads plus a constant per event).
@@ -781,6 +809,7 @@ impl History {
         self.tx
             .send(Msg::Query(make(reply)))
             .map_err(|_| HistoryError::Stopped)?;
+        self.shared.wake();
         answer.await.map_err(|_| HistoryError::Stopped)
     }
 
@@ -1050,9 +1079,11 @@ impl History {
     /// Records events in one transaction (a run's end and the notifications it decided).
     pub fn record_together(&self, events: Vec<RunEvent>) {
         let weight = events.iter().map(weight).sum();
-        self.shared.queued.fetch_add(weight, Ordering::AcqRel);
+        let queued = self.shared.queued.fetch_add(weight, Ordering::AcqRel) + weight;
         if self.tx.send(Msg::Events { events, weight }).is_err() {
             self.shared.queued.fetch_sub(weight, Ordering::AcqRel);
+        } else if queued >= self.shared.limit / 4 {
+            self.shared.wake();
         }
     }
 
@@ -1145,6 +1176,7 @@ impl History {
         self.tx
             .send(Msg::Pause { reached, resume })
             .expect("the store runs");
+        self.shared.wake();
         paused.await.expect("the store pauses");
         resume_tx
     }
@@ -1228,6 +1260,10 @@ const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000)
 const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// WAL pages (4 KiB each) past which a commit wakes the checkpoint thread (SQLite): about
+/// 32 MiB of WAL between checkpoints.
+const CHECKPOINT_PAGES: u32 = 8_192;
+
 /// How often pending heartbeats are written (queries see them at once regardless).
 const BEATS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -1291,10 +1327,15 @@ impl Store {
                     Err(std_mpsc::TryRecvError::Empty) => {
                         let left =
                             gather_until.saturating_duration_since(std::time::Instant::now());
-                        match rx.recv_timeout(left) {
-                            Ok(m) => m,
-                            Err(_) => break,
+                        if left.is_zero() {
+                            break;
                         }
+                        // Parked rather than waiting on the channel: a wait there is woken by
+                        // every event (thousands a second, each a futex wake and two context
+                        // switches); only a query or a queue past `full` unparks it. An
+                        // unpark that comes before the park is kept, so none is lost.
+                        std::thread::park_timeout(left);
+                        continue;
                     }
                 };
                 asked = !matches!(m, Msg::Event { .. } | Msg::Events { .. });

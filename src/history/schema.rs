@@ -194,6 +194,23 @@ pub const MIGRATIONS: &[&str] = &[
         operator INTEGER NOT NULL,
         created_ms INTEGER NOT NULL
      );",
+    // 10: output chunks in a rowid table. In a WITHOUT ROWID table a row is a key: a chunk
+    // of 1 KiB (past about a quarter of a page) spills to an overflow page, and every insert's
+    // seek read its neighbours' overflow pages back (most of the store's time with a thousand
+    // targets streaming, growing with the table). Here rows append in id order and only the
+    // small index entry is placed by target.
+    "CREATE TABLE chunks_by_id (
+        id INTEGER PRIMARY KEY,
+        instance TEXT NOT NULL REFERENCES runs(instance) ON DELETE CASCADE,
+        machine TEXT NOT NULL,
+        pos INTEGER NOT NULL,
+        data TEXT NOT NULL
+     );
+     INSERT INTO chunks_by_id (instance, machine, pos, data)
+        SELECT instance, machine, pos, data FROM chunks ORDER BY instance, machine, pos;
+     DROP TABLE chunks;
+     ALTER TABLE chunks_by_id RENAME TO chunks;
+     CREATE UNIQUE INDEX chunks_at ON chunks(instance, machine, pos);",
 ];
 
 /// Migrations up to this one are SQLite's own text; PostgreSQL starts here from the baseline.
