@@ -173,7 +173,7 @@ pub enum RunEvent {
         machine: String,
         at: Timestamp,
     },
-    /// A wrapper connected (again, past the first) to this daemon.
+    /// A wrapper connected to this daemon (every connection: a count past one is a reconnect).
     Connected {
         instance: String,
         machine: String,

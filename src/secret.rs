@@ -14,14 +14,30 @@ pub fn digest(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `N` bytes from the kernel's randomness, in hex; never a fallback value.
+#[cfg(feature = "daemon")]
+pub fn random_hex<const N: usize>() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex(&bytes))
+}
+
 /// A new API token: `sp_` and 192 random bits in hex (the prefix lets secret scanners
-/// recognize one). Never a fallback value.
+/// recognize one).
 #[cfg(feature = "daemon")]
 pub fn draw_api_token() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes)?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("sp_{hex}"))
+    Ok(format!("sp_{}", random_hex::<24>()?))
 }
 
 #[cfg(test)]
@@ -32,6 +48,7 @@ mod tests {
         assert!(!super::same(b"token", b"tokex"));
         assert!(!super::same(b"token", b"token2"));
         assert!(super::same(b"", b""));
+        assert_eq!(super::hex(&[0, 0xab, 0x0f]), "00ab0f");
     }
 
     #[cfg(feature = "daemon")]

@@ -322,11 +322,13 @@ async fn drive(
         carry_out(&mut registry, &conns, &events, &mut held).await;
         let retry = registry.poll_timeout();
         tokio::select! {
+            // What else has arrived goes in the same turn (up to DRAIN): taken one per turn,
+            // this task would queue behind every ready connection task for each message, and a
+            // burst (thousands of wrappers completing, their acknowledgements after one
+            // commit) would wait there for long.
             c = commands.recv() => {
                 let Some(c) = c else { return };
                 registry.handle_command(c, Instant::now(), &now_stamp());
-                // The rest of a burst (thousands of acknowledgements after one commit) in the
-                // same turn, as for inbound messages below.
                 for _ in 1..DRAIN {
                     carry_out(&mut registry, &conns, &events, &mut held).await;
                     let Ok(c) = commands.try_recv() else { break };
@@ -334,18 +336,11 @@ async fn drive(
                 }
             },
             Some(m) = inbound.recv() => {
-                // What else has arrived goes in the same turn (bounded): taken one per turn,
-                // this task would queue behind every ready connection task for each message,
-                // and a burst (thousands of wrappers completing) would wait there for long.
-                let mut next = Some(m);
-                let mut taken = 0;
-                while let Some(m) = next.take() {
-                    handle_inbound(&mut registry, &mut conns, &open, m, &mut held);
+                handle_inbound(&mut registry, &mut conns, &open, m, &mut held);
+                for _ in 1..DRAIN {
                     carry_out(&mut registry, &conns, &events, &mut held).await;
-                    taken += 1;
-                    if taken < DRAIN {
-                        next = inbound.try_recv().ok();
-                    }
+                    let Ok(m) = inbound.try_recv() else { break };
+                    handle_inbound(&mut registry, &mut conns, &open, m, &mut held);
                 }
             },
             () = sleep_until(retry) => registry.handle_timeout(Instant::now(), &now_stamp()),

@@ -5,13 +5,14 @@
 //! Must not know: routes, handlers, the daemon.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
-use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{ApiError, REQUEST_HEADER};
 use crate::config::Settings;
+use crate::secret::digest;
 
 /// Why a request was refused before its handler did anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,8 +64,6 @@ struct TokenDigest {
     digest: [u8; 32],
     operator: bool,
 }
-
-use crate::secret::digest;
 
 /// The tokens kept in the store (`saltpeter token`), shared by every daemon on it: replaced
 /// at start and at each heartbeat, so a revoked one stops working within one.

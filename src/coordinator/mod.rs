@@ -440,9 +440,7 @@ pub struct RandomnessError(getrandom::Error);
 
 /// 128 random bits, hex; never a fallback value.
 pub fn random_token() -> Result<String, RandomnessError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(RandomnessError)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::secret::random_hex::<16>().map_err(RandomnessError)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! reach it may already do anything), read by each daemon at start and every heartbeat.
 //! Only digests are stored; a token is shown once, when it is made.
 //!
-//! Must not know: how a token is drawn or digested, HTTP, the daemon.
+//! Must not know: how a token is drawn or digested (`secret.rs`), HTTP, the daemon.
 
 use super::db::{Database, Db, DbError, p};
 use super::schema::{self, MIGRATIONS};
@@ -77,7 +77,7 @@ pub fn open(database: &Database) -> Result<Db, TokenError> {
 /// Stores a new token's digest under `name`.
 pub fn add(db: &Db, name: &str, digest: &[u8; 32], operator: bool) -> Result<(), TokenError> {
     let now = db.now_ms_sql();
-    let digest = hex(digest);
+    let digest = crate::secret::hex(digest);
     let added = db.exec(
         &format!(
             "INSERT INTO api_tokens (name, digest, operator, created_ms) VALUES (?1, ?2, ?3, {now})
@@ -127,10 +127,6 @@ pub fn digests(db: &Db) -> Result<Vec<Digest>, DbError> {
         .collect())
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 || !s.is_ascii() {
         return None;
@@ -149,7 +145,7 @@ mod tests {
     #[test]
     fn digests_round_trip_through_hex_and_bad_rows_match_nothing() {
         let d: [u8; 32] = std::array::from_fn(|i| (i * 7) as u8);
-        assert_eq!(unhex(&hex(&d)), Some(d));
+        assert_eq!(unhex(&crate::secret::hex(&d)), Some(d));
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex(&"g".repeat(64)), None);
         assert_eq!(unhex(&"é".repeat(32)), None);

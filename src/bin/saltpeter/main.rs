@@ -205,7 +205,7 @@ enum Command {
         #[arg(short = 'c', long = "configdir", value_name = "DIR", default_value = DEFAULT_DIR, global = true)]
         dir: PathBuf,
         #[command(subcommand)]
-        action: TokenAction,
+        action: token::Action,
     },
     /// Convert a crontab into saltpeter job YAML on standard output.
     ImportCrontab {
@@ -221,22 +221,6 @@ enum Command {
         #[arg(long)]
         system: bool,
     },
-}
-
-#[derive(Subcommand)]
-enum TokenAction {
-    /// Make a token and print it (once; only its digest is stored).
-    Add {
-        /// A name to list and revoke it by (letters, digits, `-`, `_`, `.`).
-        name: String,
-        /// May read but not change anything (default: an operator, who may).
-        #[arg(long)]
-        read_only: bool,
-    },
-    /// The stored tokens: name, role, when made.
-    List,
-    /// Remove a token; every daemon refuses it from its next heartbeat.
-    Revoke { name: String },
 }
 
 fn parse_since(s: &str) -> Result<String, String> {
@@ -343,14 +327,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             count,
             from,
         } => next(&dir, &job, count, from.as_deref()),
-        Command::Token { dir, action } => token::run(
-            &dir,
-            match action {
-                TokenAction::Add { name, read_only } => token::Action::Add { name, read_only },
-                TokenAction::List => token::Action::List,
-                TokenAction::Revoke { name } => token::Action::Revoke { name },
-            },
-        ),
+        Command::Token { dir, action } => token::run(&dir, action),
         Command::ImportCrontab {
             file,
             targets,

@@ -11,9 +11,19 @@ use saltpeter::history::db::Database;
 use saltpeter::history::tokens;
 
 /// What to do with the store's tokens.
+#[derive(clap::Subcommand)]
 pub enum Action {
-    Add { name: String, read_only: bool },
+    /// Make a token and print it (once; only its digest is stored).
+    Add {
+        /// A name to list and revoke it by (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// May read but not change anything (default: an operator, who may).
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// The stored tokens: name, role, when made.
     List,
+    /// Remove a token; every daemon refuses it from its next heartbeat.
     Revoke { name: String },
 }
 
