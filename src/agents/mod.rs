@@ -446,25 +446,42 @@ async fn accept_loop(listener: TcpListener, inbound: mpsc::Sender<Inbound>, opti
         let rate = options.max_output_rate;
         let tls = options.tls.clone();
         let budget = budget.clone();
-        tokio::spawn(async move {
-            stream.set_nodelay(true).ok();
-            let result = match tls {
-                None => connection(id, stream, inbound.clone(), rate, budget).await,
-                Some(config) => {
-                    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
-                        Ok(tls_stream) => {
-                            connection(id, tls_stream, inbound.clone(), rate, budget).await
-                        }
-                        Err(e) => Err(format!("TLS handshake failed: {e}")),
-                    }
-                }
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "machines hub: connection ended");
-            }
-            let _ = inbound.send(Inbound::Closed(id, Instant::now())).await;
-        });
+        tokio::spawn(serve(id, peer, stream, inbound, rate, tls, budget));
     }
+}
+
+/// One wrapper's connection from accept to close: the task a fleet holds thousands of, so the
+/// handshakes (12 KiB of state inline, TLS's and the WebSocket's) are boxed and freed when done,
+/// and the task keeps only what its read loop needs.
+async fn serve(
+    id: ConnId,
+    peer: std::net::SocketAddr,
+    stream: tokio::net::TcpStream,
+    inbound: mpsc::Sender<Inbound>,
+    rate: u64,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    stream.set_nodelay(true).ok();
+    let result = match tls {
+        None => connection(id, stream, inbound.clone(), rate, budget).await,
+        // Boxed: TLS state is kilobytes, and inline it would size every plain task too.
+        Some(config) => {
+            let inbound = inbound.clone();
+            Box::pin(async move {
+                let stream = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                connection(id, stream, inbound, rate, budget).await
+            })
+            .await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "machines hub: connection ended");
+    }
+    let _ = inbound.send(Inbound::Closed(id, Instant::now())).await;
 }
 
 async fn connection<S>(
@@ -483,9 +500,12 @@ where
         .write_buffer_size(0)
         .max_message_size(Some(protocol::MAX_MESSAGE_BYTES))
         .max_frame_size(Some(protocol::MAX_MESSAGE_BYTES));
-    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(config))
-        .await
-        .map_err(|e| e.to_string())?;
+    let ws = Box::pin(tokio_tungstenite::accept_async_with_config(
+        stream,
+        Some(config),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     let (mut sink, mut source) = ws.split();
     let outbox = std::sync::Arc::new(Outbox::new());
     inbound
@@ -698,6 +718,21 @@ mod tests {
         assert!(seen(1).await);
         drop(wrappers.pop());
         assert!(seen(0).await);
+    }
+
+    /// A fleet holds one such task per wrapper: the handshakes' state (12.8 KiB of the task
+    /// when it was inline) must not stay in it for the connection's life.
+    #[tokio::test]
+    async fn a_connection_task_holds_little_beyond_its_read_loop() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let (inbound, _rx) = mpsc::channel(1);
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let task = serve(1, peer, stream, inbound, 1, None, budget);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "a connection task is {size} bytes");
     }
 
     #[test]
