@@ -149,6 +149,14 @@ fn main() {
         "| master CPU measured with LocalClient | {floor_theirs:.2} s | {} |",
         ratio(ours.to_last_reply, floor_theirs)
     );
+    // Here the minions share the master's cores: what every process on the box spent while we
+    // published bounds the time too.
+    let floor_box = (ours.master_cpu_publish + ours.minions_cpu_publish + ours.daemon_cpu_publish)
+        / cores as f64;
+    println!(
+        "| master, minions and daemon CPU in our burst (the lab shares {cores} cores) | {floor_box:.2} s | {} |",
+        ratio(ours.to_last_reply, floor_box)
+    );
     println!();
     let share = |d: f64, m: f64| {
         if m > 0.0 {

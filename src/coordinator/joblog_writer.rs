@@ -2,6 +2,7 @@
 //! opens and a target's result is written from the store (streamed, under `output_cap`), never
 //! from memory. Records keep their order per daemon.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -79,10 +80,13 @@ fn wait_stored(runtime: &tokio::runtime::Handle, history: &History) {
     }
 }
 
-/// The job logs a burst writes to, each opened once, in order of first use.
+/// The job logs a burst writes to, each opened once, in order of first use. A burst can be a
+/// thousand jobs due in one second: finding a log and its directory is a hash lookup.
 #[derive(Default)]
 struct Files {
     open: Vec<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    index: HashMap<PathBuf, usize>,
+    dirs: HashSet<PathBuf>,
 }
 
 impl Files {
@@ -92,15 +96,18 @@ impl Files {
         job: &str,
     ) -> std::io::Result<&mut std::io::BufWriter<std::fs::File>> {
         let path = logdir.join(format!("{job}.log"));
-        // A burst touches few logs (one per job): a scan beats hashing here.
-        if let Some(i) = self.open.iter().position(|(p, _)| *p == path) {
+        if let Some(&i) = self.index.get(&path) {
             return Ok(&mut self.open[i].1);
         }
-        std::fs::create_dir_all(logdir)?;
+        if !self.dirs.contains(logdir) {
+            std::fs::create_dir_all(logdir)?;
+            self.dirs.insert(logdir.to_path_buf());
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)?;
+        self.index.insert(path.clone(), self.open.len());
         self.open.push((path, std::io::BufWriter::new(file)));
         Ok(&mut self.open.last_mut().expect("pushed").1)
     }
@@ -181,6 +188,26 @@ fn write_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst over many jobs, one of them written to again at its end: each log gets its
+    /// own lines, in order, and its directory is made on first use.
+    #[test]
+    fn a_burst_over_many_jobs_writes_each_log_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let logdir = root.path().join("log");
+        let mut files = Files::default();
+        for i in 0..1_000 {
+            let line = JobLogEntry::Text(format!("fired {i}"));
+            write_entry(&mut files, &logdir, &format!("job{i}"), line, None);
+        }
+        let again = JobLogEntry::Text("ended 7".into());
+        write_entry(&mut files, &logdir, "job7", again, None);
+        files.flush();
+        assert_eq!(files.open.len(), 1_000);
+        let read = |job: &str| std::fs::read_to_string(logdir.join(format!("{job}.log"))).unwrap();
+        assert_eq!(read("job7"), "fired 7\nended 7\n");
+        assert_eq!(read("job999"), "fired 999\n");
+    }
 
     #[test]
     fn a_result_streamed_in_pages_reads_as_the_whole_record() {
