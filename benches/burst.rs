@@ -6,7 +6,8 @@
 //! Each phase starts on a settled lab: the previous phase's minion jobs ended, and a minion that
 //! stopped answering `test.ping` (a burst can break a Salt 3007 minion) restarted.
 //! Run with `cargo bench --bench burst`; BURST_PATIENCE (seconds, default 180) bounds each wait,
-//! BURST_ONLY=ours|salt runs one phase, BURST_DAEMON_LOG=FILE keeps the daemon's log.
+//! BURST_ONLY=ours|salt runs one phase, BURST_DAEMON_LOG=FILE keeps the daemon's log,
+//! BURST_FRESH_LOGS=1 lets the daemon create every job's text log (a first-ever burst).
 
 #[path = "../tests/common/net.rs"]
 mod net;
@@ -471,6 +472,16 @@ fn run_daemon(env: &BTreeMap<String, String>, lab: &Lab, jobs: usize, patience: 
         );
     }
     std::fs::write(dir.path().join("burst.yaml"), text).unwrap();
+    // Jobs that ran before have their text logs: creating 1,000 files is a first burst's cost
+    // alone (ext4 inode allocation, a third of the daemon's CPU here). BURST_FRESH_LOGS=1
+    // measures that first burst instead.
+    if std::env::var("BURST_FRESH_LOGS").as_deref() != Ok("1") {
+        let logdir = dir.path().join("log");
+        std::fs::create_dir_all(&logdir).unwrap();
+        for i in 0..jobs {
+            std::fs::File::create(logdir.join(format!("burst{i}.log"))).unwrap();
+        }
+    }
     let mut daemon = Reaped(
         Command::new(env!("CARGO_BIN_EXE_saltpeter"))
             .args(["run", "-c"])
