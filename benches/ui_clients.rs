@@ -1,6 +1,7 @@
 //! Benchmark on a real Salt lab (started with `contrib/lab/lab.sh` unless SALTPETER_LAB_ENV
-//! names one): the daemon's CPU and memory while a job streams output on every minion, first
-//! with no UI client, then with 100 clients of the original UI WebSocket subscribed to it.
+//! names one): the daemon's CPU and memory with nothing running, without and with 100 idle
+//! clients of the original UI WebSocket (push, not poll: they should cost nothing), then while a
+//! job streams output on every minion, with no UI client and with 100 subscribed to it.
 //! Run with `cargo bench --bench ui_clients`.
 
 #[path = "../tests/common/net.rs"]
@@ -79,47 +80,65 @@ fn main() {
         env["SALT_VERSION"]
     );
 
-    let measure = |label: &str| {
-        post(&format!("{base}/api/v1/jobs/stream/run"));
-        std::thread::sleep(Duration::from_secs(3)); // confirmed and streaming
+    let measure = |label: &str, run: bool| {
+        if run {
+            post(&format!("{base}/api/v1/jobs/stream/run"));
+            std::thread::sleep(Duration::from_secs(3)); // confirmed and streaming
+        }
         let (c0, t0) = (cpu_seconds(pid), Instant::now());
         std::thread::sleep(WINDOW);
         let cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
         println!(
-            "{label}: daemon CPU {cpu:.1}% of one core, RSS {:.1} MB",
+            "{label}: daemon CPU {cpu:.2}% of one core, RSS {:.1} MB",
             rss_kib(pid) as f64 / 1024.0
         );
     };
-    measure("no UI client");
-
     let received = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let received = received.clone();
-        let url = format!("ws://127.0.0.1:{api}/ws");
-        clients.push(std::thread::spawn(move || {
-            let stream = TcpStream::connect(("127.0.0.1", api)).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(40)))
-                .unwrap();
-            let (mut ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
-            ws.send(tungstenite::Message::text(r#"{"subscribe": ["stream"]}"#))
-                .unwrap();
-            let until = Instant::now() + WINDOW + Duration::from_secs(6);
-            while Instant::now() < until {
-                match ws.read() {
-                    Ok(tungstenite::Message::Text(t)) => {
-                        if t.as_str().contains("\"output_chunk\"") {
-                            received.fetch_add(t.len() as u64, Ordering::Relaxed);
+    // Clients subscribed to the job, reading until `until`.
+    let connect = |until: Duration| -> Vec<std::thread::JoinHandle<()>> {
+        (0..CLIENTS)
+            .map(|_| {
+                let received = received.clone();
+                let url = format!("ws://127.0.0.1:{api}/ws");
+                std::thread::spawn(move || {
+                    let stream = TcpStream::connect(("127.0.0.1", api)).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(1)))
+                        .unwrap();
+                    let (mut ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
+                    ws.send(tungstenite::Message::text(r#"{"subscribe": ["stream"]}"#))
+                        .unwrap();
+                    let until = Instant::now() + until;
+                    while Instant::now() < until {
+                        match ws.read() {
+                            Ok(tungstenite::Message::Text(t)) => {
+                                if t.as_str().contains("\"output_chunk\"") {
+                                    received.fetch_add(t.len() as u64, Ordering::Relaxed);
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(tungstenite::Error::Io(e))
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
                         }
                     }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        }));
+                    let _ = ws.close(None);
+                })
+            })
+            .collect()
+    };
+
+    measure("idle, no UI client", false);
+    let idle = connect(WINDOW + Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2)); // connected and subscribed
+    measure(&format!("idle, {CLIENTS} UI clients connected"), false);
+    for c in idle {
+        let _ = c.join();
     }
-    measure(&format!("{CLIENTS} UI clients subscribed"));
+    measure("streaming, no UI client", true);
+    let clients = connect(WINDOW + Duration::from_secs(6));
+    measure(&format!("streaming, {CLIENTS} UI clients subscribed"), true);
     for c in clients {
         let _ = c.join();
     }

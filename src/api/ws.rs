@@ -42,8 +42,10 @@ where
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                // UI messages are small; a client sending megabytes is cut off.
+                // UI messages are small; a client sending megabytes is cut off. A small read
+                // buffer (it grows on demand): tungstenite's default is 128 KiB per client.
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(4 * 1024)
                     .max_message_size(Some(1 << 20))
                     .max_frame_size(Some(1 << 20));
                 let socket = WebSocketStream::from_raw_socket(
