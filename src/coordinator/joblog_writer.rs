@@ -80,6 +80,9 @@ fn wait_stored(runtime: &tokio::runtime::Handle, history: &History) {
     }
 }
 
+/// Job logs open at once while a burst is written (each keeps a descriptor and 8 KiB).
+const MAX_OPEN: usize = 256;
+
 /// The job logs a burst writes to, each opened once, in order of first use. A burst can be a
 /// thousand jobs due in one second: finding a log and its directory is a hash lookup.
 #[derive(Default)]
@@ -98,6 +101,12 @@ impl Files {
         let path = logdir.join(format!("{job}.log"));
         if let Some(&i) = self.index.get(&path) {
             return Ok(&mut self.open[i].1);
+        }
+        // Bounded descriptors and buffers, whatever the burst: write out and close, go on.
+        if self.open.len() >= MAX_OPEN {
+            self.flush();
+            self.open.clear();
+            self.index.clear();
         }
         if !self.dirs.contains(logdir) {
             std::fs::create_dir_all(logdir)?;
@@ -203,7 +212,11 @@ mod tests {
         let again = JobLogEntry::Text("ended 7".into());
         write_entry(&mut files, &logdir, "job7", again, None);
         files.flush();
-        assert_eq!(files.open.len(), 1_000);
+        assert!(
+            files.open.len() <= MAX_OPEN,
+            "{} logs open",
+            files.open.len()
+        );
         let read = |job: &str| std::fs::read_to_string(logdir.join(format!("{job}.log"))).unwrap();
         assert_eq!(read("job7"), "fired 7\nended 7\n");
         assert_eq!(read("job999"), "fired 999\n");
