@@ -2,6 +2,7 @@
 //! opens and a target's result is written from the store (streamed, under `output_cap`), never
 //! from memory. Records keep their order per daemon.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,12 +84,12 @@ fn wait_stored(runtime: &tokio::runtime::Handle, history: &History) {
 /// Job logs open at once while a burst is written (each keeps a descriptor and 8 KiB).
 const MAX_OPEN: usize = 256;
 
-/// The job logs a burst writes to, each opened once, in order of first use. A burst can be a
-/// thousand jobs due in one second: finding a log and its directory is a hash lookup.
+/// The job logs a burst writes to, each opened once (each keeps its own lines in order). A
+/// burst can be a thousand jobs due in one second: finding a log and its directory is a hash
+/// lookup.
 #[derive(Default)]
 struct Files {
-    open: Vec<(PathBuf, std::io::BufWriter<std::fs::File>)>,
-    index: HashMap<PathBuf, usize>,
+    open: HashMap<PathBuf, std::io::BufWriter<std::fs::File>>,
     dirs: HashSet<PathBuf>,
 }
 
@@ -99,26 +100,25 @@ impl Files {
         job: &str,
     ) -> std::io::Result<&mut std::io::BufWriter<std::fs::File>> {
         let path = logdir.join(format!("{job}.log"));
-        if let Some(&i) = self.index.get(&path) {
-            return Ok(&mut self.open[i].1);
-        }
         // Bounded descriptors and buffers, whatever the burst: write out and close, go on.
-        if self.open.len() >= MAX_OPEN {
+        if self.open.len() >= MAX_OPEN && !self.open.contains_key(&path) {
             self.flush();
             self.open.clear();
-            self.index.clear();
         }
-        if !self.dirs.contains(logdir) {
-            std::fs::create_dir_all(logdir)?;
-            self.dirs.insert(logdir.to_path_buf());
+        match self.open.entry(path) {
+            Slot::Occupied(f) => Ok(f.into_mut()),
+            Slot::Vacant(slot) => {
+                if !self.dirs.contains(logdir) {
+                    std::fs::create_dir_all(logdir)?;
+                    self.dirs.insert(logdir.to_path_buf());
+                }
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(slot.key())?;
+                Ok(slot.insert(std::io::BufWriter::new(file)))
+            }
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        self.index.insert(path.clone(), self.open.len());
-        self.open.push((path, std::io::BufWriter::new(file)));
-        Ok(&mut self.open.last_mut().expect("pushed").1)
     }
 
     fn flush(&mut self) {
